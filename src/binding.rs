@@ -1,0 +1,385 @@
+//! The `MlflowWorkspaceBinding` API (`mlflow-operator.io/v1alpha1`).
+//!
+//! Every rule a user can break is enforced by the API server itself (OpenAPI + CEL), so a broken
+//! binding is refused at `kubectl apply` with a message that says what to fix, instead of failing
+//! later in the controller or the webhook.
+
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "mlflow-operator.io";
+pub const VERSION: &str = "v1alpha1";
+
+/// Pod opt-in label (the webhook's objectSelector).
+pub const TRACK_LABEL: &str = "mlflow-operator.io/track";
+/// Pod annotation: choose a binding by name.
+pub const BINDING_ANNOTATION: &str = "mlflow-operator.io/binding";
+/// Pod annotation: override the experiment name.
+pub const EXPERIMENT_ANNOTATION: &str = "mlflow-operator.io/experiment-name";
+/// Pod annotation: containers to leave alone (comma or semicolon separated).
+pub const SKIP_CONTAINERS_ANNOTATION: &str = "mlflow-operator.io/skip-containers";
+/// Pod annotation written by the webhook: `<binding-name>/<binding-generation>`.
+pub const INJECTED_ANNOTATION: &str = "mlflow-operator.io/injected";
+
+/// The condition type that says a binding can be injected.
+pub const READY: &str = "Ready";
+
+const GUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// Binds the pods of a namespace to an MLflow workspace: which tracking server (an Azure Machine
+/// Learning workspace, resolved through Azure Resource Manager, or any MLflow tracking URI), which
+/// experiment, and which Azure identity the pods use.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "mlflow-operator.io",
+    version = "v1alpha1",
+    kind = "MlflowWorkspaceBinding",
+    plural = "mlflowworkspacebindings",
+    shortname = "mwb",
+    category = "mlflow",
+    namespaced,
+    status = "MlflowWorkspaceBindingStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "URI", type_ = "string", json_path = ".status.trackingUri"),
+    printcolumn(
+        name = "Experiment",
+        type_ = "string",
+        json_path = ".spec.experimentName"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.azureML) != has(self.trackingUri)").message(
+    "set exactly one of spec.azureML (an Azure Machine Learning workspace) or spec.trackingUri (any MLflow server)"
+).reason(Reason::FieldValueRequired))]
+pub struct MlflowWorkspaceBindingSpec {
+    /// An Azure Machine Learning workspace. The controller reads its MLflow tracking URI
+    /// (`properties.mlFlowTrackingUri`) from Azure Resource Manager with the operator's own Azure
+    /// identity. Exactly one of azureML and trackingUri must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "azureML")]
+    pub azure_ml: Option<AzureMlWorkspace>,
+
+    /// Any MLflow tracking URI: http(s)://host[:port][/path], databricks, databricks://profile,
+    /// databricks-uc, or azureml://... Exactly one of azureML and trackingUri must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^(https?://[A-Za-z0-9.\\\\-\\\\[\\\\]:]+(/[^\\\\s]*)?|databricks(-uc)?(://[^\\\\s]+)?|azureml://[A-Za-z0-9.\\\\-]+(:[0-9]+)?/[^\\\\s]*)$')"
+    ).message(
+        "trackingUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
+    ))]
+    pub tracking_uri: Option<String>,
+
+    /// MLflow model registry URI, injected as MLFLOW_REGISTRY_URI. Defaults to the tracking URI
+    /// (MLflow's own default) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^(https?://[A-Za-z0-9.\\\\-\\\\[\\\\]:]+(/[^\\\\s]*)?|databricks(-uc)?(://[^\\\\s]+)?|azureml://[A-Za-z0-9.\\\\-]+(:[0-9]+)?/[^\\\\s]*)$')"
+    ).message(
+        "registryUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
+    ))]
+    pub registry_uri: Option<String>,
+
+    /// Default MLflow experiment for the pods (MLFLOW_EXPERIMENT_NAME); MLflow creates it on first
+    /// use. A pod can override it with the annotation mlflow-operator.io/experiment-name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 256").message(
+        "experimentName must be 1 to 256 characters; remove the field to leave the experiment to the pod"
+    ))]
+    pub experiment_name: Option<String>,
+
+    /// Which opted-in pods (label mlflow-operator.io/track: "true") of this namespace this binding
+    /// applies to. Empty or unset: every opted-in pod of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+
+    /// The Azure identity the pods use to reach Azure ML. At most one mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+
+    /// Credentials for MLflow servers that are not Azure ML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<MlflowAuth>,
+
+    /// Extra environment variables for every injected container (for example
+    /// MLFLOW_TRACKING_INSECURE_TLS). Like every injected variable, never overrides a variable the
+    /// container already sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message(
+        "env names must be valid environment variable names (letters, digits, '_', '-', '.'; not starting with a digit)"
+    ))]
+    pub env: Vec<EnvVar>,
+}
+
+/// An Azure Machine Learning workspace, addressed the way Azure Resource Manager addresses it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureMlWorkspace {
+    /// Azure subscription id (a GUID).
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "subscriptionId must be a GUID such as 00000000-0000-0000-0000-000000000000 (az account show --query id)"
+    ))]
+    pub subscription_id: String,
+
+    /// Resource group of the workspace.
+    #[x_kube(validation = Rule::new("self.matches('^[-\\\\w._()]{0,89}[-\\\\w_()]$')").message(
+        "resourceGroup must be 1 to 90 letters, digits, '-', '_', '.', '(' or ')' and must not end with '.'"
+    ))]
+    pub resource_group: String,
+
+    /// Name of the Azure Machine Learning workspace.
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$')").message(
+        "workspaceName must be 3 to 33 letters, digits, '-' or '_', starting with a letter or digit"
+    ))]
+    pub workspace_name: String,
+
+    /// Azure cloud of the workspace: AzurePublicCloud (default), AzureChinaCloud or
+    /// AzureUSGovernment.
+    #[serde(default)]
+    pub cloud: AzureCloud,
+}
+
+/// The Azure clouds the operator knows the endpoints of.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum AzureCloud {
+    #[default]
+    AzurePublicCloud,
+    AzureChinaCloud,
+    AzureUSGovernment,
+}
+
+impl AzureCloud {
+    /// Azure Resource Manager endpoint.
+    pub fn arm_endpoint(self) -> &'static str {
+        match self {
+            AzureCloud::AzurePublicCloud => "https://management.azure.com",
+            AzureCloud::AzureChinaCloud => "https://management.chinacloudapi.cn",
+            AzureCloud::AzureUSGovernment => "https://management.usgovcloudapi.net",
+        }
+    }
+
+    /// Entra ID authority host (AZURE_AUTHORITY_HOST).
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            AzureCloud::AzurePublicCloud => "https://login.microsoftonline.com/",
+            AzureCloud::AzureChinaCloud => "https://login.chinacloudapi.cn/",
+            AzureCloud::AzureUSGovernment => "https://login.microsoftonline.us/",
+        }
+    }
+
+    /// The value azureml-mlflow expects in AZUREML_CURRENT_CLOUD; without it the plugin makes a
+    /// blocking metadata call to ARM on first use.
+    pub fn azureml_current_cloud(self) -> &'static str {
+        match self {
+            AzureCloud::AzurePublicCloud => "AzureCloud",
+            AzureCloud::AzureChinaCloud => "AzureChinaCloud",
+            AzureCloud::AzureUSGovernment => "AzureUSGovernment",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AzureCloud::AzurePublicCloud => "AzurePublicCloud",
+            AzureCloud::AzureChinaCloud => "AzureChinaCloud",
+            AzureCloud::AzureUSGovernment => "AzureUSGovernment",
+        }
+    }
+}
+
+/// The Azure identity injected into pods. At most one mode.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.workloadIdentity) ? 1 : 0) + (has(self.managedIdentity) ? 1 : 0) + (has(self.servicePrincipal) ? 1 : 0) <= 1"
+).message("set at most one of identity.workloadIdentity, identity.managedIdentity or identity.servicePrincipal"))]
+pub struct Identity {
+    /// Azure workload identity: a projected ServiceAccount token exchanged for an Entra ID token
+    /// (azure-workload-identity compatible). clientId and tenantId default to the pod
+    /// ServiceAccount's annotations azure.workload.identity/client-id and
+    /// azure.workload.identity/tenant-id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentity>,
+
+    /// A managed identity of the node (IMDS). Only AZURE_CLIENT_ID is injected, and only when
+    /// clientId is set (a user-assigned identity); omit clientId for the system-assigned identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<ManagedIdentity>,
+
+    /// A service principal with a client secret or a certificate kept in a Secret of this
+    /// namespace (the "Environment" credential of the Azure ML docs). The operator never reads
+    /// the Secret; pods reference it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_principal: Option<ServicePrincipal>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentity {
+    /// Client id of the Entra ID application or user-assigned managed identity (a GUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "identity.workloadIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
+    ))]
+    pub client_id: Option<String>,
+
+    /// Entra ID tenant id (a GUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "identity.workloadIdentity.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
+    ))]
+    pub tenant_id: Option<String>,
+
+    /// Lifetime of the projected ServiceAccount token, 3600 to 86400 seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 3600 && self <= 86400").message(
+        "identity.workloadIdentity.tokenExpirationSeconds must be between 3600 and 86400"
+    ))]
+    pub token_expiration_seconds: Option<i64>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedIdentity {
+    /// Client id of a user-assigned managed identity (a GUID). Omit for the system-assigned one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "identity.managedIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
+    ))]
+    pub client_id: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clientSecretRef) != has(self.certificateSecretRef)").message(
+    "identity.servicePrincipal needs exactly one of clientSecretRef or certificateSecretRef"
+))]
+pub struct ServicePrincipal {
+    /// Application (client) id of the service principal (a GUID).
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "identity.servicePrincipal.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
+    ))]
+    pub client_id: String,
+
+    /// Entra ID tenant id (a GUID).
+    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
+        "identity.servicePrincipal.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
+    ))]
+    pub tenant_id: String,
+
+    /// Secret key holding the client secret, injected as AZURE_CLIENT_SECRET by secretKeyRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+
+    /// Secret key holding a PEM certificate with its private key, mounted read-only; its path is
+    /// injected as AZURE_CLIENT_CERTIFICATE_PATH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_secret_ref: Option<CertificateSecretRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of a Secret in the binding's namespace.
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    pub name: String,
+    /// Key in that Secret.
+    #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    pub key: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSecretRef {
+    /// Name of a Secret in the binding's namespace.
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    pub name: String,
+    /// Key holding the PEM certificate and private key.
+    #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    pub key: String,
+    /// Optional key holding the certificate's password (AZURE_CLIENT_CERTIFICATE_PASSWORD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    pub password_key: Option<String>,
+}
+
+/// Credentials for an MLflow server that is not Azure ML.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MlflowAuth {
+    /// Secret in the binding's namespace with keys username and password (basic auth), or token
+    /// (bearer). Pods reference the keys through secretKeyRef; the operator never reads them.
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    pub secret_name: String,
+}
+
+const DNS_SUBDOMAIN_RULE: &str = "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const SECRET_NAME_MESSAGE: &str =
+    "must be the name of a Secret: lowercase letters, digits, '-' and '.', at most 253 characters";
+const SECRET_KEY_RULE: &str = "size(self) <= 253 && self.matches('^[-._a-zA-Z0-9]+$')";
+const SECRET_KEY_MESSAGE: &str = "must be a Secret key: letters, digits, '-', '_' or '.'";
+
+/// What the controller observed. Written only by the controller (server-side apply).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MlflowWorkspaceBindingStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The resolved MLflow tracking URI injected as MLFLOW_TRACKING_URI. Kept while a refresh
+    /// fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_uri: Option<String>,
+    /// The resolved registry URI injected as MLFLOW_REGISTRY_URI, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_uri: Option<String>,
+    /// Kubernetes conditions; Ready says whether pods can be injected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl MlflowWorkspaceBinding {
+    /// The Ready condition, if the controller wrote one.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+    }
+
+    /// Ready for injection: the Ready condition is True, the status carries a tracking URI, and it
+    /// describes the current spec. A status of an older generation could point pods at the
+    /// workspace the user just moved away from, so it does not count.
+    pub fn is_ready(&self) -> bool {
+        let Some(status) = self.status.as_ref() else {
+            return false;
+        };
+        let current = match (self.metadata.generation, status.observed_generation) {
+            (Some(g), Some(o)) => g == o,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        current
+            && status.tracking_uri.is_some()
+            && self.ready_condition().is_some_and(|c| c.status == "True")
+    }
+}

@@ -1,0 +1,168 @@
+//! The command line. `run` holds the controller, webhook, metrics and health; `crd` prints the
+//! CRD; `inject` previews the webhook offline; `version` prints the version.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mlflow-operator",
+    version,
+    about = "Makes training pods log to MLflow with one label"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller (leader only), the admission webhook, metrics and health endpoints.
+    Run(Box<RunArgs>),
+    /// Print the MlflowWorkspaceBinding CRD as YAML (crds/ is generated from it).
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnMissingBindingArg {
+    /// Refuse opted-in pods no Ready binding applies to.
+    #[default]
+    Refuse,
+    /// Admit them unchanged, with a warning.
+    Allow,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kubeconfig to use; default: in-cluster config, else KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The operator's own namespace (Lease, certificate Secret).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mlflow-operator")]
+    pub namespace: String,
+
+    /// This replica's identity for leader election.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Plain-HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// HTTPS address of the admission webhook (/mutate).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+
+    /// Serving certificate (PEM) for the webhook; reloaded when the file (or the Secret volume's
+    /// ..data symlink) changes. With --tls-key-file; exclusive with --self-signed.
+    #[arg(long, requires = "tls_key_file", conflicts_with = "self_signed")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of the serving certificate.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Generate and rotate a CA and serving certificate, keep them in --cert-secret, and keep the
+    /// caBundle of --webhook-config current.
+    #[arg(long)]
+    pub self_signed: bool,
+
+    /// Secret (in --namespace) that holds the self-managed CA and serving certificate.
+    #[arg(long, default_value = "mlflow-operator-webhook-cert")]
+    pub cert_secret: String,
+
+    /// MutatingWebhookConfiguration whose caBundle the self-managed mode keeps current.
+    #[arg(long, default_value = "mlflow-operator")]
+    pub webhook_config: String,
+
+    /// DNS names (and IPs) for the self-managed serving certificate; default: the Service's names.
+    #[arg(long, value_delimiter = ',')]
+    pub cert_dns_names: Vec<String>,
+
+    /// Service name the webhook is reached through (for the default certificate names).
+    #[arg(long, default_value = "mlflow-operator-webhook")]
+    pub service_name: String,
+
+    /// What to do with opted-in pods that no Ready binding applies to.
+    #[arg(long, value_enum, default_value_t = OnMissingBindingArg::Refuse)]
+    pub on_missing_binding: OnMissingBindingArg,
+
+    /// Tenant for workload identity when neither the binding nor the ServiceAccount names one.
+    #[arg(long, env = "MLFLOW_OPERATOR_DEFAULT_TENANT_ID")]
+    pub default_tenant_id: Option<String>,
+
+    /// Override the Azure Resource Manager endpoint of every cloud (sovereign clouds, tests).
+    #[arg(long, env = "MLFLOW_OPERATOR_ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+
+    /// Override the Entra ID authority host (also read from AZURE_AUTHORITY_HOST).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
+
+    /// Extra CA certificate (PEM) trusted for Azure endpoints (private proxies, tests).
+    #[arg(long, env = "MLFLOW_OPERATOR_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+
+    /// How often each Azure ML workspace's tracking URI is re-resolved.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub refresh_interval: Duration,
+
+    /// Lease used for leader election of the controller.
+    #[arg(long, default_value = "mlflow-operator-controller")]
+    pub lease_name: String,
+
+    /// Lease duration; a dead leader is replaced after about this long.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+
+    /// Do not run the controller (webhook only).
+    #[arg(long)]
+    pub no_controller: bool,
+
+    /// Do not run the webhook (controller only).
+    #[arg(long)]
+    pub no_webhook: bool,
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30s, 5m or 1h"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("'{s}' has an unknown unit; use ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (input, want) in [
+            ("30", Some(Duration::from_secs(30))),
+            ("30s", Some(Duration::from_secs(30))),
+            ("5m", Some(Duration::from_secs(300))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("5x", None),
+            ("m", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_duration(input).ok(), want, "{input}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+use clap::Parser;
+use mlflow_operator::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => print!("{}", mlflow_operator::crd_yaml()),
+        Command::Version => println!("mlflow-operator {}", env!("CARGO_PKG_VERSION")),
+        Command::Run(args) => mlflow_operator::run::run(*args).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text on `/metrics`).
+//!
+//! One `Metrics` value is shared by the controller and the webhook, so a single registry serves
+//! both from every replica.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `injected`, `unchanged`, `allowed-without-binding`, `refused-<reason>`, `error-<reason>`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// HTTP status, or `error` when no response arrived.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// `True`, `False` or `Unknown`.
+    pub ready: String,
+}
+
+/// Every metric the operator exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Time to answer one AdmissionReview, in seconds, with millisecond-scale buckets.
+    pub admission_duration: Histogram,
+    /// AdmissionReviews answered, by outcome.
+    pub admissions: Family<OutcomeLabels, Counter>,
+    /// Reconciles run (every result).
+    pub reconciles: Counter,
+    /// Reconciles that failed, by error reason.
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Azure Resource Manager request latency, by HTTP status.
+    pub arm_request_duration: Family<StatusLabels, Histogram>,
+    /// Bindings by Ready state, as last seen by the controller.
+    pub bindings: Family<ReadyLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mlflow_operator");
+        // 0.25 ms .. ~1 s: admission is in-memory work, so the interesting range is sub-ms to ms.
+        let admission_duration = Histogram::new(
+            [
+                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer one AdmissionReview",
+            admission_duration.clone(),
+        );
+        let admissions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "AdmissionReviews answered, by outcome",
+            admissions.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Binding reconciles run", reconciles.clone());
+        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Binding reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        let arm_request_duration = Family::<StatusLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(
+                [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
+            )
+        });
+        registry.register(
+            "arm_request_duration_seconds",
+            "Azure Resource Manager request latency, by HTTP status",
+            arm_request_duration.clone(),
+        );
+        let bindings = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "bindings",
+            "MlflowWorkspaceBindings by Ready state",
+            bindings.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            admission_duration,
+            admissions,
+            reconciles,
+            reconcile_errors,
+            arm_request_duration,
+            bindings,
+        }
+    }
+
+    /// Counts one admission outcome.
+    pub fn admission(&self, outcome: &str) {
+        self.admissions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,152 @@
+//! Smoke tests: the local control plane is real and configured the way the operator needs it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster_env, eventually, with_temp_ns};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+#[tokio::test]
+async fn server_version_is_the_pinned_one() {
+    let client = common::client().await;
+    let v = client.apiserver_version().await.unwrap();
+    assert_eq!(v.git_version, common::pinned_k8s_version());
+    let pinned = common::pinned_k8s_version();
+    let minor = pinned.split('.').nth(1).unwrap();
+    assert_eq!(v.minor, minor);
+}
+
+#[tokio::test]
+async fn namespace_serviceaccount_and_pod_are_created_and_the_pod_stays_pending() {
+    with_temp_ns("smoke-pod", |client, ns| async move {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap())
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"serviceAccountName": "trainer", "containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .unwrap();
+        let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+        // ServiceAccount admission ran: the kube-api-access projected volume is there.
+        let vols = created.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+        assert!(vols.iter().any(|v| v.name.starts_with("kube-api-access-")), "volumes: {vols:?}");
+        let got = pods.get("p").await.unwrap();
+        assert_eq!(got.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+        assert!(got.spec.unwrap().node_name.is_none(), "no node should ever be assigned");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deployment_yields_a_replicaset_and_pods() {
+    with_temp_ns("smoke-deploy", |client, ns| async move {
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "train"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "train"}},
+                "template": {
+                    "metadata": {"labels": {"app": "train"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+                }
+            }
+        }))
+        .unwrap();
+        deploys.create(&PostParams::default(), &d).await.unwrap();
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+        let rs = eventually(
+            "a ReplicaSet owned by the Deployment",
+            Duration::from_secs(60),
+            || async {
+                let list = rss.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find(|rs| {
+                    rs.owner_references()
+                        .iter()
+                        .any(|o| o.kind == "Deployment" && o.name == "train")
+                })
+            },
+        )
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let rs_name = rs.name_any();
+        eventually(
+            "two Pods owned by the ReplicaSet",
+            Duration::from_secs(60),
+            || async {
+                let list = pods
+                    .list(&ListParams::default().labels("app=train"))
+                    .await
+                    .ok()?;
+                let owned = list
+                    .items
+                    .iter()
+                    .filter(|p| p.owner_references().iter().any(|o| o.name == rs_name))
+                    .count();
+                (owned == 2).then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_request_for_azure_audience_is_a_jwt_signed_by_the_apiserver() {
+    with_temp_ns("smoke-token", |client, ns| async move {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        let req: TokenRequest = serde_json::from_value(json!({
+            "spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 3600}
+        }))
+        .unwrap();
+        let tr: TokenRequest = sas
+            .create_subresource("token", "trainer", &PostParams::default(), &req)
+            .await
+            .unwrap();
+        let token = tr.status.unwrap().token.expect("a token");
+
+        let jwks_raw = client
+            .request_text(
+                http::Request::get("/openid/v1/jwks")
+                    .body(Vec::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks_raw).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let jwk = jwks
+            .find(header.kid.as_deref().unwrap())
+            .expect("the token's key is in the apiserver's JWKS");
+        let issuer = cluster_env("CLUSTER_SA_ISSUER");
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_audience(&["api://AzureADTokenExchange"]);
+        validation.set_issuer(&[issuer.as_str()]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+            &validation,
+        )
+        .expect("signature, audience, issuer and expiry verify")
+        .claims;
+        assert_eq!(claims["sub"], format!("system:serviceaccount:{ns}:trainer"));
+        assert_eq!(claims["aud"], json!(["api://AzureADTokenExchange"]));
+        assert_eq!(claims["iss"], issuer);
+    })
+    .await;
+}

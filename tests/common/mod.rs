@@ -1,0 +1,113 @@
+//! Harness for tests against the real local control plane (`tests/cluster/up`).
+//!
+//! There is no skipping: a test that needs the cluster and cannot reach it fails with a message
+//! that says how to start one (`hack/test` does all of it).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Config};
+
+/// A client for the local control plane, from `KUBECONFIG`.
+pub async fn client() -> Client {
+    let hint = "no local control plane: run `hack/test` (or `tests/cluster/up` and \
+                `source $MLFLOW_OPERATOR_CLUSTER_DIR/env`) so KUBECONFIG points at it";
+    assert!(std::env::var_os("KUBECONFIG").is_some(), "{hint}");
+    let config = Config::infer()
+        .await
+        .unwrap_or_else(|e| panic!("{hint}: {e}"));
+    let client = Client::try_from(config).unwrap_or_else(|e| panic!("{hint}: {e}"));
+    client
+        .apiserver_version()
+        .await
+        .unwrap_or_else(|e| panic!("{hint}: {e}"));
+    client
+}
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `test` in a fresh namespace (labelled so webhooks under test can select it) and deletes
+/// the namespace afterwards, also when the test panics.
+pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client().await;
+    let name = format!("{prefix}-{}", random_suffix());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create test namespace");
+    // ServiceAccount admission refuses pods until kube-controller-manager made the default SA.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async { sas.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+
+    let outcome = std::panic::AssertUnwindSafe(test(client.clone(), name.clone()))
+        .catch_unwind()
+        .await;
+    let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+pub fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// The pinned Kubernetes version (`tests/cluster/versions.env`).
+pub fn pinned_k8s_version() -> String {
+    include_str!("../cluster/versions.env")
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .expect("K8S_VERSION in versions.env")
+        .trim()
+        .to_string()
+}
+
+/// An env var the cluster scripts export (see `tests/cluster/up`), or a loud failure.
+pub fn cluster_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: source $MLFLOW_OPERATOR_CLUSTER_DIR/env after tests/cluster/up (hack/test does)")
+    })
+}
