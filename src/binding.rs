@@ -31,6 +31,8 @@ const GUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 /// Binds the pods of a namespace to an MLflow workspace: which tracking server (an Azure Machine
 /// Learning workspace, resolved through Azure Resource Manager, or any MLflow tracking URI), which
 /// experiment, and which Azure identity the pods use.
+// Each printcolumn repeats `type_ = "string"`, which the lint mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "mlflow-operator.io",

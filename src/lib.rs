@@ -7,10 +7,12 @@
 //! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`).
 
 pub mod binding;
+pub mod certs;
 pub mod cli;
 pub mod inject;
 pub mod metrics;
 pub mod run;
+pub mod webhook;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {

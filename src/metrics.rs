@@ -63,12 +63,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mlflow_operator");
         // 0.25 ms .. ~1 s: admission is in-memory work, so the interesting range is sub-ms to ms.
-        let admission_duration = Histogram::new(
-            [
-                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]
-            .into_iter(),
-        );
+        let admission_duration = Histogram::new([
+            0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
         registry.register(
             "admission_duration_seconds",
             "Time to answer one AdmissionReview",
@@ -89,9 +86,7 @@ impl Metrics {
             reconcile_errors.clone(),
         );
         let arm_request_duration = Family::<StatusLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(
-                [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
-            )
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register(
             "arm_request_duration_seconds",

@@ -1,0 +1,320 @@
+//! Serving certificates for the webhook.
+//!
+//! The TLS server asks a [`CertStore`] for the certificate on every handshake, so a new
+//! certificate takes effect for the next connection without restarting the listener. Two
+//! sources fill the store:
+//! - mounted files ([`watch_files`]), polled by content: Kubernetes updates Secret volumes by
+//!   swapping a `..data` symlink, which a per-file inotify watch does not see;
+//! - self-managed ([`self_managed`]): a CA and serving certificate generated with rcgen, kept in
+//!   a Secret shared by all replicas, with the MutatingWebhookConfiguration's caBundle kept
+//!   current and the serving certificate rotated before it expires.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no PEM certificate found in the serving certificate")]
+    NoCertificate,
+    #[error("the serving certificate is not valid PEM: {0}")]
+    BadCertificate(String),
+    #[error("the private key is not a valid PEM private key (PKCS#8, PKCS#1 or SEC1): {0}")]
+    BadKey(String),
+    #[error("the private key does not match the certificate: {0}")]
+    Mismatch(String),
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Builds a rustls certified key from PEM, checking that key and certificate belong together.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, CertError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
+    let ck = CertifiedKey::from_der(chain, key, &aws_lc_rs::default_provider())
+        .map_err(|e| CertError::Mismatch(e.to_string()))?;
+    Ok(ck)
+}
+
+/// The current serving certificate, swapped atomically; empty until the first one loads.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: RwLock<Option<Loaded>>,
+}
+
+#[derive(Debug, Clone)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The PEM it came from, to tell a real change from a re-read of the same files.
+    source: (Vec<u8>, Vec<u8>),
+}
+
+impl CertStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// True once a certificate is loaded (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.current.read().map(|c| c.is_some()).unwrap_or(false)
+    }
+
+    /// Loads `cert_pem`/`key_pem` unless they are what is already served. Returns whether the
+    /// served certificate changed. A bad pair leaves the current certificate in place.
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, CertError> {
+        if let Ok(cur) = self.current.read()
+            && let Some(cur) = cur.as_ref()
+            && cur.source.0 == cert_pem
+            && cur.source.1 == key_pem
+        {
+            return Ok(false);
+        }
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *cur = Some(Loaded {
+            key,
+            source: (cert_pem.to_vec(), key_pem.to_vec()),
+        });
+        Ok(true)
+    }
+
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok()?.as_ref().map(|l| l.key.clone())
+    }
+
+    /// A rustls server config (TLS 1.2 and 1.3 only, h2 and http/1.1) that serves from this store.
+    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+}
+
+async fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| CertError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Loads the certificate files once (fails if they are unusable now).
+pub async fn load_files(store: &CertStore, cert: &Path, key: &Path) -> Result<bool, CertError> {
+    let (c, k) = (read(cert).await?, read(key).await?);
+    store.set_pem(&c, &k)
+}
+
+/// Re-reads the certificate files every `every` and serves them when their content changed.
+/// Reading through the paths (not watching inodes) follows Secret volume symlink swaps.
+pub async fn watch_files(store: Arc<CertStore>, cert: PathBuf, key: PathBuf, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match load_files(&store, &cert, &key).await {
+            Ok(true) => tracing::info!(cert = %cert.display(), "serving a new webhook certificate"),
+            Ok(false) => {}
+            // Mid-swap reads can see a new cert with an old key; the next tick settles it.
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook certificate files not usable; keeping the current one")
+            }
+        }
+    }
+}
+
+/// A CA and serving certificate pair in PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pems {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub cert: String,
+    pub key: String,
+    /// Unix seconds after which the serving certificate is no longer valid.
+    pub not_after: i64,
+}
+
+const CA_NAME: &str = "mlflow-operator-webhook-ca";
+
+fn ca_params() -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, CA_NAME);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p
+}
+
+/// Generates a new CA (valid `ca_days`) and a serving certificate for `names` (DNS names or IPs,
+/// valid `leaf_days`).
+pub fn generate(
+    names: &[String],
+    ca_days: i64,
+    leaf_days: i64,
+    now: i64,
+) -> Result<Pems, CertError> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut params = ca_params();
+    params.not_before = at(now - 3600);
+    params.not_after = at(now + ca_days * 86400);
+    let ca_cert = params.self_signed(&ca_key)?;
+    let ca_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    issue(&ca_pem, &ca_key_pem, names, leaf_days, now)
+}
+
+/// Issues a new serving certificate from an existing CA.
+pub fn issue(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    names: &[String],
+    leaf_days: i64,
+    now: i64,
+) -> Result<Pems, CertError> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem)?;
+    // The issuer is rebuilt from the same name and key, so the leaf chains to the stored CA
+    // without parsing it back (that would need rcgen's x509-parser feature).
+    let issuer = rcgen::Issuer::new(ca_params(), ca_key);
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("mlflow-operator"),
+    );
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = at(now - 3600);
+    let not_after = now + leaf_days * 86400;
+    params.not_after = at(not_after);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Pems {
+        ca_cert: ca_pem.to_string(),
+        ca_key: ca_key_pem.to_string(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        not_after,
+    })
+}
+
+fn at(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+pub mod self_managed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> i64 {
+        1_800_000_000
+    }
+
+    #[test]
+    fn generated_pair_loads_and_is_served() {
+        let pems = generate(&["localhost".into(), "127.0.0.1".into()], 3650, 365, now()).unwrap();
+        let store = CertStore::new();
+        assert!(!store.is_loaded());
+        assert!(
+            store
+                .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
+                .unwrap()
+        );
+        assert!(store.is_loaded());
+        // The same content again is not a change.
+        assert!(
+            !store
+                .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_material_is_refused_and_the_current_certificate_kept() {
+        let a = generate(&["localhost".into()], 10, 5, now()).unwrap();
+        let b = generate(&["localhost".into()], 10, 5, now()).unwrap();
+        let store = CertStore::new();
+        store.set_pem(a.cert.as_bytes(), a.key.as_bytes()).unwrap();
+        for (cert, key, what) in [
+            ("", a.key.as_str(), "no PEM certificate"),
+            ("garbage", a.key.as_str(), "no PEM certificate"),
+            (a.cert.as_str(), "garbage", "private key"),
+            (a.cert.as_str(), b.key.as_str(), "does not match"),
+        ] {
+            let err = store
+                .set_pem(cert.as_bytes(), key.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{err}");
+            assert!(store.is_loaded());
+        }
+    }
+
+    #[test]
+    fn reissued_leaf_chains_to_the_same_ca() {
+        let first = generate(&["svc.ns.svc".into()], 3650, 365, now()).unwrap();
+        let second = issue(
+            &first.ca_cert,
+            &first.ca_key,
+            &["svc.ns.svc".into()],
+            365,
+            now() + 100,
+        )
+        .unwrap();
+        assert_eq!(first.ca_cert, second.ca_cert);
+        assert_ne!(first.cert, second.cert);
+        // Verify the chain with webpki, as a TLS client would.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(second.ca_cert.as_bytes()).unwrap())
+            .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(aws_lc_rs::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let leaf = CertificateDer::from_pem_slice(second.cert.as_bytes()).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("svc.ns.svc").unwrap();
+        let when = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            (now() + 200) as u64,
+        ));
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], when)
+            .expect("leaf verifies against the CA");
+    }
+}

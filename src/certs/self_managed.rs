@@ -1,0 +1,237 @@
+//! Self-managed webhook certificates: one CA and serving certificate in a Secret shared by all
+//! replicas (so they serve the same chain), the MutatingWebhookConfiguration's caBundle kept
+//! equal to that CA, and the serving certificate re-issued well before it expires.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+use super::{CertStore, Pems, generate, issue};
+
+const NOT_AFTER: &str = "mlflow-operator.io/not-after";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub namespace: String,
+    pub secret: String,
+    pub webhook_config: String,
+    /// DNS names / IPs of the serving certificate.
+    pub names: Vec<String>,
+    pub ca_days: i64,
+    pub leaf_days: i64,
+    /// Re-issue when less than this many days of validity remain.
+    pub renew_days: i64,
+    pub check_every: Duration,
+}
+
+impl Config {
+    pub fn new(
+        namespace: &str,
+        secret: &str,
+        webhook_config: &str,
+        service: &str,
+        extra: &[String],
+    ) -> Self {
+        let mut names = extra.to_vec();
+        if names.is_empty() {
+            names = vec![
+                service.to_string(),
+                format!("{service}.{namespace}"),
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ];
+        }
+        Self {
+            namespace: namespace.to_string(),
+            secret: secret.to_string(),
+            webhook_config: webhook_config.to_string(),
+            names,
+            ca_days: 3650,
+            leaf_days: 365,
+            renew_days: 120,
+            check_every: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelfManagedError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Cert(#[from] super::CertError),
+    #[error(
+        "Secret {0} exists but lacks ca.crt, ca.key, tls.crt or tls.key; delete it to let the operator regenerate it"
+    )]
+    Incomplete(String),
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn to_secret(cfg: &Config, p: &Pems) -> Secret {
+    let data: BTreeMap<String, ByteString> = [
+        ("ca.crt", &p.ca_cert),
+        ("ca.key", &p.ca_key),
+        ("tls.crt", &p.cert),
+        ("tls.key", &p.key),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    let mut s = Secret {
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    s.metadata.name = Some(cfg.secret.clone());
+    s.metadata.namespace = Some(cfg.namespace.clone());
+    s.metadata.annotations = Some([(NOT_AFTER.to_string(), p.not_after.to_string())].into());
+    s.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/managed-by".to_string(),
+            "mlflow-operator".to_string(),
+        )]
+        .into(),
+    );
+    s
+}
+
+fn from_secret(s: &Secret) -> Option<Pems> {
+    let data = s.data.as_ref()?;
+    let get = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(Pems {
+        ca_cert: get("ca.crt")?,
+        ca_key: get("ca.key")?,
+        cert: get("tls.crt")?,
+        key: get("tls.key")?,
+        not_after: s
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(NOT_AFTER)?
+            .parse()
+            .ok()?,
+    })
+}
+
+/// Makes sure the Secret holds a CA and a serving certificate with at least `renew_days` left,
+/// creating or re-issuing as needed. Replicas race safely: creation and update are conditional,
+/// and the loser reads what the winner wrote.
+pub async fn ensure(client: &Client, cfg: &Config) -> Result<Pems, SelfManagedError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    for _ in 0..5 {
+        match secrets.get_opt(&cfg.secret).await? {
+            None => {
+                let pems = generate(&cfg.names, cfg.ca_days, cfg.leaf_days, now())?;
+                match secrets
+                    .create(&PostParams::default(), &to_secret(cfg, &pems))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(secret = %cfg.secret, "generated the webhook CA and serving certificate");
+                        return Ok(pems);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(existing) => {
+                let pems = from_secret(&existing)
+                    .ok_or_else(|| SelfManagedError::Incomplete(cfg.secret.clone()))?;
+                if pems.not_after - now() > cfg.renew_days * 86400 {
+                    return Ok(pems);
+                }
+                let renewed = issue(
+                    &pems.ca_cert,
+                    &pems.ca_key,
+                    &cfg.names,
+                    cfg.leaf_days,
+                    now(),
+                )?;
+                let mut s = to_secret(cfg, &renewed);
+                s.metadata.resource_version = existing.metadata.resource_version.clone();
+                match secrets
+                    .replace(&cfg.secret, &PostParams::default(), &s)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(secret = %cfg.secret, "rotated the webhook serving certificate");
+                        return Ok(renewed);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(SelfManagedError::Incomplete(cfg.secret.clone()))
+}
+
+/// Sets caBundle on every webhook of the configuration that does not carry `ca_pem` yet.
+/// A missing configuration is not an error: the chart may not have created it yet.
+pub async fn sync_ca_bundle(
+    client: &Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<bool, kube::Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let Some(mwc) = api.get_opt(name).await? else {
+        tracing::warn!(webhook_config = %name, "MutatingWebhookConfiguration not found; caBundle not set");
+        return Ok(false);
+    };
+    let want = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let ops: Vec<serde_json::Value> = mwc
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes()))
+        .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}))
+        .collect();
+    if ops.is_empty() {
+        return Ok(false);
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch");
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await?;
+    tracing::info!(webhook_config = %name, "caBundle updated");
+    Ok(true)
+}
+
+/// Keeps the store serving the Secret's certificate and the caBundle current, forever.
+pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = match ensure(&client, &cfg).await {
+            Ok(pems) => {
+                if let Err(e) = store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
+                    tracing::error!(error = %e, "self-managed certificate unusable");
+                }
+                if let Err(e) = sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert).await {
+                    tracing::warn!(error = %e, "could not update caBundle");
+                }
+                backoff = Duration::from_secs(1);
+                cfg.check_every
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "self-managed certificate not ready; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
