@@ -10,18 +10,14 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Client, Config};
 use tokio::sync::watch;
 
-use crate::binding::MlflowWorkspaceBinding;
 use crate::certs::{self, CertStore};
 use crate::cli::{OnMissingBindingArg, RunArgs};
 use crate::inject::{Defaults, OnMissingBinding};
 use crate::metrics::Metrics;
-use crate::webhook::{self, RefusalEvents, ServiceAccounts, Webhook};
+use crate::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Webhook};
 
 /// Readiness: every part this replica runs has what it needs to answer correctly.
 #[derive(Clone, Default)]
@@ -93,43 +89,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.certs = Some(store.clone());
         start_certificates(&args, &client, &store, &mut tasks).await?;
 
-        let (bindings, bindings_writer) = reflector::store::<MlflowWorkspaceBinding>();
-        let (sas, sas_writer) = reflector::store::<ServiceAccount>();
-        let b_stream = watcher(
-            Api::<MlflowWorkspaceBinding>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(bindings_writer)
-        .applied_objects();
-        // Only names and annotations of ServiceAccounts matter; drop the rest from memory.
-        let sa_stream = watcher(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|sa| {
-            sa.managed_fields_mut().clear();
-            sa.secrets = None;
-            sa.image_pull_secrets = None;
-        })
-        .reflect(sas_writer)
-        .applied_objects();
-        tasks.spawn(async move { b_stream.for_each(|_| async {}).await });
-        tasks.spawn(async move { sa_stream.for_each(|_| async {}).await });
-        let synced = health.caches_synced.clone();
-        let (b2, s2) = (bindings.clone(), sas.clone());
+        let mut caches = Caches::new(&client);
+        for driver in caches.drivers.drain(..) {
+            tasks.spawn(driver);
+        }
+        let (synced, synced_flag) = (caches.synced(), health.caches_synced.clone());
         tasks.spawn(async move {
-            let _ = b2.wait_until_ready().await;
-            let _ = s2.wait_until_ready().await;
-            synced.store(true, Ordering::Relaxed);
+            synced.await;
+            synced_flag.store(true, Ordering::Relaxed);
             tracing::info!("binding and ServiceAccount caches synced");
         });
 
         let webhook = Arc::new(Webhook {
-            bindings,
+            bindings: caches.bindings,
             service_accounts: ServiceAccounts {
-                cache: sas,
+                cache: caches.service_accounts,
                 client: Some(client.clone()),
             },
             defaults: Defaults {
