@@ -4,6 +4,9 @@
 //! that says how to start one (`hack/test` does all of it).
 #![allow(dead_code)]
 
+pub mod sidecar_webhook;
+pub mod webhook;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -110,4 +113,30 @@ pub fn cluster_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: source $MLFLOW_OPERATOR_CLUSTER_DIR/env after tests/cluster/up (hack/test does)")
     })
+}
+
+/// Runs kubectl against the local plane with `stdin`, returning stdout; fails loudly on error.
+pub fn kubectl(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -1,0 +1,351 @@
+//! Runs the real webhook in-process on 127.0.0.1 and registers it with the real API server
+//! through `clientConfig.url`, with exactly the webhook settings of the Helm chart (SPEC §6),
+//! scoped to one test namespace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, CustomResourceExt};
+use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::certs::{self, CertStore};
+use mlflow_operator::inject::Defaults;
+use mlflow_operator::metrics::Metrics;
+use mlflow_operator::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Webhook};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::eventually;
+
+pub struct TestWebhook {
+    pub client: Client,
+    pub namespace: String,
+    pub port: u16,
+    pub ca_pem: String,
+    pub metrics: Metrics,
+    pub config_name: String,
+    pub bindings: kube::runtime::reflector::Store<MlflowWorkspaceBinding>,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// Installs (or updates) the CRD and waits until it is served.
+pub async fn ensure_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = MlflowWorkspaceBinding::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("mlflow-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    eventually(
+        "the CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let c = crds.get(&name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The MutatingWebhookConfiguration of the chart, pointed at a URL and scoped to `namespace`.
+pub fn webhook_configuration(
+    name: &str,
+    url: &str,
+    ca_pem: Option<&str>,
+    namespace: &str,
+) -> Value {
+    let mut client_config = json!({"url": url});
+    if let Some(ca) = ca_pem {
+        client_config["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(ca));
+    }
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.mlflow-operator.io",
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "objectSelector": {"matchLabels": {"mlflow-operator.io/track": "true"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "sideEffects": "None",
+            "reinvocationPolicy": "IfNeeded",
+            "matchPolicy": "Equivalent",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+            "failurePolicy": "Fail"
+        }]
+    })
+}
+
+/// Total AdmissionReviews the webhook answered, from its own metrics.
+pub fn admissions_total(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("mlflow_operator_admissions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A labelled throwaway pod used to probe whether the webhook is in the admission chain.
+pub fn probe_pod() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"generateName": "probe-", "labels": {"mlflow-operator.io/track": "true"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap()
+}
+
+pub async fn register(client: &Client, mwc: &Value) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = mwc["metadata"]["name"].as_str().unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("mlflow-operator-tests").force(),
+        &Patch::Apply(mwc),
+    )
+    .await
+    .expect("apply the MutatingWebhookConfiguration");
+}
+
+impl TestWebhook {
+    pub async fn start(client: &Client, namespace: &str, defaults: Defaults) -> Self {
+        ensure_crd(client).await;
+        let pems = certs::generate(
+            &["127.0.0.1".into(), "localhost".into()],
+            30,
+            10,
+            jiff::Timestamp::now().as_second(),
+        )
+        .unwrap();
+        let store = CertStore::new();
+        store
+            .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
+            .unwrap();
+        Self::start_with(client, namespace, defaults, store, Some(pems.ca_cert)).await
+    }
+
+    /// Starts the webhook serving from `store`; registers it with `ca_pem` as caBundle (None: the
+    /// caller sets caBundle, as the self-managed mode does).
+    pub async fn start_with(
+        client: &Client,
+        namespace: &str,
+        defaults: Defaults,
+        store: Arc<CertStore>,
+        ca_pem: Option<String>,
+    ) -> Self {
+        ensure_crd(client).await;
+        let metrics = Metrics::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut caches = Caches::new(client);
+        for d in caches.drivers.drain(..) {
+            tasks.spawn(d);
+        }
+        tokio::time::timeout(Duration::from_secs(30), caches.synced())
+            .await
+            .expect("caches sync");
+        let bindings = caches.bindings.clone();
+        let wh = Arc::new(Webhook {
+            bindings: caches.bindings,
+            service_accounts: ServiceAccounts {
+                cache: caches.service_accounts,
+                client: Some(client.clone()),
+            },
+            defaults,
+            metrics: metrics.clone(),
+            events: Some(RefusalEvents::new(client.clone(), Some("test".into()))),
+        });
+        let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        tasks.spawn(webhook::serve(listener, wh, store, async move {
+            let _ = stop_rx.await;
+        }));
+        let config_name = format!("mlflow-operator-test-{namespace}");
+        let url = format!("https://127.0.0.1:{port}/mutate");
+        register(
+            client,
+            &webhook_configuration(&config_name, &url, ca_pem.as_deref(), namespace),
+        )
+        .await;
+        Self {
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            port,
+            ca_pem: ca_pem.unwrap_or_default(),
+            metrics,
+            config_name,
+            bindings,
+            stop: Some(stop_tx),
+            tasks,
+        }
+    }
+
+    /// Waits until the API server calls this webhook for labelled pods (the admission plugin
+    /// learns of new configurations through an informer, so there is a lag).
+    pub async fn wait_effective(&self) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let before = admissions_total(&self.metrics);
+        eventually(
+            "the API server to call the webhook",
+            Duration::from_secs(30),
+            || async {
+                let _ = pods
+                    .create(
+                        &PostParams {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        &probe_pod(),
+                    )
+                    .await;
+                (admissions_total(&self.metrics) > before).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the webhook's cache sees `name` with a Ready status.
+    pub async fn wait_binding_ready(&self, name: &str) {
+        let key = ObjectRef::new(name).within(&self.namespace);
+        eventually(
+            &format!("binding {name} Ready in the webhook cache"),
+            Duration::from_secs(30),
+            || async { self.bindings.get(&key).filter(|b| b.is_ready()).map(|_| ()) },
+        )
+        .await;
+    }
+
+    /// Waits until the webhook's cache sees `name` in namespace `ns` with a Ready status.
+    pub async fn wait_binding_ready_in(&self, ns: &str, name: &str) {
+        let key = ObjectRef::new(name).within(ns);
+        eventually(
+            &format!("binding {ns}/{name} Ready in the webhook cache"),
+            Duration::from_secs(30),
+            || async { self.bindings.get(&key).filter(|b| b.is_ready()).map(|_| ()) },
+        )
+        .await;
+    }
+
+    /// Waits until the webhook's cache sees `name` (in any state).
+    pub async fn wait_binding_seen(&self, name: &str) {
+        let key = ObjectRef::new(name).within(&self.namespace);
+        eventually(
+            &format!("binding {name} in the webhook cache"),
+            Duration::from_secs(30),
+            || async { self.bindings.get(&key).map(|_| ()) },
+        )
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let _ = api
+            .delete(&self.config_name, &DeleteParams::default())
+            .await;
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// Creates a binding and writes a Ready status for it directly (webhook tests do not need the
+/// controller; its own tests prove it writes this status).
+pub async fn ready_binding(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+    tracking_uri: &str,
+) -> MlflowWorkspaceBinding {
+    let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), ns);
+    let b: MlflowWorkspaceBinding =
+        serde_json::from_value(json!({"apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding", "metadata": {"name": name}, "spec": spec}))
+            .expect("a binding");
+    let created = api
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("create binding");
+    set_status(
+        client,
+        ns,
+        name,
+        created.metadata.generation.unwrap_or(1),
+        Some(tracking_uri),
+        "True",
+        "Resolved",
+        "resolved",
+    )
+    .await
+}
+
+pub async fn set_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    generation: i64,
+    tracking_uri: Option<&str>,
+    ready: &str,
+    reason: &str,
+    message: &str,
+) -> MlflowWorkspaceBinding {
+    let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), ns);
+    let mut status = json!({
+        "observedGeneration": generation,
+        "conditions": [{
+            "type": "Ready", "status": ready, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation
+        }]
+    });
+    if let Some(uri) = tracking_uri {
+        status["trackingUri"] = json!(uri);
+    }
+    api.patch_status(
+        name,
+        &PatchParams::apply("mlflow-operator-tests").force(),
+        &Patch::Apply(json!({"apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding", "status": status})),
+    )
+    .await
+    .expect("patch binding status")
+}
+
+/// The env of container `name` (containers or initContainers) of a stored pod, as name -> entry.
+pub fn env_of(pod: &Pod, container: &str) -> std::collections::BTreeMap<String, Value> {
+    let spec = pod.spec.as_ref().unwrap();
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)
+        .unwrap_or_else(|| panic!("container {container}"));
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), serde_json::to_value(e).unwrap()))
+        .collect()
+}
+
+/// The value of env var `var` in container `c`, when it is a plain value.
+pub fn env_value(pod: &Pod, c: &str, var: &str) -> Option<String> {
+    env_of(pod, c)
+        .get(var)
+        .and_then(|e| e.get("value"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}

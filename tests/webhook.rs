@@ -1,0 +1,600 @@
+//! The webhook against the real API server: it accepts, mutates or rejects what the contract
+//! (SPEC §4) says, with the chart's webhook settings (SPEC §6).
+
+mod common;
+
+use std::time::Duration;
+
+use common::webhook::{TestWebhook, env_of, env_value, ready_binding, set_status};
+use common::{eventually, with_temp_ns};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use mlflow_operator::inject::Defaults;
+use serde_json::{Value, json};
+
+const URI: &str = "http://mlflow.mlflow.svc:5000";
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+const TENANT_ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+
+fn pod(name: &str, labels: Value, annotations: Value, spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": spec
+    }))
+    .unwrap()
+}
+
+fn tracked() -> Value {
+    json!({"mlflow-operator.io/track": "true"})
+}
+
+fn one_container() -> Value {
+    json!({"containers": [{"name": "train", "image": "python:3.11"}]})
+}
+
+async fn create(client: &Client, ns: &str, p: &Pod) -> Result<Pod, kube::Error> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), p)
+        .await
+}
+
+fn refusal_message(err: kube::Error) -> String {
+    match err {
+        kube::Error::Api(e) => e.message,
+        other => panic!("expected an API refusal, got {other}"),
+    }
+}
+
+async fn setup(client: &Client, ns: &str) -> TestWebhook {
+    let wh = TestWebhook::start(client, ns, Defaults::default()).await;
+    wh.wait_effective().await;
+    wh
+}
+
+#[tokio::test]
+async fn accepts_and_injects_a_labelled_pod() {
+    with_temp_ns("wh-inject", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        let b = ready_binding(
+            &client,
+            &ns,
+            "fraud",
+            json!({"trackingUri": URI, "experimentName": "fraud-detection"}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("fraud").await;
+        let p = create(
+            &client,
+            &ns,
+            &pod("p", tracked(), json!({}), one_container()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
+            Some(URI)
+        );
+        assert_eq!(
+            env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(),
+            Some("fraud-detection")
+        );
+        let generation = b.metadata.generation.unwrap();
+        assert_eq!(
+            p.metadata
+                .annotations
+                .unwrap()
+                .get("mlflow-operator.io/injected")
+                .cloned(),
+            Some(format!("fraud/{generation}"))
+        );
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
+    with_temp_ns("wh-unlabelled", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
+        wh.wait_binding_ready("b").await;
+        let before = common::webhook::admissions_total(&wh.metrics);
+        let p = create(
+            &client,
+            &ns,
+            &pod("p", json!({"app": "x"}), json!({}), one_container()),
+        )
+        .await
+        .unwrap();
+        assert!(env_of(&p, "train").is_empty());
+        assert!(
+            p.metadata
+                .annotations
+                .unwrap_or_default()
+                .get("mlflow-operator.io/injected")
+                .is_none()
+        );
+        assert_eq!(
+            common::webhook::admissions_total(&wh.metrics),
+            before,
+            "the objectSelector keeps the webhook out"
+        );
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_injected() {
+    with_temp_ns("wh-deploy", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(
+            &client,
+            &ns,
+            "b",
+            json!({"trackingUri": URI, "experimentName": "e"}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("b").await;
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "train"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "train"}},
+                "template": {
+                    "metadata": {"labels": {"app": "train", "mlflow-operator.io/track": "true"}},
+                    "spec": one_container()
+                }
+            }
+        }))
+        .unwrap();
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let made = eventually(
+            "2 pods from the ReplicaSet",
+            Duration::from_secs(60),
+            || async {
+                let l = pods
+                    .list(&ListParams::default().labels("app=train"))
+                    .await
+                    .ok()?;
+                (l.items.len() == 2).then_some(l.items)
+            },
+        )
+        .await;
+        for p in made {
+            assert_eq!(
+                env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
+                Some(URI)
+            );
+            assert_eq!(
+                env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(),
+                Some("e")
+            );
+        }
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn workload_identity_comes_from_service_account_annotations_and_is_refused_without_a_client_id()
+ {
+    with_temp_ns("wh-wi", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "trainer", "annotations": {
+            "azure.workload.identity/client-id": CLIENT_ID, "azure.workload.identity/tenant-id": TENANT_ID}}}))
+        .unwrap();
+        sas.create(&PostParams::default(), &sa).await.unwrap();
+        ready_binding(
+            &client,
+            &ns,
+            "b",
+            json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tokenExpirationSeconds": 7200}}}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("b").await;
+
+        let spec = json!({"serviceAccountName": "trainer", "containers": [{"name": "train", "image": "x"}]});
+        let p = create(&client, &ns, &pod("ok", tracked(), json!({}), spec)).await.unwrap();
+        assert_eq!(env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(), Some(CLIENT_ID));
+        assert_eq!(env_value(&p, "train", "AZURE_TENANT_ID").as_deref(), Some(TENANT_ID));
+        assert_eq!(
+            env_value(&p, "train", "AZURE_FEDERATED_TOKEN_FILE").as_deref(),
+            Some("/var/run/secrets/mlflow-operator/azure/azure-identity-token")
+        );
+        assert_eq!(env_value(&p, "train", "AZURE_AUTHORITY_HOST").as_deref(), Some("https://login.microsoftonline.com/"));
+        let spec_v = serde_json::to_value(p.spec.as_ref().unwrap()).unwrap();
+        let vol = spec_v["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "mlflow-operator-azure-token").unwrap();
+        let sat = &vol["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(sat["audience"], "api://AzureADTokenExchange");
+        assert_eq!(sat["expirationSeconds"], 7200);
+        let mount = spec_v["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "mlflow-operator-azure-token")
+            .unwrap()
+            .clone();
+        assert_eq!(mount["mountPath"], "/var/run/secrets/mlflow-operator/azure");
+        assert_eq!(mount["readOnly"], true);
+
+        // The default ServiceAccount has no client-id annotation: refused, saying where to set it.
+        let err = create(&client, &ns, &pod("no-id", tracked(), json!({}), one_container())).await.unwrap_err();
+        let msg = refusal_message(err);
+        assert!(msg.contains("azure.workload.identity/client-id"), "{msg}");
+        assert!(msg.contains("clientId"), "{msg}");
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn managed_identity_injects_only_the_client_id() {
+    with_temp_ns("wh-mi", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(
+            &client,
+            &ns,
+            "b",
+            json!({"trackingUri": URI, "identity": {"managedIdentity": {"clientId": CLIENT_ID}}}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("b").await;
+        let p = create(
+            &client,
+            &ns,
+            &pod("p", tracked(), json!({}), one_container()),
+        )
+        .await
+        .unwrap();
+        let env = env_of(&p, "train");
+        assert_eq!(
+            env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(),
+            Some(CLIENT_ID)
+        );
+        for absent in [
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "MSI_ENDPOINT",
+            "IDENTITY_ENDPOINT",
+            "AZURE_TENANT_ID",
+        ] {
+            assert!(
+                !env.contains_key(absent),
+                "{absent} must not be injected: {env:?}"
+            );
+        }
+        let vols = p.spec.unwrap().volumes.unwrap_or_default();
+        assert!(
+            !vols.iter().any(|v| v.name.starts_with("mlflow-operator-")),
+            "{vols:?}"
+        );
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_us() {
+    with_temp_ns("wh-azwi", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(
+            &client,
+            &ns,
+            "b",
+            json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("b").await;
+        let labels = json!({"mlflow-operator.io/track": "true", "azure.workload.identity/use": "true"});
+        let p = create(&client, &ns, &pod("p", labels, json!({}), one_container())).await.unwrap();
+        let env = env_of(&p, "train");
+        assert_eq!(env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(), Some(URI));
+        assert!(!env.contains_key("AZURE_CLIENT_ID") && !env.contains_key("AZURE_FEDERATED_TOKEN_FILE"), "{env:?}");
+        let ann = p.metadata.annotations.unwrap()["mlflow-operator.io/injected"].clone();
+        assert!(ann.contains("azure-workload-identity"), "{ann}");
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_env_is_preserved_and_a_self_configured_container_gets_no_mlflow_variables() {
+    with_temp_ns("wh-userenv", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(&client, &ns, "b", json!({"trackingUri": URI, "experimentName": "from-binding"}), URI).await;
+        wh.wait_binding_ready("b").await;
+        let spec = json!({"containers": [
+            {"name": "train", "image": "x", "env": [
+                {"name": "MLFLOW_EXPERIMENT_NAME", "value": "mine"},
+                {"name": "OTHER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+            ]},
+            {"name": "own", "image": "x", "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://elsewhere:5000"}]}
+        ]});
+        let p = create(&client, &ns, &pod("p", tracked(), json!({}), spec)).await.unwrap();
+        assert_eq!(env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(), Some("mine"));
+        assert_eq!(env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(), Some(URI));
+        assert_eq!(env_of(&p, "train")["OTHER"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+        assert_eq!(env_value(&p, "own", "MLFLOW_TRACKING_URI").as_deref(), Some("http://elsewhere:5000"));
+        assert!(!env_of(&p, "own").contains_key("MLFLOW_EXPERIMENT_NAME"));
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() {
+    with_temp_ns("wh-refuse", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        // No binding at all.
+        let msg = refusal_message(
+            create(
+                &client,
+                &ns,
+                &pod("p0", tracked(), json!({}), one_container()),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(msg.contains(&ns), "names the namespace: {msg}");
+
+        ready_binding(&client, &ns, "alpha", json!({"trackingUri": URI}), URI).await;
+        ready_binding(&client, &ns, "beta", json!({"trackingUri": URI}), URI).await;
+        wh.wait_binding_ready("alpha").await;
+        wh.wait_binding_ready("beta").await;
+        let msg = refusal_message(
+            create(
+                &client,
+                &ns,
+                &pod("p1", tracked(), json!({}), one_container()),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(
+            msg.contains("alpha") && msg.contains("beta"),
+            "names the candidates: {msg}"
+        );
+        assert!(
+            msg.contains("mlflow-operator.io/binding"),
+            "names the fix: {msg}"
+        );
+
+        // Naming one resolves the ambiguity; naming a missing one is refused.
+        let named = create(
+            &client,
+            &ns,
+            &pod(
+                "p2",
+                tracked(),
+                json!({"mlflow-operator.io/binding": "beta"}),
+                one_container(),
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(
+            named.metadata.annotations.unwrap()["mlflow-operator.io/injected"].starts_with("beta/")
+        );
+        let msg = refusal_message(
+            create(
+                &client,
+                &ns,
+                &pod(
+                    "p3",
+                    tracked(),
+                    json!({"mlflow-operator.io/binding": "gamma"}),
+                    one_container(),
+                ),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(msg.contains("gamma"), "{msg}");
+
+        // A binding that is not Ready.
+        set_status(
+            &client,
+            &ns,
+            "beta",
+            1,
+            None,
+            "False",
+            "WorkspaceNotFound",
+            "workspace ws not found",
+        )
+        .await;
+        eventually(
+            "beta not Ready in the cache",
+            Duration::from_secs(30),
+            || async {
+                wh.bindings
+                    .get(&kube::runtime::reflector::ObjectRef::new("beta").within(&ns))
+                    .filter(|b| !b.is_ready())
+                    .map(|_| ())
+            },
+        )
+        .await;
+        let msg = refusal_message(
+            create(
+                &client,
+                &ns,
+                &pod(
+                    "p4",
+                    tracked(),
+                    json!({"mlflow-operator.io/binding": "beta"}),
+                    one_container(),
+                ),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(msg.contains("beta") && msg.contains("not Ready"), "{msg}");
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_binding_in_another_namespace_is_never_applied() {
+    with_temp_ns("wh-other", |client, other| async move {
+        with_temp_ns("wh-mine", |client2, ns| async move {
+            let wh = setup(&client2, &ns).await;
+            ready_binding(
+                &client,
+                &other,
+                "elsewhere",
+                json!({"trackingUri": URI}),
+                URI,
+            )
+            .await;
+            wh.wait_binding_ready_in(&other, "elsewhere").await;
+            let msg = refusal_message(
+                create(
+                    &client2,
+                    &ns,
+                    &pod("p", tracked(), json!({}), one_container()),
+                )
+                .await
+                .unwrap_err(),
+            );
+            assert!(
+                !msg.contains("elsewhere"),
+                "another namespace's binding is not even a candidate: {msg}"
+            );
+            wh.stop().await;
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_native_sidecar_is_preserved_and_injected() {
+    with_temp_ns("wh-sidecar", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
+        wh.wait_binding_ready("b").await;
+        let spec = json!({
+            "initContainers": [{"name": "logshipper", "image": "x", "restartPolicy": "Always"}],
+            "containers": [{"name": "train", "image": "x"}]
+        });
+        let p = create(&client, &ns, &pod("p", tracked(), json!({}), spec))
+            .await
+            .unwrap();
+        let init = &p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            env_value(&p, "logshipper", "MLFLOW_TRACKING_URI").as_deref(),
+            Some(URI)
+        );
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_without_duplicates() {
+    with_temp_ns("wh-reinvoke", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(
+            &client,
+            &ns,
+            "b",
+            json!({"trackingUri": URI, "experimentName": "e"}),
+            URI,
+        )
+        .await;
+        wh.wait_binding_ready("b").await;
+        let sidecar = common::sidecar_webhook::SidecarWebhook::start(&client, &ns).await;
+        sidecar.wait_effective(&client, &ns).await;
+        let p = create(
+            &client,
+            &ns,
+            &pod("p", tracked(), json!({}), one_container()),
+        )
+        .await
+        .unwrap();
+        let names: Vec<_> = p
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, ["train", "added-sidecar"]);
+        for c in ["train", "added-sidecar"] {
+            let env: Vec<_> = p
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers
+                .iter()
+                .find(|x| x.name == c)
+                .unwrap()
+                .env
+                .clone()
+                .unwrap_or_default();
+            let count = env
+                .iter()
+                .filter(|e| e.name == "MLFLOW_TRACKING_URI")
+                .count();
+            assert_eq!(
+                count, 1,
+                "{c} has MLFLOW_TRACKING_URI exactly once: {env:?}"
+            );
+        }
+        sidecar.stop(&client).await;
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
+    with_temp_ns("wh-dryrun", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
+        wh.wait_binding_ready("b").await;
+        let manifest = serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "dry", "namespace": ns, "labels": tracked()},
+            "spec": one_container()
+        }))
+        .unwrap();
+        let out = common::kubectl(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &manifest,
+        );
+        let shown: Value = serde_json::from_str(&out).unwrap();
+        let env = &shown["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "MLFLOW_TRACKING_URI" && e["value"] == URI),
+            "{env}"
+        );
+        assert!(
+            Api::<Pod>::namespaced(client.clone(), &ns)
+                .get_opt("dry")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        wh.stop().await;
+    })
+    .await;
+}
