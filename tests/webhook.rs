@@ -111,11 +111,10 @@ async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
         .unwrap();
         assert!(env_of(&p, "train").is_empty());
         assert!(
-            p.metadata
+            !p.metadata
                 .annotations
                 .unwrap_or_default()
-                .get("mlflow-operator.io/injected")
-                .is_none()
+                .contains_key("mlflow-operator.io/injected")
         );
         assert_eq!(
             common::webhook::admissions_total(&wh.metrics),

@@ -301,9 +301,7 @@ pub async fn set_status(
     name: &str,
     generation: i64,
     tracking_uri: Option<&str>,
-    ready: &str,
-    reason: &str,
-    message: &str,
+    (ready, reason, message): (&str, &str, &str),
 ) -> MlflowWorkspaceBinding {
     let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), ns);
     let mut status = json!({
