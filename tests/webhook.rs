@@ -409,9 +409,7 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
             "beta",
             1,
             None,
-            "False",
-            "WorkspaceNotFound",
-            "workspace ws not found",
+            ("False", "WorkspaceNotFound", "workspace ws not found"),
         )
         .await;
         eventually(

@@ -288,9 +288,7 @@ pub async fn ready_binding(
         name,
         created.metadata.generation.unwrap_or(1),
         Some(tracking_uri),
-        "True",
-        "Resolved",
-        "resolved",
+        ("True", "Resolved", "resolved"),
     )
     .await
 }
