@@ -87,6 +87,7 @@ pub struct MlflowWorkspaceBindingSpec {
     ).message(
         "trackingUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
     ))]
+    #[schemars(length(max = 2048))]
     pub tracking_uri: Option<String>,
 
     /// MLflow model registry URI, injected as MLFLOW_REGISTRY_URI. Defaults to the tracking URI
@@ -97,6 +98,7 @@ pub struct MlflowWorkspaceBindingSpec {
     ).message(
         "registryUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
     ))]
+    #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
 
     /// Default MLflow experiment for the pods (MLFLOW_EXPERIMENT_NAME); MLflow creates it on first
@@ -105,6 +107,7 @@ pub struct MlflowWorkspaceBindingSpec {
     #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 256").message(
         "experimentName must be 1 to 256 characters; remove the field to leave the experiment to the pod"
     ))]
+    #[schemars(length(max = 256))]
     pub experiment_name: Option<String>,
 
     /// Which opted-in pods (label mlflow-operator.io/track: "true") of this namespace this binding
@@ -124,9 +127,7 @@ pub struct MlflowWorkspaceBindingSpec {
     /// MLFLOW_TRACKING_INSECURE_TLS). Like every injected variable, never overrides a variable the
     /// container already sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message(
-        "env names must be valid environment variable names (letters, digits, '_', '-', '.'; not starting with a digit)"
-    ))]
+    #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
 }
 
@@ -138,18 +139,21 @@ pub struct AzureMlWorkspace {
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "subscriptionId must be a GUID such as 00000000-0000-0000-0000-000000000000 (az account show --query id)"
     ))]
+    #[schemars(length(max = 36))]
     pub subscription_id: String,
 
     /// Resource group of the workspace.
     #[x_kube(validation = Rule::new("self.matches('^[-\\\\w._()]{0,89}[-\\\\w_()]$')").message(
         "resourceGroup must be 1 to 90 letters, digits, '-', '_', '.', '(' or ')' and must not end with '.'"
     ))]
+    #[schemars(length(max = 90))]
     pub resource_group: String,
 
     /// Name of the Azure Machine Learning workspace.
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$')").message(
         "workspaceName must be 3 to 33 letters, digits, '-' or '_', starting with a letter or digit"
     ))]
+    #[schemars(length(max = 33))]
     pub workspace_name: String,
 
     /// Azure cloud of the workspace: AzurePublicCloud (default), AzureChinaCloud or
@@ -241,6 +245,7 @@ pub struct WorkloadIdentity {
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "identity.workloadIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
     ))]
+    #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 
     /// Entra ID tenant id (a GUID).
@@ -248,6 +253,7 @@ pub struct WorkloadIdentity {
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "identity.workloadIdentity.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
     ))]
+    #[schemars(length(max = 36))]
     pub tenant_id: Option<String>,
 
     /// Lifetime of the projected ServiceAccount token, 3600 to 86400 seconds (default 3600).
@@ -266,6 +272,7 @@ pub struct ManagedIdentity {
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "identity.managedIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
     ))]
+    #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 }
 
@@ -279,12 +286,14 @@ pub struct ServicePrincipal {
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "identity.servicePrincipal.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
     ))]
+    #[schemars(length(max = 36))]
     pub client_id: String,
 
     /// Entra ID tenant id (a GUID).
     #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
         "identity.servicePrincipal.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
     ))]
+    #[schemars(length(max = 36))]
     pub tenant_id: String,
 
     /// Secret key holding the client secret, injected as AZURE_CLIENT_SECRET by secretKeyRef.
@@ -302,9 +311,11 @@ pub struct ServicePrincipal {
 pub struct SecretKeyRef {
     /// Name of a Secret in the binding's namespace.
     #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Key in that Secret.
     #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub key: String,
 }
 
@@ -313,13 +324,16 @@ pub struct SecretKeyRef {
 pub struct CertificateSecretRef {
     /// Name of a Secret in the binding's namespace.
     #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Key holding the PEM certificate and private key.
     #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub key: String,
     /// Optional key holding the certificate's password (AZURE_CLIENT_CERTIFICATE_PASSWORD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub password_key: Option<String>,
 }
 
@@ -330,6 +344,7 @@ pub struct MlflowAuth {
     /// Secret in the binding's namespace with keys username and password (basic auth), or token
     /// (bearer). Pods reference the keys through secretKeyRef; the operator never reads them.
     #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
+    #[schemars(length(max = 253))]
     pub secret_name: String,
 }
 
@@ -349,9 +364,11 @@ pub struct MlflowWorkspaceBindingStatus {
     /// The resolved MLflow tracking URI injected as MLFLOW_TRACKING_URI. Kept while a refresh
     /// fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub tracking_uri: Option<String>,
     /// The resolved registry URI injected as MLFLOW_REGISTRY_URI, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
     /// Kubernetes conditions; Ready says whether pods can be injected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

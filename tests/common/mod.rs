@@ -119,7 +119,10 @@ pub fn cluster_env(name: &str) -> String {
 pub fn kubectl(args: &[&str], stdin: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
+    // A fresh discovery cache, so CRDs installed a moment ago are known.
+    let cache = tempfile::tempdir().unwrap();
     let mut child = Command::new("kubectl")
+        .arg(format!("--cache-dir={}", cache.path().display()))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
