@@ -5,12 +5,14 @@
 //! - [`inject`]: the pure injection planner shared by the webhook, the CLI and the tests.
 //! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
 //! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`).
+//! - [`workload`]: `mlflow-operator inject`, the webhook applied offline to workload YAML.
 
 pub mod binding;
 pub mod cli;
 pub mod inject;
 pub mod metrics;
 pub mod run;
+pub mod workload;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
