@@ -1249,8 +1249,54 @@ mod properties {
         }
     }
 
+    /// Arbitrary JSON biased towards the keys the planner reads.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            prop::sample::select(&["c0", "true", "", "MLFLOW_TRACKING_URI", "b/3"][..])
+                .prop_map(|s| json!(s)),
+        ];
+        let keys = prop::sample::select(
+            &[
+                "metadata",
+                "labels",
+                "annotations",
+                "spec",
+                "containers",
+                "initContainers",
+                "name",
+                "env",
+                "volumeMounts",
+                "volumes",
+                "envFrom",
+                "mlflow-operator.io/track",
+                "mlflow-operator.io/injected",
+                "mlflow-operator.io/skip-containers",
+                "serviceAccountName",
+            ][..],
+        );
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((keys.clone(), inner), 0..5).prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn plan_never_panics_and_its_patch_applies(p in any_json(), b in binding_strategy()) {
+            if let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) {
+                let mut out = p.clone();
+                prop_assert!(json_patch::patch(&mut out, &patch).is_ok(), "{}", patch);
+            }
+        }
 
         #[test]
         fn applying_the_plan_twice_changes_nothing_the_second_time(p in pod_strategy(), b in binding_strategy()) {
