@@ -24,6 +24,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the MlflowWorkspaceBinding CRD as YAML (crds/ is generated from it).
     Crd,
+    /// Print workloads with their pods mutated exactly as the webhook would (offline preview).
+    Inject(InjectArgs),
     /// Print the version.
     Version,
 }
@@ -128,6 +130,25 @@ pub struct RunArgs {
     /// Do not run the webhook (controller only).
     #[arg(long)]
     pub no_webhook: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InjectArgs {
+    /// The MlflowWorkspaceBinding (YAML) carrying status.trackingUri or spec.trackingUri.
+    #[arg(long)]
+    pub binding: PathBuf,
+
+    /// The pods' ServiceAccount (YAML), for its azure.workload.identity annotations.
+    #[arg(long)]
+    pub service_account: Option<PathBuf>,
+
+    /// Multi-document YAML to mutate; '-' reads stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub filename: PathBuf,
+
+    /// Tenant for workload identity when neither the binding nor the ServiceAccount names one.
+    #[arg(long, env = "MLFLOW_OPERATOR_DEFAULT_TENANT_ID")]
+    pub default_tenant_id: Option<String>,
 }
 
 /// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.

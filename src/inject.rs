@@ -4,10 +4,18 @@
 //! The patch is computed against the raw JSON, so fields the Kubernetes types of this crate do
 //! not know survive untouched.
 
+use json_patch::{PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::binding::MlflowWorkspaceBinding;
+use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding, SKIP_CONTAINERS_ANNOTATION};
+
+mod env;
+mod pod;
+mod select;
+#[cfg(test)]
+mod tests;
+mod values;
 
 /// What the webhook does when no binding applies (Helm value `webhook.onMissingBinding`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,6 +101,124 @@ pub enum Plan {
 
 /// Plans the mutation of one pod (or pod template: `{metadata, spec}`).
 pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan {
-    let _ = (pod, view, defaults);
-    todo!("implemented by the planner work")
+    let ns = view.namespace;
+    let pod = match pod::read(pod) {
+        Ok(p) => p,
+        Err(detail) => {
+            return Plan::Refuse {
+                reason: RefusalReason::InvalidPod,
+                message: format!(
+                    "mlflow-operator: cannot read the pod in namespace \"{ns}\": {detail}"
+                ),
+                binding: None,
+            };
+        }
+    };
+    let chosen = select::choose(&pod, ns, &view.bindings).and_then(|b| {
+        if b.is_ready() {
+            Ok(b)
+        } else {
+            Err(select::not_ready(b, ns))
+        }
+    });
+    let binding = match chosen {
+        Ok(b) => b,
+        Err((_, message, _)) if defaults.on_missing_binding == OnMissingBinding::Allow => {
+            return Plan::Allow {
+                warnings: vec![message],
+            };
+        }
+        Err((reason, message, binding)) => {
+            return Plan::Refuse {
+                reason,
+                message,
+                binding,
+            };
+        }
+    };
+    let name = binding.metadata.name.clone().unwrap_or_default();
+    let ctx = values::Context {
+        namespace: ns,
+        service_account: view.service_account,
+        default_tenant_id: defaults.tenant_id.as_deref(),
+    };
+    let desired = match values::desired(binding, &pod, &ctx) {
+        Ok(d) => d,
+        Err(message) => {
+            return Plan::Refuse {
+                reason: RefusalReason::Identity,
+                message,
+                binding: Some(name),
+            };
+        }
+    };
+
+    let skip = pod
+        .annotations
+        .get(SKIP_CONTAINERS_ANNOTATION)
+        .map(|s| pod::parse_skip_containers(s))
+        .unwrap_or_default();
+    let mut ops = Vec::new();
+    let mut warnings = Vec::new();
+    let mut injected_any = false;
+    for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
+        injected_any = true;
+        let (o, w) = env::merge_container(c, &desired);
+        ops.extend(o);
+        warnings.extend(w);
+    }
+    if injected_any {
+        let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
+        let volumes = env::add_volumes_if_absent(existing, &desired.volumes);
+        for v in &volumes.conflicts {
+            warnings.push(format!(
+                "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
+            ));
+        }
+        ops.extend(env::append(
+            &["spec", "volumes"],
+            pod.volumes.is_some(),
+            volumes.add,
+        ));
+    }
+
+    let generation = binding.metadata.generation.unwrap_or(0);
+    let marker = format!("{name}/{generation}{}", desired.annotation_suffix);
+    let already = pod.annotations.get(INJECTED_ANNOTATION) == Some(&marker.as_str());
+    if already {
+        // Reinvocation: whatever there was to say was said when the pod was first injected.
+        warnings.clear();
+    } else {
+        ops.push(annotation_op(&pod, marker));
+    }
+    Plan::Inject {
+        binding: name,
+        patch: json_patch::Patch(ops),
+        warnings,
+    }
+}
+
+/// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
+fn annotation_op(pod: &pod::PodView<'_>, marker: String) -> PatchOperation {
+    if !pod.has_metadata {
+        env::add(
+            &["metadata"],
+            json!({"annotations": {INJECTED_ANNOTATION: marker}}),
+        )
+    } else if !pod.has_annotations {
+        env::add(
+            &["metadata", "annotations"],
+            json!({INJECTED_ANNOTATION: marker}),
+        )
+    } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
+        PatchOperation::Replace(ReplaceOperation {
+            path: env::pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
+            value: Value::String(marker),
+        })
+    } else {
+        env::add(
+            &["metadata", "annotations", INJECTED_ANNOTATION],
+            Value::String(marker),
+        )
+    }
 }

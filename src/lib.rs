@@ -5,6 +5,10 @@
 //! - [`inject`]: the pure injection planner shared by the webhook, the CLI and the tests.
 //! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
 //! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`).
+//! - [`webhook`]: the HTTPS admission service over raw AdmissionReview JSON.
+//! - [`certs`]: serving certificates from files or self-managed, swapped without restarts.
+//! - [`run`]: `mlflow-operator run`, wiring webhook, controller, metrics and health.
+//! - [`workload`]: `mlflow-operator inject`, the webhook applied offline to workload YAML.
 
 pub mod binding;
 pub mod certs;
@@ -13,6 +17,7 @@ pub mod inject;
 pub mod metrics;
 pub mod run;
 pub mod webhook;
+pub mod workload;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {

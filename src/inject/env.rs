@@ -1,0 +1,321 @@
+//! Add-if-absent merging of env entries, volume mounts and volumes, as JSON patch operations.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
+use serde_json::Value;
+
+use super::pod::ContainerView;
+use super::values::{Desired, env_name};
+
+pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+
+/// A pointer from unescaped tokens; RFC 6901 escaping (`~` -> `~0`, `/` -> `~1`) happens on output.
+pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+pub(crate) fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// Ops that append `items` to the array at `tokens`: the whole array when it is absent, else one
+/// `add .../-` per item.
+pub(crate) fn append(tokens: &[&str], present: bool, items: Vec<Value>) -> Vec<PatchOperation> {
+    if items.is_empty() {
+        Vec::new()
+    } else if !present {
+        vec![add(tokens, Value::Array(items))]
+    } else {
+        let mut end = tokens.to_vec();
+        end.push("-");
+        items.into_iter().map(|v| add(&end, v)).collect()
+    }
+}
+
+/// The result of merging wanted entries into existing ones.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Merge {
+    /// Entries to add, in order.
+    pub add: Vec<Value>,
+    /// Names of wanted entries the container already has with another definition.
+    pub conflicts: Vec<String>,
+}
+
+/// Add-if-absent by env name: an existing entry is never changed; one identical to ours is
+/// silent, a different one is a conflict.
+pub(crate) fn add_env_if_absent<'a>(
+    existing: &[Value],
+    wanted: impl IntoIterator<Item = &'a Value>,
+) -> Merge {
+    let mut m = Merge::default();
+    for entry in wanted {
+        let Some(name) = env_name(entry) else {
+            continue;
+        };
+        match existing.iter().find(|e| env_name(e) == Some(name)) {
+            Some(e) if e == entry => {}
+            Some(_) => m.conflicts.push(name.to_string()),
+            None => m.add.push(entry.clone()),
+        }
+    }
+    m
+}
+
+/// Add-if-absent for volume mounts: skipped when the container has a mount of that name or that
+/// mountPath; a conflict when that mount is not identical to ours.
+pub(crate) fn add_mounts_if_absent<'a>(
+    existing: &[Value],
+    wanted: impl IntoIterator<Item = &'a Value>,
+) -> Merge {
+    let mut m = Merge::default();
+    for mount in wanted {
+        let clash = |e: &&Value| {
+            e.get("name") == mount.get("name") || e.get("mountPath") == mount.get("mountPath")
+        };
+        match existing.iter().find(clash) {
+            Some(e) if e == mount => {}
+            Some(_) => m.conflicts.push(
+                mount
+                    .get("mountPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            None => m.add.push(mount.clone()),
+        }
+    }
+    m
+}
+
+/// Add-if-absent for pod volumes, by name.
+pub(crate) fn add_volumes_if_absent<'a>(
+    existing: &[Value],
+    wanted: impl IntoIterator<Item = &'a Value>,
+) -> Merge {
+    let mut m = Merge::default();
+    for volume in wanted {
+        match existing
+            .iter()
+            .find(|e| e.get("name") == volume.get("name"))
+        {
+            Some(e) if e == volume => {}
+            Some(_) => m.conflicts.push(
+                volume
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            None => m.add.push(volume.clone()),
+        }
+    }
+    m
+}
+
+/// Whether the container sets MLFLOW_TRACKING_URI to something other than what we inject.
+pub(crate) fn self_configured(existing: &[Value], ours: Option<&Value>) -> bool {
+    existing
+        .iter()
+        .find(|e| env_name(e) == Some(TRACKING_URI))
+        .is_some_and(|e| Some(e) != ours)
+}
+
+/// The patch operations and warnings for one injected container.
+pub(crate) fn merge_container(
+    c: &ContainerView<'_>,
+    d: &Desired,
+) -> (Vec<PatchOperation>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
+    let ours = d.env.iter().find(|e| env_name(e) == Some(TRACKING_URI));
+    let self_conf = self_configured(existing_env, ours);
+    if self_conf {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already sets {TRACKING_URI}; it is self-configured, so no MLFLOW_* variables were added to it",
+            c.name
+        ));
+    }
+    let wanted = d
+        .env
+        .iter()
+        .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))));
+    let env = add_env_if_absent(existing_env, wanted);
+    for name in &env.conflicts {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already sets {name}; left unchanged",
+            c.name
+        ));
+    }
+    if c.has_env_from && !env.add.is_empty() {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" has envFrom: the variables injected into env take precedence over same-named envFrom values",
+            c.name
+        ));
+    }
+    let existing_mounts = c.mounts.map(Vec::as_slice).unwrap_or_default();
+    let mounts = add_mounts_if_absent(existing_mounts, &d.mounts);
+    for path in &mounts.conflicts {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already has a different volume mount of the name or path of ours ({path}); left unchanged",
+            c.name
+        ));
+    }
+    let index = c.index.to_string();
+    let mut ops = append(&["spec", c.list, &index, "env"], c.env.is_some(), env.add);
+    ops.extend(append(
+        &["spec", c.list, &index, "volumeMounts"],
+        c.mounts.is_some(),
+        mounts.add,
+    ));
+    (ops, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// RFC 6901 escaping of one reference token, the reference for `pointer`.
+    fn escape(token: &str) -> String {
+        token.replace('~', "~0").replace('/', "~1")
+    }
+
+    #[test]
+    fn json_pointer_escaping() {
+        for (token, want) in [
+            ("a", "a"),
+            ("a/b", "a~1b"),
+            ("a~b", "a~0b"),
+            ("~/", "~0~1"),
+            ("", ""),
+        ] {
+            assert_eq!(escape(token), want);
+        }
+        assert_eq!(
+            pointer(&["metadata", "annotations", "mlflow-operator.io/injected"]).to_string(),
+            "/metadata/annotations/mlflow-operator.io~1injected"
+        );
+        assert_eq!(pointer(&["a~b"]).to_string(), format!("/{}", escape("a~b")));
+    }
+
+    #[test]
+    fn env_add_if_absent() {
+        let a = json!({"name": "A", "value": "1"});
+        let a_other = json!({"name": "A", "value": "2"});
+        let a_from =
+            json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}});
+        let b = json!({"name": "B", "value": "1"});
+        for (existing, want_add, want_conflicts) in [
+            (vec![], vec![a.clone(), b.clone()], vec![]),
+            (vec![a.clone()], vec![b.clone()], vec![]),
+            (vec![a_other.clone()], vec![b.clone()], vec!["A"]),
+            (vec![a_from.clone()], vec![b.clone()], vec!["A"]),
+            (vec![a.clone(), b.clone()], vec![], vec![]),
+            (
+                vec![json!({"value": "x"}), json!(3)],
+                vec![a.clone(), b.clone()],
+                vec![],
+            ),
+        ] {
+            let m = add_env_if_absent(&existing, &[a.clone(), b.clone()]);
+            assert_eq!(m.add, want_add, "{existing:?}");
+            assert_eq!(m.conflicts, want_conflicts, "{existing:?}");
+        }
+    }
+
+    #[test]
+    fn mounts_add_if_absent_by_name_or_path() {
+        let ours = json!({"name": "v", "mountPath": "/p", "readOnly": true});
+        for (existing, added, conflicts) in [
+            (vec![], 1, 0),
+            (vec![ours.clone()], 0, 0),
+            (vec![json!({"name": "v", "mountPath": "/other"})], 0, 1),
+            (vec![json!({"name": "other", "mountPath": "/p"})], 0, 1),
+            (vec![json!({"name": "other", "mountPath": "/other"})], 1, 0),
+        ] {
+            let m = add_mounts_if_absent(&existing, [&ours]);
+            assert_eq!(
+                (m.add.len(), m.conflicts.len()),
+                (added, conflicts),
+                "{existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn volumes_add_if_absent_by_name() {
+        let ours = json!({"name": "v", "emptyDir": {}});
+        for (existing, added, conflicts) in [
+            (vec![], 1, 0),
+            (vec![ours.clone()], 0, 0),
+            (
+                vec![json!({"name": "v", "secret": {"secretName": "s"}})],
+                0,
+                1,
+            ),
+            (vec![json!({"name": "w", "emptyDir": {}})], 1, 0),
+        ] {
+            let m = add_volumes_if_absent(&existing, [&ours]);
+            assert_eq!(
+                (m.add.len(), m.conflicts.len()),
+                (added, conflicts),
+                "{existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_configured_detection() {
+        let ours = json!({"name": TRACKING_URI, "value": "http://ours"});
+        for (existing, want) in [
+            (vec![], false),
+            (vec![ours.clone()], false),
+            (
+                vec![json!({"name": TRACKING_URI, "value": "http://theirs"})],
+                true,
+            ),
+            (
+                vec![
+                    json!({"name": TRACKING_URI, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}),
+                ],
+                true,
+            ),
+            (vec![json!({"name": "OTHER", "value": "x"})], false),
+        ] {
+            assert_eq!(
+                self_configured(&existing, Some(&ours)),
+                want,
+                "{existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn append_whole_array_or_per_entry() {
+        let ops = append(
+            &["spec", "containers", "0", "env"],
+            false,
+            vec![json!(1), json!(2)],
+        );
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([{"op": "add", "path": "/spec/containers/0/env", "value": [1, 2]}])
+        );
+        let ops = append(
+            &["spec", "containers", "0", "env"],
+            true,
+            vec![json!(1), json!(2)],
+        );
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([
+                {"op": "add", "path": "/spec/containers/0/env/-", "value": 1},
+                {"op": "add", "path": "/spec/containers/0/env/-", "value": 2}
+            ])
+        );
+        assert!(append(&["x"], false, vec![]).is_empty());
+    }
+}

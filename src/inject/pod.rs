@@ -1,0 +1,282 @@
+//! Reading the raw pod JSON: the few fields the planner needs, validated, never deserialized into
+//! the Kubernetes types (unknown fields must survive untouched).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+/// The parts of a pod (or pod template) the planner reads, borrowed from the raw JSON.
+#[derive(Debug)]
+pub(crate) struct PodView<'a> {
+    pub labels: BTreeMap<&'a str, &'a str>,
+    /// String-valued annotations only.
+    pub annotations: BTreeMap<&'a str, &'a str>,
+    /// `metadata` is an object (absent or null: false).
+    pub has_metadata: bool,
+    /// `metadata.annotations` is an object (absent or null: false).
+    pub has_annotations: bool,
+    /// `metadata.annotations` holds this key (with any value).
+    pub annotation_keys: BTreeSet<&'a str>,
+    pub service_account: &'a str,
+    pub containers: Vec<ContainerView<'a>>,
+    /// `spec.volumes`, None when absent or null.
+    pub volumes: Option<&'a Vec<Value>>,
+}
+
+/// One entry of `spec.containers` or `spec.initContainers`.
+#[derive(Debug)]
+pub(crate) struct ContainerView<'a> {
+    /// `containers` or `initContainers`.
+    pub list: &'static str,
+    /// Index in that list of the raw JSON (patch paths use it).
+    pub index: usize,
+    pub name: &'a str,
+    /// `env`, None when absent or null.
+    pub env: Option<&'a Vec<Value>>,
+    /// `volumeMounts`, None when absent or null.
+    pub mounts: Option<&'a Vec<Value>>,
+    /// The container has a non-empty `envFrom`.
+    pub has_env_from: bool,
+}
+
+/// An optional array field: absent or null is None, an array is Some, anything else an error.
+fn optional_array<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Option<&'a Vec<Value>>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(format!("{at}{key} must be an array")),
+    }
+}
+
+/// An optional object field: absent or null is None, an object is Some, anything else an error.
+fn optional_object<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(format!("{at}{key} must be an object")),
+    }
+}
+
+/// The string-valued entries of a map (labels, annotations); other values are ignored.
+fn string_map(obj: Option<&serde_json::Map<String, Value>>) -> BTreeMap<&str, &str> {
+    obj.into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+        .collect()
+}
+
+/// Reads and validates the pod; the error says what is wrong with it.
+pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
+    let Value::Object(root) = pod else {
+        return Err("the object is not a JSON object".to_string());
+    };
+    let metadata = optional_object(root, "metadata", "")?;
+    let labels = match metadata {
+        Some(m) => optional_object(m, "labels", "metadata.")?,
+        None => None,
+    };
+    let annotations = match metadata {
+        Some(m) => optional_object(m, "annotations", "metadata.")?,
+        None => None,
+    };
+    let Some(spec) = optional_object(root, "spec", "")? else {
+        return Err("spec is missing".to_string());
+    };
+    let mut containers = Vec::new();
+    for list in ["containers", "initContainers"] {
+        let entries = match optional_array(spec, list, "spec.")? {
+            Some(entries) => entries,
+            None if list == "containers" => return Err("spec.containers is missing".to_string()),
+            None => continue,
+        };
+        for (index, entry) in entries.iter().enumerate() {
+            let at = format!("spec.{list}[{index}].");
+            let Value::Object(c) = entry else {
+                return Err(format!("spec.{list}[{index}] must be an object"));
+            };
+            let Some(name) = c.get("name").and_then(Value::as_str) else {
+                return Err(format!("{at}name must be a string"));
+            };
+            let has_env_from = optional_array(c, "envFrom", &at)?.is_some_and(|a| !a.is_empty());
+            containers.push(ContainerView {
+                list,
+                index,
+                name,
+                env: optional_array(c, "env", &at)?,
+                mounts: optional_array(c, "volumeMounts", &at)?,
+                has_env_from,
+            });
+        }
+    }
+    let service_account = ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|k| {
+            spec.get(*k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or("default");
+    Ok(PodView {
+        labels: string_map(labels),
+        annotations: string_map(annotations),
+        has_metadata: metadata.is_some(),
+        has_annotations: annotations.is_some(),
+        annotation_keys: annotations
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect(),
+        service_account,
+        containers,
+        volumes: optional_array(spec, "volumes", "spec.")?,
+    })
+}
+
+/// Parses `mlflow-operator.io/skip-containers`: names separated by ',' or ';', trimmed, empties
+/// dropped.
+pub(crate) fn parse_skip_containers(value: &str) -> BTreeSet<&str> {
+    value
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn skip_containers_parsing() {
+        for (input, want) in [
+            ("", vec![]),
+            ("a", vec!["a"]),
+            ("a,b", vec!["a", "b"]),
+            ("a;b", vec!["a", "b"]),
+            (" a , b ;c ", vec!["a", "b", "c"]),
+            ("a,,;b,", vec!["a", "b"]),
+            (" ; , ", vec![]),
+        ] {
+            let got: Vec<&str> = parse_skip_containers(input).into_iter().collect();
+            assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn read_validates_the_pod() {
+        let ok = |v: Value| read(&v).map(|_| ());
+        for (pod, want_err) in [
+            (json!({"spec": {"containers": []}}), None),
+            (
+                json!({"metadata": null, "spec": {"containers": [{"name": "a", "env": null}]}}),
+                None,
+            ),
+            (json!([]), Some("not a JSON object")),
+            (json!("pod"), Some("not a JSON object")),
+            (json!({}), Some("spec is missing")),
+            (json!({"spec": {}}), Some("spec.containers is missing")),
+            (
+                json!({"spec": {"containers": {}}}),
+                Some("spec.containers must be an array"),
+            ),
+            (
+                json!({"spec": {"containers": [{}]}}),
+                Some("spec.containers[0].name must be a string"),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": 3}]}}),
+                Some("spec.containers[0].name must be a string"),
+            ),
+            (
+                json!({"spec": {"containers": [7]}}),
+                Some("spec.containers[0] must be an object"),
+            ),
+            (
+                json!({"spec": {"containers": [], "initContainers": [{"image": "x"}]}}),
+                Some("spec.initContainers[0].name"),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "env": {}}]}}),
+                Some("spec.containers[0].env must be an array"),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "volumeMounts": "x"}]}}),
+                Some("volumeMounts must be an array"),
+            ),
+            (
+                json!({"spec": {"containers": [], "volumes": {}}}),
+                Some("spec.volumes must be an array"),
+            ),
+            (
+                json!({"metadata": [], "spec": {"containers": []}}),
+                Some("metadata must be an object"),
+            ),
+            (
+                json!({"metadata": {"annotations": "x"}, "spec": {"containers": []}}),
+                Some("metadata.annotations must be an object"),
+            ),
+        ] {
+            match (ok(pod.clone()), want_err) {
+                (Ok(()), None) => {}
+                (Err(e), Some(want)) => assert!(e.contains(want), "{pod}: {e}"),
+                (got, want) => panic!("{pod}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn read_collects_containers_labels_and_service_account() {
+        let pod = json!({
+            "metadata": {"labels": {"app": "x", "n": 1}, "annotations": {"a": "b", "z": true}},
+            "spec": {
+                "serviceAccountName": "trainer",
+                "initContainers": [{"name": "init", "restartPolicy": "Always", "envFrom": [{"secretRef": {"name": "s"}}]}],
+                "containers": [{"name": "main", "env": [], "volumeMounts": []}],
+            }
+        });
+        let v = read(&pod).unwrap();
+        assert_eq!(v.labels.into_iter().collect::<Vec<_>>(), vec![("app", "x")]);
+        assert_eq!(
+            v.annotations.into_iter().collect::<Vec<_>>(),
+            vec![("a", "b")]
+        );
+        assert_eq!(v.annotation_keys.len(), 2);
+        assert_eq!(v.service_account, "trainer");
+        let names: Vec<_> = v
+            .containers
+            .iter()
+            .map(|c| (c.list, c.index, c.name, c.has_env_from))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("containers", 0, "main", false),
+                ("initContainers", 0, "init", true)
+            ]
+        );
+        assert!(v.containers[0].env.is_some() && v.containers[1].env.is_none());
+
+        for (spec, want) in [
+            (json!({"containers": []}), "default"),
+            (
+                json!({"containers": [], "serviceAccountName": ""}),
+                "default",
+            ),
+            (
+                json!({"containers": [], "serviceAccount": "legacy"}),
+                "legacy",
+            ),
+        ] {
+            assert_eq!(read(&json!({"spec": spec})).unwrap().service_account, want);
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! `mlflow-operator inject`, run as the real binary on multi-document YAML.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BINDING: &str = "\
+apiVersion: mlflow-operator.io/v1alpha1
+kind: MlflowWorkspaceBinding
+metadata:
+  name: fraud
+  namespace: team-a
+  generation: 2
+spec:
+  trackingUri: https://mlflow.example.com
+  experimentName: fraud-detection
+";
+
+const WI_BINDING: &str = "\
+apiVersion: mlflow-operator.io/v1alpha1
+kind: MlflowWorkspaceBinding
+metadata: {name: wi, namespace: team-a}
+spec:
+  trackingUri: https://mlflow.example.com
+  identity:
+    workloadIdentity: {tenantId: 22222222-2222-2222-2222-222222222222}
+";
+
+const CONFIG_MAP: &str = "\
+# settings kept as written
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings   # trailing comment
+data:
+  a: '1'
+";
+
+const LABELLED: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: train
+  namespace: team-a
+spec:
+  selector: {matchLabels: {app: train}}
+  template:
+    metadata:
+      labels: {app: train, mlflow-operator.io/track: 'true'}
+    spec:
+      containers:
+      - name: train
+        image: trainer:1
+        env:
+        - {name: KEEP, value: me}
+";
+
+const UNLABELLED: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}   # no opt-in label
+    spec:
+      containers: [{name: web, image: nginx}]
+";
+
+const CRONJOB: &str = "\
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: '0 0 * * *'
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          labels: {mlflow-operator.io/track: 'true'}
+        spec:
+          restartPolicy: Never
+          containers: [{name: job, image: trainer:1}]
+";
+
+const JOB_WITH_SIDECAR: &str = "\
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    metadata:
+      labels: {mlflow-operator.io/track: 'true'}
+    spec:
+      restartPolicy: Never
+      initContainers:
+      - name: logs
+        image: shipper:1
+        restartPolicy: Always
+      containers: [{name: job, image: trainer:1}]
+";
+
+const STATEFULSET: &str = "\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  template:
+    metadata:
+      labels: {mlflow-operator.io/track: 'true'}
+    spec:
+      futurePodField: {keep: true}
+      containers: [{name: db, image: db:1}]
+";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn inject(binding: &str, input: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let b = write(dir.path(), "binding.yaml", binding);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"))
+        .arg("inject")
+        .arg("--binding")
+        .arg(&b)
+        .args(extra)
+        .env_remove("MLFLOW_OPERATOR_DEFAULT_TENANT_ID")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    text.split("---\n")
+        .map(|d| serde_yaml_ng::from_str(d).unwrap())
+        .collect()
+}
+
+fn env_names(container: &Value) -> Vec<&str> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
+fn multi() -> String {
+    [
+        CONFIG_MAP,
+        LABELLED,
+        UNLABELLED,
+        CRONJOB,
+        JOB_WITH_SIDECAR,
+        STATEFULSET,
+    ]
+    .join("---\n")
+}
+
+#[test]
+fn multi_document_file_is_injected_in_order_and_others_kept_verbatim() {
+    let run = inject(BINDING, &multi(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let texts: Vec<&str> = run.stdout.split("---\n").collect();
+    assert_eq!(texts.len(), 6, "{}", run.stdout);
+    assert_eq!(texts[0], CONFIG_MAP, "ConfigMap verbatim, comments kept");
+    assert_eq!(texts[2], UNLABELLED, "unlabelled Deployment verbatim");
+
+    let d = docs(&run.stdout);
+    let deploy = &d[1]["spec"]["template"];
+    assert_eq!(
+        env_names(&deploy["spec"]["containers"][0]),
+        ["KEEP", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"]
+    );
+    assert_eq!(
+        deploy["metadata"]["annotations"]["mlflow-operator.io/injected"],
+        "fraud/2"
+    );
+    // Key order of the original document is kept.
+    let keys: Vec<&String> = d[1].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["apiVersion", "kind", "metadata", "spec"]);
+
+    let cron = &d[3]["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        cron["spec"]["containers"][0]["env"][0]["value"],
+        "https://mlflow.example.com"
+    );
+
+    let job = &d[4]["spec"]["template"]["spec"];
+    assert_eq!(job["initContainers"][0]["restartPolicy"], "Always");
+    assert_eq!(
+        env_names(&job["initContainers"][0]),
+        ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"]
+    );
+
+    let sts = &d[5]["spec"]["template"]["spec"];
+    assert_eq!(sts["futurePodField"]["keep"], true);
+    assert_eq!(
+        env_names(&sts["containers"][0]),
+        ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"]
+    );
+}
+
+#[test]
+fn running_inject_on_its_own_output_changes_nothing() {
+    let once = inject(BINDING, &multi(), &[]);
+    assert_eq!(once.code, 0, "{}", once.stderr);
+    let twice = inject(BINDING, &once.stdout, &[]);
+    assert_eq!(twice.code, 0, "{}", twice.stderr);
+    assert_eq!(twice.stdout, once.stdout);
+    assert_eq!(twice.stderr, "");
+}
+
+#[test]
+fn input_file_and_service_account_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.yaml", LABELLED);
+    let sa = write(
+        dir.path(),
+        "sa.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  annotations: {azure.workload.identity/client-id: 11111111-1111-1111-1111-111111111111}\n",
+    );
+    let run = inject(
+        WI_BINDING,
+        "",
+        &[
+            "-f",
+            input.to_str().unwrap(),
+            "--service-account",
+            sa.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let d = docs(&run.stdout);
+    let spec = &d[0]["spec"]["template"]["spec"];
+    let client = spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "AZURE_CLIENT_ID")
+        .unwrap();
+    assert_eq!(client["value"], "11111111-1111-1111-1111-111111111111");
+    assert_eq!(spec["volumes"][0]["name"], "mlflow-operator-azure-token");
+}
+
+#[test]
+fn refusal_exits_1_with_the_message_and_prints_nothing() {
+    let run = inject(WI_BINDING, &multi(), &[]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("document 2 (Deployment/train)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("no client id"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("azure.workload.identity/client-id"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn malformed_yaml_exits_1() {
+    let run = inject(BINDING, &format!("{CONFIG_MAP}---\nkind: [unclosed\n"), &[]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("document 2"), "{}", run.stderr);
+}
+
+#[test]
+fn invalid_pod_and_bad_binding_exit_1_without_panicking() {
+    let bad_pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {mlflow-operator.io/track: 'true'}}\nspec: {containers: 5}\n";
+    let run = inject(BINDING, bad_pod, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Pod/p") && run.stderr.contains("spec.containers"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"));
+
+    let azure = "apiVersion: mlflow-operator.io/v1alpha1\nkind: MlflowWorkspaceBinding\nmetadata: {name: ws}\nspec: {azureML: {subscriptionId: s, resourceGroup: r, workspaceName: w}}\n";
+    let run = inject(azure, LABELLED, &[]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("kubectl get mwb ws -o yaml"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn other_namespace_is_an_error() {
+    let run = inject(
+        BINDING,
+        &LABELLED.replace("namespace: team-a", "namespace: team-b"),
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("bindings never reach across namespaces"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn warnings_go_to_stderr_with_the_document_name() {
+    let input = LABELLED.replace(
+        "{name: KEEP, value: me}",
+        "{name: MLFLOW_EXPERIMENT_NAME, value: mine}",
+    );
+    let run = inject(BINDING, &input, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Deployment/train"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("already sets MLFLOW_EXPERIMENT_NAME; left unchanged"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn list_items_are_injected() {
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, labels: {mlflow-operator.io/track: 'true'}}\n  spec: {containers: [{name: c}]}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: cm}}\n";
+    let run = inject(BINDING, list, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let d = docs(&run.stdout);
+    assert_eq!(
+        d[0]["items"][0]["metadata"]["annotations"]["mlflow-operator.io/injected"],
+        "fraud/2"
+    );
+    assert_eq!(d[0]["items"][1]["metadata"]["name"], "cm");
+}
