@@ -306,12 +306,12 @@ async fn accepts_valid_bindings() {
 async fn kubectl_explains_fields_and_lists_uri_experiment_ready_and_age() {
     with_temp_ns("crd-kubectl", |client, ns| async move {
         ensure_crd(&client).await;
-        let explain = common::kubectl(&["explain", "mwb.spec.identity.workloadIdentity"], "");
+        let explain = common::kubectl(&["explain", "mwb.spec.identity.workloadIdentity"], "").await;
         assert!(
             explain.contains("tokenExpirationSeconds") && explain.contains("3600 to 86400"),
             "{explain}"
         );
-        let explain = common::kubectl(&["explain", "mwb.spec.azureML.subscriptionId"], "");
+        let explain = common::kubectl(&["explain", "mwb.spec.azureML.subscriptionId"], "").await;
         assert!(explain.contains("subscription id"), "{explain}");
 
         let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
@@ -324,13 +324,13 @@ async fn kubectl_explains_fields_and_lists_uri_experiment_ready_and_age() {
         )
         .await
         .unwrap();
-        let table = common::kubectl(&["get", "mwb", "-n", &ns], "");
+        let table = common::kubectl(&["get", "mwb", "-n", &ns], "").await;
         let header = table.lines().next().unwrap();
         for col in ["NAME", "URI", "EXPERIMENT", "READY", "AGE"] {
             assert!(header.contains(col), "{header}");
         }
         assert!(table.contains("exp-1"), "{table}");
-        let by_category = common::kubectl(&["get", "mlflow", "-n", &ns, "-o", "name"], "");
+        let by_category = common::kubectl(&["get", "mlflow", "-n", &ns, "-o", "name"], "").await;
         assert!(
             by_category.contains("mlflowworkspacebinding.mlflow-operator.io/b"),
             "{by_category}"

@@ -574,7 +574,8 @@ async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
         let out = common::kubectl(
             &["create", "--dry-run=server", "-o", "json", "-f", "-"],
             &manifest,
-        );
+        )
+        .await;
         let shown: Value = serde_json::from_str(&out).unwrap();
         let env = &shown["spec"]["containers"][0]["env"];
         assert!(

@@ -116,12 +116,13 @@ pub fn cluster_env(name: &str) -> String {
 }
 
 /// Runs kubectl against the local plane with `stdin`, returning stdout; fails loudly on error.
-pub fn kubectl(args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+/// Async, so an in-process webhook on the same runtime can answer the API server meanwhile.
+pub async fn kubectl(args: &[&str], stdin: &str) -> String {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
     // A fresh discovery cache, so CRDs installed a moment ago are known.
     let cache = tempfile::tempdir().unwrap();
-    let mut child = Command::new("kubectl")
+    let mut child = tokio::process::Command::new("kubectl")
         .arg(format!("--cache-dir={}", cache.path().display()))
         .args(args)
         .stdin(Stdio::piped())
@@ -129,13 +130,10 @@ pub fn kubectl(args: &[&str], stdin: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}",
