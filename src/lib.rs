@@ -6,6 +6,7 @@
 //! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
 //! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`).
 
+pub mod azure;
 pub mod binding;
 pub mod cli;
 pub mod inject;
