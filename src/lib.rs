@@ -11,6 +11,7 @@ pub mod binding;
 pub mod cli;
 pub mod inject;
 pub mod metrics;
+pub mod resolve;
 pub mod run;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
