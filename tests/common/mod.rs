@@ -4,6 +4,8 @@
 //! that says how to start one (`hack/test` does all of it).
 #![allow(dead_code)]
 
+pub mod fake_azure;
+
 use std::future::Future;
 use std::time::Duration;
 
