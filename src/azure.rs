@@ -425,7 +425,6 @@ impl ArmClient {
                     client_id: env.client_id.clone(),
                     tenant_id: env.tenant_id.clone(),
                     token_file_path: env.federated_token_file.clone(),
-                    ..Default::default()
                 }))
                 .map(|c| c as Arc<dyn TokenCredential>)
             }
@@ -654,10 +653,10 @@ mod tests {
         let (r, _, msg) = reason(404, r#"{"error":{"code":"ResourceNotFound"}}"#);
         assert_eq!(r, "WorkspaceNotFound");
         assert!(msg.contains("ml-rg") && msg.contains("ml-ws") && msg.contains("00000000"));
-        assert_eq!(reason(429, "").1, true);
-        assert_eq!(reason(500, "").1, true);
-        assert_eq!(reason(503, "").1, true);
-        assert_eq!(reason(400, "").1, false);
+        assert!(reason(429, "").1);
+        assert!(reason(500, "").1);
+        assert!(reason(503, "").1);
+        assert!(!reason(400, "").1);
         assert_eq!(reason(400, "").0, "ArmUnavailable");
     }
 

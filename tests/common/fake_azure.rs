@@ -309,7 +309,7 @@ async fn token(
             }))
             .into_response()
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
@@ -317,10 +317,10 @@ async fn check_token_request(
     s: &Inner,
     tenant: &str,
     form: &HashMap<String, String>,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let fail = |status, error: &str, description: String| {
         s.token_errors.lock().unwrap().push(description.clone());
-        Err(entra_error(status, error, &description))
+        Err(Box::new(entra_error(status, error, &description)))
     };
     if tenant != s.identity.tenant_id {
         return fail(
@@ -460,23 +460,23 @@ async fn arm_fallback(uri: axum::http::Uri) -> Response {
     )
 }
 
-fn verify_bearer(s: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+fn verify_bearer(s: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(auth) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     else {
-        return Err(arm_error(
+        return Err(Box::new(arm_error(
             StatusCode::UNAUTHORIZED,
             "AuthenticationFailed",
             "Authentication failed. The 'Authorization' header is missing.".into(),
-        ));
+        )));
     };
     let Some(token) = auth.strip_prefix("Bearer ") else {
-        return Err(arm_error(
+        return Err(Box::new(arm_error(
             StatusCode::UNAUTHORIZED,
             "AuthenticationFailed",
             "Authentication failed. The 'Authorization' header is not a bearer token.".into(),
-        ));
+        )));
     };
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_audience(&[s.arm_url.as_str()]);
@@ -488,11 +488,11 @@ fn verify_bearer(s: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     )
     .map(|_| ())
     .map_err(|e| {
-        arm_error(
+        Box::new(arm_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             format!("The access token is invalid: {e}."),
-        )
+        ))
     })
 }
 
@@ -503,7 +503,7 @@ async fn workspace(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = verify_bearer(&s, &headers) {
-        return r;
+        return *r;
     }
     match query.get("api-version") {
         None => {
