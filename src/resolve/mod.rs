@@ -422,3 +422,64 @@ fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> A
         .inc();
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["mlflow-operator", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_from_flags() {
+        let cfg = Config::from_args(&args(&[
+            "--arm-endpoint",
+            "https://arm.example",
+            "--authority-host",
+            "https://login.example/",
+            "--refresh-interval",
+            "2m",
+            "--lease-name",
+            "l",
+            "--lease-duration",
+            "20s",
+            "--identity",
+            "pod-1",
+            "--namespace",
+            "ops",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.refresh_interval, Duration::from_secs(120));
+        assert_eq!(cfg.lease_name, "l");
+        assert_eq!(cfg.lease_duration, Duration::from_secs(20));
+        assert_eq!(cfg.identity, "pod-1");
+        assert_eq!(cfg.namespace, "ops");
+        assert_eq!(cfg.watch_namespace, None);
+        assert_eq!(
+            cfg.azure
+                .arm_endpoint(crate::binding::AzureCloud::AzureChinaCloud),
+            "https://arm.example"
+        );
+        assert_eq!(
+            cfg.azure
+                .authority_host(crate::binding::AzureCloud::AzureUSGovernment),
+            "https://login.example/"
+        );
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_startup_error() {
+        let err = Config::from_args(&args(&["--azure-ca-file", "/nonexistent/ca.pem"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--azure-ca-file"), "{err}");
+    }
+}
