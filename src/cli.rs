@@ -123,6 +123,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub lease_duration: Duration,
 
+    /// Reconcile only the bindings of this namespace (default: all namespaces).
+    #[arg(long, env = "MLFLOW_OPERATOR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
     /// Do not run the controller (webhook only).
     #[arg(long)]
     pub no_controller: bool,

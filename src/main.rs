@@ -4,6 +4,14 @@ use mlflow_operator::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,kube_runtime=warn".into()),
+            )
+            .init();
+    }
     match cli.command {
         Command::Crd => print!("{}", mlflow_operator::crd_yaml()),
         Command::Version => println!("mlflow-operator {}", env!("CARGO_PKG_VERSION")),

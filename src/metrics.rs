@@ -51,6 +51,8 @@ pub struct Metrics {
     pub arm_request_duration: Family<StatusLabels, Histogram>,
     /// Bindings by Ready state, as last seen by the controller.
     pub bindings: Family<ReadyLabels, Gauge>,
+    /// 1 while this replica holds the controller Lease.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,7 @@ impl Metrics {
             reconcile_errors,
             arm_request_duration,
             bindings,
+            leader,
         }
     }
 

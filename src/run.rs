@@ -143,7 +143,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     if !args.no_controller {
-        start_controller(&args, &client, &metrics, stopped(), &mut tasks)?;
+        let cfg = crate::resolve::Config::from_args(&args)?;
+        let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stopped());
+        let (leader_tx, mut leader_rx) = watch::channel(false);
+        tasks.spawn(async move {
+            if let Err(e) = crate::resolve::run_with_leader_status(
+                client,
+                cfg,
+                controller_metrics,
+                stop,
+                leader_tx,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "controller stopped");
+            }
+        });
+        tasks.spawn(async move {
+            while leader_rx.changed().await.is_ok() {
+                tracing::info!(
+                    leader = *leader_rx.borrow(),
+                    "controller leadership changed"
+                );
+            }
+        });
     }
 
     shutdown_signal().await;
@@ -192,17 +215,6 @@ async fn start_certificates(
             "the webhook needs a certificate: pass --tls-cert-file and --tls-key-file, or --self-signed (or --no-webhook)"
         ),
     }
-    Ok(())
-}
-
-fn start_controller(
-    _args: &RunArgs,
-    _client: &Client,
-    _metrics: &Metrics,
-    _stop: impl std::future::Future<Output = ()> + Send + 'static,
-    _tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<()> {
-    tracing::warn!("controller not wired yet");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! that says how to start one (`hack/test` does all of it).
 #![allow(dead_code)]
 
+pub mod fake_azure;
 pub mod sidecar_webhook;
 pub mod webhook;
 

@@ -1,0 +1,250 @@
+//! The shared resolver cache: one ARM call per distinct workspace per refresh interval, however
+//! many bindings share the workspace. Concurrent resolves of one workspace await the same
+//! in-flight call (single flight).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use crate::azure::{ArmError, WorkspaceKey};
+
+/// One finished resolve.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub fetched: Instant,
+    pub result: Result<String, ArmError>,
+}
+
+impl Entry {
+    /// How long this entry may be served: the refresh interval for a URI, at most `error_ttl`
+    /// for a failure (so a fixed role assignment is noticed soon).
+    fn ttl(&self, refresh: Duration, error_ttl: Duration) -> Duration {
+        match self.result {
+            Ok(_) => refresh,
+            Err(_) => refresh.min(error_ttl),
+        }
+    }
+}
+
+type InFlight = Shared<BoxFuture<'static, Entry>>;
+
+#[derive(Default)]
+struct Slot {
+    last: Option<Entry>,
+    in_flight: Option<InFlight>,
+}
+
+/// How fresh a cached entry must be for one lookup.
+#[derive(Clone, Copy, Debug)]
+pub enum Freshness {
+    /// Serve anything younger than its TTL.
+    Cached,
+    /// The binding's spec changed: serve only entries younger than this.
+    YoungerThan(Duration),
+}
+
+pub struct Cache {
+    refresh: Duration,
+    error_ttl: Duration,
+    slots: Mutex<HashMap<WorkspaceKey, Slot>>,
+}
+
+impl Cache {
+    pub fn new(refresh: Duration, error_ttl: Duration) -> Self {
+        Self {
+            refresh,
+            error_ttl,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// The entry for `key`: a fresh enough cached one, the in-flight call's, or a new call made
+    /// with `fetch`.
+    pub async fn get<F, Fut>(&self, key: &WorkspaceKey, freshness: Freshness, fetch: F) -> Entry
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, ArmError>> + Send + 'static,
+    {
+        let fut = {
+            let mut slots = self.slots.lock().expect("cache lock");
+            self.evict(&mut slots);
+            let slot = slots.entry(key.clone()).or_default();
+            if let Some(e) = &slot.last {
+                let age = e.fetched.elapsed();
+                let fresh = match freshness {
+                    Freshness::Cached => age < e.ttl(self.refresh, self.error_ttl),
+                    Freshness::YoungerThan(max) => age < max,
+                };
+                if fresh {
+                    return e.clone();
+                }
+            }
+            match &slot.in_flight {
+                Some(f) => f.clone(),
+                None => {
+                    let call = fetch();
+                    let f = async move {
+                        let result = call.await;
+                        Entry {
+                            fetched: Instant::now(),
+                            result,
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    slot.in_flight = Some(f.clone());
+                    f
+                }
+            }
+        };
+        let entry = fut.await;
+        let mut slots = self.slots.lock().expect("cache lock");
+        let slot = slots.entry(key.clone()).or_default();
+        if slot.last.as_ref().is_none_or(|l| l.fetched < entry.fetched) {
+            slot.last = Some(entry.clone());
+        }
+        if slot.in_flight.as_ref().is_some_and(|f| f.peek().is_some()) {
+            slot.in_flight = None;
+        }
+        entry
+    }
+
+    /// Drops entries nobody asked for in a long while (deleted bindings' workspaces).
+    fn evict(&self, slots: &mut HashMap<WorkspaceKey, Slot>) {
+        let keep = self.refresh.saturating_mul(3).max(Duration::from_secs(60));
+        slots.retain(|_, s| {
+            s.in_flight.is_some() || s.last.as_ref().is_some_and(|l| l.fetched.elapsed() < keep)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::AzureCloud;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn key(ws: &str) -> WorkspaceKey {
+        WorkspaceKey {
+            arm_endpoint: "https://arm".into(),
+            cloud: AzureCloud::AzurePublicCloud,
+            subscription_id: "s".into(),
+            resource_group: "rg".into(),
+            workspace_name: ws.into(),
+        }
+    }
+
+    fn counting(
+        calls: &Arc<AtomicUsize>,
+        gate: Option<Arc<tokio::sync::Notify>>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<String, ArmError>> + use<> {
+        let calls = calls.clone();
+        move || {
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(g) = gate {
+                    g.notified().await;
+                }
+                Ok(format!("uri-{n}"))
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_share_one_call() {
+        let cache = Arc::new(Cache::new(
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+        ));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let cache = cache.clone();
+            let f = counting(&calls, Some(gate.clone()));
+            tasks.push(tokio::spawn(async move {
+                cache.get(&key("a"), Freshness::Cached, f).await
+            }));
+        }
+        // Let every task register before the call finishes.
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        gate.notify_one();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().result.unwrap(), "uri-1");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Cached afterwards.
+        let e = cache
+            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+            .await;
+        assert_eq!(e.result.unwrap(), "uri-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Another workspace is another call.
+        cache
+            .get(&key("b"), Freshness::Cached, counting(&calls, None))
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn expiry_and_spec_change_force_a_new_call() {
+        let cache = Cache::new(Duration::from_millis(50), Duration::from_millis(50));
+        let calls = Arc::new(AtomicUsize::new(0));
+        cache
+            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+            .await;
+        // A spec change accepts a very young entry.
+        cache
+            .get(
+                &key("a"),
+                Freshness::YoungerThan(Duration::from_secs(5)),
+                counting(&calls, None),
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // But not an older one.
+        let e = cache
+            .get(
+                &key("a"),
+                Freshness::YoungerThan(Duration::ZERO),
+                counting(&calls, None),
+            )
+            .await;
+        assert_eq!(e.result.unwrap(), "uri-2");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let e = cache
+            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+            .await;
+        assert_eq!(e.result.unwrap(), "uri-3");
+    }
+
+    #[tokio::test]
+    async fn failures_expire_sooner() {
+        let cache = Cache::new(Duration::from_secs(300), Duration::from_millis(30));
+        let e = cache
+            .get(&key("a"), Freshness::Cached, || async {
+                Err(ArmError::Forbidden("no".into()))
+            })
+            .await;
+        assert!(e.result.is_err());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let e = cache
+            .get(&key("a"), Freshness::Cached, || async {
+                Ok("ok".to_string())
+            })
+            .await;
+        assert_eq!(e.result.unwrap(), "ok");
+    }
+}

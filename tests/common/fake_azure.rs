@@ -1,0 +1,602 @@
+//! Honest fakes of the two Azure endpoints the controller calls, as HTTPS servers on 127.0.0.1:
+//!
+//! - Entra ID's token endpoint `POST /{tenant}/oauth2/v2.0/token`: verifies a workload-identity
+//!   client assertion against the real API server's JWKS (issuer, audience, subject, expiry), or a
+//!   client secret, and issues a signed access token for the ARM resource.
+//! - Azure Resource Manager's workspace GET: verifies the bearer token and the api-version, and
+//!   serves `properties.mlFlowTrackingUri` from a mutable map, or scripted failures.
+//!
+//! Both share one test CA; start the operator with it as its extra trusted root.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+pub const API_VERSIONS: &[&str] = &["2024-10-01", "2025-06-01", "2025-09-01", "2025-12-01"];
+
+/// A scripted ARM answer for one call.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 429 with Retry-After seconds.
+    Throttled { retry_after_secs: u64 },
+    /// 500 InternalServerError.
+    ServerError,
+    /// 403 AuthorizationFailed.
+    Forbidden,
+    /// 404 ResourceNotFound.
+    NotFound,
+    /// Wait, then answer normally.
+    Delay(Duration),
+}
+
+/// How the fake Entra ID knows the operator's identity.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Accept this client secret.
+    pub client_secret: Option<String>,
+    /// Accept client assertions with this subject (a federated identity credential).
+    pub federated_subject: Option<String>,
+}
+
+struct Inner {
+    identity: Identity,
+    sa_issuer: String,
+    kube: kube::Client,
+    signing_key: Vec<u8>,
+    arm_url: String,
+    workspaces: Mutex<HashMap<(String, String, String), String>>,
+    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
+    always: Mutex<HashMap<String, Reply>>,
+    arm_calls: Mutex<HashMap<String, usize>>,
+    tokens_issued: Mutex<usize>,
+    token_errors: Mutex<Vec<String>>,
+}
+
+pub struct FakeAzure {
+    inner: Arc<Inner>,
+    /// The fake Entra ID authority host (`https://127.0.0.1:<port>`).
+    pub authority_url: String,
+    /// The fake ARM endpoint (`https://127.0.0.1:<port>`).
+    pub arm_url: String,
+    /// PEM of the CA that issued both servers' certificates.
+    pub ca_pem: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeAzure {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl FakeAzure {
+    /// Starts both servers. `kube` reads the API server's JWKS to verify assertions.
+    pub async fn start(kube: kube::Client, identity: Identity) -> Self {
+        let (ca_pem, tls) = tls_config();
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let entra_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let arm_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority_url = format!("https://127.0.0.1:{}", port(&entra_listener));
+        let arm_url = format!("https://127.0.0.1:{}", port(&arm_listener));
+        let signing_key = {
+            use sha2::Digest;
+            let seed = format!(
+                "{}{}{}",
+                super::random_suffix(),
+                arm_url,
+                super::random_suffix()
+            );
+            sha2::Sha256::digest(seed.as_bytes()).to_vec()
+        };
+        let inner = Arc::new(Inner {
+            identity,
+            sa_issuer: super::cluster_env("CLUSTER_SA_ISSUER"),
+            kube,
+            signing_key,
+            arm_url: arm_url.clone(),
+            workspaces: Mutex::default(),
+            scripts: Mutex::default(),
+            always: Mutex::default(),
+            arm_calls: Mutex::default(),
+            tokens_issued: Mutex::default(),
+            token_errors: Mutex::default(),
+        });
+        let entra = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .with_state(inner.clone());
+        let arm = Router::new()
+            .route(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}",
+                get(workspace),
+            )
+            .fallback(arm_fallback)
+            .with_state(inner.clone());
+        let tasks = vec![
+            tokio::spawn(serve(entra_listener, acceptor.clone(), entra)),
+            tokio::spawn(serve(arm_listener, acceptor, arm)),
+        ];
+        Self {
+            inner,
+            authority_url,
+            arm_url,
+            ca_pem,
+            tasks,
+        }
+    }
+
+    /// Creates or changes a workspace and its tracking URI.
+    pub fn set_workspace(&self, sub: &str, rg: &str, ws: &str, tracking_uri: &str) {
+        self.inner
+            .workspaces
+            .lock()
+            .unwrap()
+            .insert(ws_key(sub, rg, ws), tracking_uri.to_string());
+    }
+
+    /// Answers the next calls for workspace `ws` with `replies`, in order.
+    pub fn script(&self, ws: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.inner
+            .scripts
+            .lock()
+            .unwrap()
+            .entry(ws.to_lowercase())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Answers every call for `ws` with `reply` (None: normal answers again).
+    pub fn always(&self, ws: &str, reply: Option<Reply>) {
+        let mut always = self.inner.always.lock().unwrap();
+        match reply {
+            Some(r) => always.insert(ws.to_lowercase(), r),
+            None => always.remove(&ws.to_lowercase()),
+        };
+    }
+
+    /// ARM calls that reached workspace `ws`.
+    pub fn arm_calls(&self, ws: &str) -> usize {
+        *self
+            .inner
+            .arm_calls
+            .lock()
+            .unwrap()
+            .get(&ws.to_lowercase())
+            .unwrap_or(&0)
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        *self.inner.tokens_issued.lock().unwrap()
+    }
+
+    /// Why token requests were refused, for assertion messages.
+    pub fn token_errors(&self) -> Vec<String> {
+        self.inner.token_errors.lock().unwrap().clone()
+    }
+}
+
+fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
+    (sub.to_lowercase(), rg.to_lowercase(), ws.to_lowercase())
+}
+
+fn port(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+/// A CA and a leaf for 127.0.0.1 and localhost; returns the CA PEM and the server config.
+fn tls_config() -> (String, rustls::ServerConfig) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fake-azure test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "fake-azure");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca_cert.pem(), config)
+}
+
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+async fn serve(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
+    let _ = axum::serve(TlsListener { tcp, acceptor }, router).await;
+}
+
+fn entra_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({
+            "error": error,
+            "error_description": description,
+            "error_codes": [description
+                .strip_prefix("AADSTS")
+                .and_then(|s| s.split(':').next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)],
+            "timestamp": jiff::Timestamp::now().to_string(),
+        })),
+    )
+        .into_response()
+}
+
+async fn token(
+    State(s): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let res = check_token_request(&s, &tenant, &form).await;
+    match res {
+        Ok(()) => {
+            *s.tokens_issued.lock().unwrap() += 1;
+            let now = jiff::Timestamp::now().as_second();
+            let claims = json!({
+                "iss": format!("https://sts.windows.net/{tenant}/"),
+                "aud": s.arm_url,
+                "iat": now, "nbf": now, "exp": now + 3600,
+                "appid": s.identity.client_id,
+                "tid": tenant,
+            });
+            let access_token = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(&s.signing_key),
+            )
+            .unwrap();
+            axum::Json(json!({
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": access_token,
+            }))
+            .into_response()
+        }
+        Err(resp) => *resp,
+    }
+}
+
+async fn check_token_request(
+    s: &Inner,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<(), Box<Response>> {
+    let fail = |status, error: &str, description: String| {
+        s.token_errors.lock().unwrap().push(description.clone());
+        Err(Box::new(entra_error(status, error, &description)))
+    };
+    if tenant != s.identity.tenant_id {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            format!("AADSTS90002: Tenant '{tenant}' not found."),
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.".into(),
+        );
+    }
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    if client_id != s.identity.client_id {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
+        );
+    }
+    let want_scope = format!("{}/.default", s.arm_url);
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    if scope != want_scope {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!(
+                "AADSTS500011: The resource principal named {scope} was not found in the tenant named {tenant}."
+            ),
+        );
+    }
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "AADSTS50027: client_assertion_type must be jwt-bearer.".into(),
+            );
+        }
+        let Some(subject) = s.identity.federated_subject.as_deref() else {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS70021: No matching federated identity record found for presented assertion."
+                    .into(),
+            );
+        };
+        match verify_assertion(s, assertion).await {
+            Ok(claims) if claims["sub"] == subject => Ok(()),
+            Ok(claims) => fail(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "AADSTS70021: No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{TOKEN_EXCHANGE_AUDIENCE}'.",
+                    claims["iss"].as_str().unwrap_or_default(),
+                    claims["sub"].as_str().unwrap_or_default()
+                ),
+            ),
+            Err(e) => fail(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!("AADSTS700211: The client assertion could not be validated: {e}."),
+            ),
+        }
+    } else if let Some(secret) = form.get("client_secret") {
+        if s.identity.client_secret.as_deref() == Some(secret.as_str()) {
+            Ok(())
+        } else {
+            fail(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+            )
+        }
+    } else {
+        fail(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
+        )
+    }
+}
+
+/// Verifies a ServiceAccount token against the API server's JWKS.
+async fn verify_assertion(s: &Inner, token: &str) -> Result<Value, String> {
+    let jwks_raw = s
+        .kube
+        .request_text(
+            http::Request::get("/openid/v1/jwks")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .map_err(|e| format!("reading the issuer's keys: {e}"))?;
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&jwks_raw).map_err(|e| format!("issuer keys: {e}"))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+    let kid = header.kid.as_deref().ok_or("the assertion has no kid")?;
+    let jwk = jwks
+        .find(kid)
+        .ok_or_else(|| format!("key {kid} is not one of the issuer's keys"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&[TOKEN_EXCHANGE_AUDIENCE]);
+    validation.set_issuer(&[s.sa_issuer.as_str()]);
+    validation.leeway = 0;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map(|d| d.claims)
+        .map_err(|e| e.to_string())
+}
+
+fn arm_error(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn arm_fallback(uri: axum::http::Uri) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "InvalidResourceType",
+        format!(
+            "The resource path '{}' is not known to this fake ARM.",
+            uri.path()
+        ),
+    )
+}
+
+fn verify_bearer(s: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(auth) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Box::new(arm_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.".into(),
+        )));
+    };
+    let Some(token) = auth.strip_prefix("Bearer ") else {
+        return Err(Box::new(arm_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is not a bearer token.".into(),
+        )));
+    };
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&[s.arm_url.as_str()]);
+    validation.set_issuer(&[format!("https://sts.windows.net/{}/", s.identity.tenant_id)]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &DecodingKey::from_secret(&s.signing_key),
+        &validation,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        Box::new(arm_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            format!("The access token is invalid: {e}."),
+        ))
+    })
+}
+
+async fn workspace(
+    State(s): State<Arc<Inner>>,
+    Path((sub, rg, ws)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = verify_bearer(&s, &headers) {
+        return *r;
+    }
+    match query.get("api-version") {
+        None => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests."
+                    .into(),
+            );
+        }
+        Some(v) if !API_VERSIONS.contains(&v.as_str()) => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidApiVersionParameter",
+                format!(
+                    "The api-version '{v}' is invalid. The supported versions are '{}'.",
+                    API_VERSIONS.join(",")
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    let name = ws.to_lowercase();
+    *s.arm_calls.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let scripted = s
+        .scripts
+        .lock()
+        .unwrap()
+        .get_mut(&name)
+        .and_then(VecDeque::pop_front)
+        .or_else(|| s.always.lock().unwrap().get(&name).cloned());
+    match scripted {
+        Some(Reply::Throttled { retry_after_secs }) => {
+            let mut r = arm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "The request is being throttled.".into(),
+            );
+            r.headers_mut()
+                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            return r;
+        }
+        Some(Reply::ServerError) => {
+            return arm_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "Encountered internal server error.".into(),
+            );
+        }
+        Some(Reply::Forbidden) => {
+            return arm_error(
+                StatusCode::FORBIDDEN,
+                "AuthorizationFailed",
+                format!(
+                    "The client '{}' with object id '{}' does not have authorization to perform action 'Microsoft.MachineLearningServices/workspaces/read' over scope '/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}' or the scope is invalid.",
+                    s.identity.client_id, s.identity.client_id
+                ),
+            );
+        }
+        Some(Reply::NotFound) => return not_found(&rg, &ws),
+        Some(Reply::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let uri = s
+        .workspaces
+        .lock()
+        .unwrap()
+        .get(&ws_key(&sub, &rg, &ws))
+        .cloned();
+    match uri {
+        Some(uri) => axum::Json(json!({
+            "id": format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"),
+            "name": ws,
+            "type": "Microsoft.MachineLearningServices/workspaces",
+            "location": "eastus",
+            "kind": "Default",
+            "properties": {
+                "provisioningState": "Succeeded",
+                "discoveryUrl": "https://eastus.api.azureml.ms/discovery",
+                "mlFlowTrackingUri": uri,
+            },
+        }))
+        .into_response(),
+        None => not_found(&rg, &ws),
+    }
+}
+
+fn not_found(rg: &str, ws: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        format!(
+            "The Resource 'Microsoft.MachineLearningServices/workspaces/{ws}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+        ),
+    )
+}
