@@ -101,6 +101,12 @@ impl Metrics {
             "MlflowWorkspaceBindings by Ready state",
             bindings.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the controller Lease",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_duration,
