@@ -199,7 +199,7 @@ pub struct ServiceAccounts {
 }
 
 impl ServiceAccounts {
-    async fn get(&self, namespace: &str, name: &str) -> Option<Arc<ServiceAccount>> {
+    pub async fn get(&self, namespace: &str, name: &str) -> Option<Arc<ServiceAccount>> {
         if let Some(sa) = self.cache.get(&ObjectRef::new(name).within(namespace)) {
             return Some(sa);
         }

@@ -596,3 +596,103 @@ async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none() {
+    with_temp_ns("wh-events", |client, ns| async move {
+        let wh = setup(&client, &ns).await;
+        for name in ["quiet", "loud"] {
+            ready_binding(&client, &ns, name, json!({"trackingUri": URI}), URI).await;
+            set_status(
+                &client,
+                &ns,
+                name,
+                1,
+                None,
+                ("False", "Forbidden", "no access"),
+            )
+            .await;
+            wh.wait_binding_seen(name).await;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let named = |b: &str, n: &str| {
+            pod(
+                n,
+                tracked(),
+                json!({"mlflow-operator.io/binding": b}),
+                one_container(),
+            )
+        };
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert!(pods.create(&dry, &named("quiet", "d1")).await.is_err());
+        for i in 0..3 {
+            assert!(
+                pods.create(&PostParams::default(), &named("loud", &format!("p{i}")))
+                    .await
+                    .is_err()
+            );
+        }
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let about = |list: &[k8s_openapi::api::events::v1::Event], b: &str| {
+            list.iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(b))
+                .filter(|e| e.reason.as_deref() == Some("PodRefused"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let loud = eventually(
+            "a PodRefused event on binding loud",
+            Duration::from_secs(30),
+            || async {
+                let l = events.list(&ListParams::default()).await.ok()?.items;
+                let found = about(&l, "loud");
+                (!found.is_empty()).then_some(l)
+            },
+        )
+        .await;
+        let on_loud = about(&loud, "loud");
+        assert_eq!(on_loud.len(), 1, "rate-limited to one event: {on_loud:?}");
+        assert_eq!(on_loud[0].type_.as_deref(), Some("Warning"));
+        assert!(
+            on_loud[0]
+                .note
+                .as_deref()
+                .unwrap_or_default()
+                .contains("not Ready")
+        );
+        assert!(
+            about(&loud, "quiet").is_empty(),
+            "a dry run has no side effects"
+        );
+        wh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_account_missing_from_the_cache_is_read_once_from_the_api_server() {
+    with_temp_ns("wh-sa-miss", |client, ns| async move {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "fresh", "annotations": {
+            "azure.workload.identity/client-id": CLIENT_ID}}}))
+            .unwrap();
+        sas.create(&PostParams::default(), &sa).await.unwrap();
+        // A cache that has not seen it (as right after the ServiceAccount was created).
+        let (cache, _writer) = kube::runtime::reflector::store::<ServiceAccount>();
+        let lookup = mlflow_operator::webhook::ServiceAccounts {
+            cache,
+            client: Some(client.clone()),
+        };
+        let got = lookup.get(&ns, "fresh").await.expect("found by a live GET");
+        assert_eq!(
+            got.metadata.annotations.as_ref().unwrap()["azure.workload.identity/client-id"],
+            CLIENT_ID
+        );
+        assert!(lookup.get(&ns, "absent").await.is_none());
+    })
+    .await;
+}

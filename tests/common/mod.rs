@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::FutureExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, Config};
@@ -81,6 +82,21 @@ where
     let outcome = std::panic::AssertUnwindSafe(test(client.clone(), name.clone()))
         .catch_unwind()
         .await;
+    // Webhook configurations a test registered are named after its namespace; a failed test
+    // may not have removed its own.
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if let Ok(list) = mwcs.list(&Default::default()).await {
+        for m in &list.items {
+            if let Some(n) = m
+                .metadata
+                .name
+                .as_deref()
+                .filter(|n| n.ends_with(name.as_str()))
+            {
+                let _ = mwcs.delete(n, &DeleteParams::default()).await;
+            }
+        }
+    }
     let _ = namespaces.delete(&name, &DeleteParams::background()).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
