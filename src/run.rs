@@ -159,13 +159,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "controller stopped");
             }
         });
+        let leader_gauge = metrics.leader.clone();
         tasks.spawn(async move {
             while leader_rx.changed().await.is_ok() {
-                tracing::info!(
-                    leader = *leader_rx.borrow(),
-                    "controller leadership changed"
-                );
+                let leading = *leader_rx.borrow_and_update();
+                leader_gauge.set(i64::from(leading));
+                tracing::info!(leader = leading, "controller leadership changed");
             }
+            leader_gauge.set(0);
         });
     }
 
