@@ -82,19 +82,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhook: !args.no_webhook,
         ..Default::default()
     };
+    // Tasks that end when `stopped()` resolves, and loops that run until aborted (watches,
+    // certificate refreshes). Only the former are waited for at shutdown.
     let mut tasks = tokio::task::JoinSet::new();
+    let mut background = tokio::task::JoinSet::new();
 
     if !args.no_webhook {
         let store = CertStore::new();
         health.certs = Some(store.clone());
-        start_certificates(&args, &client, &store, &mut tasks).await?;
+        start_certificates(&args, &client, &store, &mut background).await?;
 
         let mut caches = Caches::new(&client);
         for driver in caches.drivers.drain(..) {
-            tasks.spawn(driver);
+            background.spawn(driver);
         }
         let (synced, synced_flag) = (caches.synced(), health.caches_synced.clone());
-        tasks.spawn(async move {
+        background.spawn(async move {
             synced.await;
             synced_flag.store(true, Ordering::Relaxed);
             tracing::info!("binding and ServiceAccount caches synced");
@@ -162,22 +165,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let leader_gauge = metrics.leader.clone();
         tasks.spawn(async move {
             while leader_rx.changed().await.is_ok() {
-                let leader = *leader_rx.borrow_and_update();
-                leader_gauge.set(i64::from(leader));
-                tracing::info!(leader, "controller leadership changed");
+                let leading = *leader_rx.borrow_and_update();
+                leader_gauge.set(i64::from(leading));
+                tracing::info!(leader = leading, "controller leadership changed");
             }
+            leader_gauge.set(0);
         });
     }
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // Give in-flight work a moment; tasks that watch forever are aborted.
+    // Let the stoppable tasks finish (the controller releases its Lease), for at most 5s; the
+    // background loops never end by themselves, so they are aborted rather than waited for.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     tasks.abort_all();
+    background.abort_all();
     Ok(())
 }
 

@@ -1,0 +1,154 @@
+//! The real `mlflow-operator` binary as a child process: `run` with loopback ports, its output
+//! in a temp file (printed when the test fails), killed when dropped.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::eventually;
+
+/// A loopback port nobody listens on right now (bound to :0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct OperatorProcess {
+    pub label: String,
+    pub metrics_port: u16,
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl OperatorProcess {
+    /// Starts `mlflow-operator run --metrics-addr 127.0.0.1:<free port> <args>`.
+    pub fn start(label: &str, args: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"))
+            .arg("run")
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .args(args)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start mlflow-operator");
+        Self {
+            label: label.to_string(),
+            metrics_port,
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        let _ = self.log.reopen().unwrap().read_to_string(&mut s);
+        s
+    }
+
+    /// GET on the plain-HTTP metrics/health listener: (status, body), None if not answering.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics_port, path).await
+    }
+
+    /// The value of an unlabelled metric, once the process answers.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether `mlflow_operator_leader` is 1 (None while the process does not answer).
+    pub async fn is_leader(&self) -> Option<bool> {
+        Some(self.metric("mlflow_operator_leader").await? == 1.0)
+    }
+
+    /// Waits until GET `path` answers `status`.
+    pub async fn wait_status(&self, path: &str, status: u16, timeout: Duration) -> String {
+        eventually(
+            &format!("{} {path} to answer {status}", self.label),
+            timeout,
+            || async {
+                self.get(path)
+                    .await
+                    .filter(|(s, _)| *s == status)
+                    .map(|(_, b)| b)
+            },
+        )
+        .await
+    }
+
+    /// SIGKILL: no chance to release anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as the kubelet sends before a pod stops.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill on PATH")
+            .success();
+        assert!(ok, "sending SIGTERM to {}", self.label);
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let label = self.label.clone();
+        let child = &mut self.child;
+        let poll = || std::future::ready(child.try_wait().unwrap());
+        eventually(&format!("{label} to exit"), timeout, poll).await
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- output of {} (pid {}) -----\n{}----- end of {} -----",
+                self.label,
+                self.pid(),
+                self.output(),
+                self.label
+            );
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the endpoints are plain HTTP on loopback).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
