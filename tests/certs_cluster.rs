@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::DeleteParams;
-use mlflow_operator::certs::self_managed::{Config, ensure, sync_ca_bundle};
+use mlflow_operator::certs::self_managed::{CaBundle, Config, ensure, sync_ca_bundle};
 
 fn config(ns: &str) -> Config {
     let mut cfg = Config::new(
@@ -93,11 +93,11 @@ async fn the_ca_bundle_is_set_on_every_webhook_and_left_alone_when_current() {
         register(&client, &mwc).await;
 
         let pems = ensure(&client, &cfg).await.unwrap();
-        assert!(
+        assert_eq!(
             sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert)
                 .await
                 .unwrap(),
-            "first sync patches"
+            CaBundle::Updated
         );
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         let got = api.get(&cfg.webhook_config).await.unwrap();
@@ -109,17 +109,19 @@ async fn the_ca_bundle_is_set_on_every_webhook_and_left_alone_when_current() {
                 w.name
             );
         }
-        assert!(
-            !sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert)
+        assert_eq!(
+            sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert)
                 .await
                 .unwrap(),
+            CaBundle::Current,
             "no write when current"
         );
         // A configuration that does not exist (yet) is not an error.
-        assert!(
-            !sync_ca_bundle(&client, "does-not-exist", &pems.ca_cert)
+        assert_eq!(
+            sync_ca_bundle(&client, "does-not-exist", &pems.ca_cert)
                 .await
-                .unwrap()
+                .unwrap(),
+            CaBundle::NoConfiguration
         );
         let _ = api
             .delete(&cfg.webhook_config, &DeleteParams::default())

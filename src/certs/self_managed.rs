@@ -179,17 +179,27 @@ pub async fn ensure(client: &Client, cfg: &Config) -> Result<Pems, SelfManagedEr
     Err(SelfManagedError::Incomplete(cfg.secret.clone()))
 }
 
+/// What [`sync_ca_bundle`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaBundle {
+    /// At least one webhook's caBundle was written.
+    Updated,
+    /// Every webhook already carried the CA.
+    Current,
+    /// The configuration does not exist (yet): not an error, the installer may create it later.
+    NoConfiguration,
+}
+
 /// Sets caBundle on every webhook of the configuration that does not carry `ca_pem` yet.
-/// A missing configuration is not an error: the chart may not have created it yet.
 pub async fn sync_ca_bundle(
     client: &Client,
     name: &str,
     ca_pem: &str,
-) -> Result<bool, kube::Error> {
+) -> Result<CaBundle, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(mwc) = api.get_opt(name).await? else {
-        tracing::warn!(webhook_config = %name, "MutatingWebhookConfiguration not found; caBundle not set");
-        return Ok(false);
+        tracing::warn!(webhook_config = %name, "MutatingWebhookConfiguration not found; caBundle not set yet");
+        return Ok(CaBundle::NoConfiguration);
     };
     let want = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let ops: Vec<serde_json::Value> = mwc
@@ -201,14 +211,14 @@ pub async fn sync_ca_bundle(
         .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}))
         .collect();
     if ops.is_empty() {
-        return Ok(false);
+        return Ok(CaBundle::Current);
     }
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch");
     api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await?;
     tracing::info!(webhook_config = %name, "caBundle updated");
-    Ok(true)
+    Ok(CaBundle::Updated)
 }
 
 /// Keeps the store serving the Secret's certificate and the caBundle current, forever.
@@ -220,11 +230,19 @@ pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
                 if let Err(e) = store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
                     tracing::error!(error = %e, "self-managed certificate unusable");
                 }
-                if let Err(e) = sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert).await {
-                    tracing::warn!(error = %e, "could not update caBundle");
-                }
+                // Until the configuration exists with our CA, look again soon rather than at the
+                // (long) rotation interval: pods are refused while caBundle is missing.
+                let soon = cfg.check_every.min(Duration::from_secs(5));
+                let next = match sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert).await {
+                    Ok(CaBundle::Updated | CaBundle::Current) => cfg.check_every,
+                    Ok(CaBundle::NoConfiguration) => soon,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not update caBundle");
+                        soon
+                    }
+                };
                 backoff = Duration::from_secs(1);
-                cfg.check_every
+                next
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-managed certificate not ready; retrying");
