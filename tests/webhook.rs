@@ -47,6 +47,12 @@ fn refusal_message(err: kube::Error) -> String {
     }
 }
 
+/// Creates binding "b" with `spec`, Ready with URI, and waits until the webhook sees it.
+async fn bind(client: &Client, wh: &TestWebhook, spec: Value) {
+    ready_binding(client, &wh.namespace, "b", spec, URI).await;
+    wh.wait_binding_ready("b").await;
+}
+
 async fn setup(client: &Client, ns: &str) -> TestWebhook {
     let wh = TestWebhook::start(client, ns, Defaults::default()).await;
     wh.wait_effective().await;
@@ -99,8 +105,7 @@ async fn accepts_and_injects_a_labelled_pod() {
 async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
     with_temp_ns("wh-unlabelled", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI})).await;
         let before = common::webhook::admissions_total(&wh.metrics);
         let p = create(
             &client,
@@ -130,15 +135,12 @@ async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
 async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_injected() {
     with_temp_ns("wh-deploy", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(
+        bind(
             &client,
-            &ns,
-            "b",
+            &wh,
             json!({"trackingUri": URI, "experimentName": "e"}),
-            URI,
         )
         .await;
-        wh.wait_binding_ready("b").await;
         let d: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "train"},
             "spec": {
@@ -193,15 +195,7 @@ async fn workload_identity_comes_from_service_account_annotations_and_is_refused
             "azure.workload.identity/client-id": CLIENT_ID, "azure.workload.identity/tenant-id": TENANT_ID}}}))
         .unwrap();
         sas.create(&PostParams::default(), &sa).await.unwrap();
-        ready_binding(
-            &client,
-            &ns,
-            "b",
-            json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tokenExpirationSeconds": 7200}}}),
-            URI,
-        )
-        .await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tokenExpirationSeconds": 7200}}})).await;
 
         let spec = json!({"serviceAccountName": "trainer", "containers": [{"name": "train", "image": "x"}]});
         let p = create(&client, &ns, &pod("ok", tracked(), json!({}), spec)).await.unwrap();
@@ -241,15 +235,12 @@ async fn workload_identity_comes_from_service_account_annotations_and_is_refused
 async fn managed_identity_injects_only_the_client_id() {
     with_temp_ns("wh-mi", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(
+        bind(
             &client,
-            &ns,
-            "b",
+            &wh,
             json!({"trackingUri": URI, "identity": {"managedIdentity": {"clientId": CLIENT_ID}}}),
-            URI,
         )
         .await;
-        wh.wait_binding_ready("b").await;
         let p = create(
             &client,
             &ns,
@@ -287,15 +278,7 @@ async fn managed_identity_injects_only_the_client_id() {
 async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_us() {
     with_temp_ns("wh-azwi", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(
-            &client,
-            &ns,
-            "b",
-            json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}}),
-            URI,
-        )
-        .await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}})).await;
         let labels = json!({"mlflow-operator.io/track": "true", "azure.workload.identity/use": "true"});
         let p = create(&client, &ns, &pod("p", labels, json!({}), one_container())).await.unwrap();
         let env = env_of(&p, "train");
@@ -312,8 +295,7 @@ async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_u
 async fn user_env_is_preserved_and_a_self_configured_container_gets_no_mlflow_variables() {
     with_temp_ns("wh-userenv", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(&client, &ns, "b", json!({"trackingUri": URI, "experimentName": "from-binding"}), URI).await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI, "experimentName": "from-binding"})).await;
         let spec = json!({"containers": [
             {"name": "train", "image": "x", "env": [
                 {"name": "MLFLOW_EXPERIMENT_NAME", "value": "mine"},
@@ -481,8 +463,7 @@ async fn a_binding_in_another_namespace_is_never_applied() {
 async fn a_native_sidecar_is_preserved_and_injected() {
     with_temp_ns("wh-sidecar", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI})).await;
         let spec = json!({
             "initContainers": [{"name": "logshipper", "image": "x", "restartPolicy": "Always"}],
             "containers": [{"name": "train", "image": "x"}]
@@ -505,15 +486,12 @@ async fn a_native_sidecar_is_preserved_and_injected() {
 async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_without_duplicates() {
     with_temp_ns("wh-reinvoke", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(
+        bind(
             &client,
-            &ns,
-            "b",
+            &wh,
             json!({"trackingUri": URI, "experimentName": "e"}),
-            URI,
         )
         .await;
-        wh.wait_binding_ready("b").await;
         let sidecar = common::sidecar_webhook::SidecarWebhook::start(&client, &ns).await;
         sidecar.wait_effective(&client, &ns).await;
         let p = create(
@@ -563,8 +541,7 @@ async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_wi
 async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
     with_temp_ns("wh-dryrun", |client, ns| async move {
         let wh = setup(&client, &ns).await;
-        ready_binding(&client, &ns, "b", json!({"trackingUri": URI}), URI).await;
-        wh.wait_binding_ready("b").await;
+        bind(&client, &wh, json!({"trackingUri": URI})).await;
         let manifest = serde_json::to_string(&json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "dry", "namespace": ns, "labels": tracked()},

@@ -12,7 +12,6 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use mlflow_operator::certs::{self, CertStore};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -39,17 +38,7 @@ fn answer(review: &Value) -> Value {
 
 impl SidecarWebhook {
     pub async fn start(client: &Client, ns: &str) -> Self {
-        let pems = certs::generate(
-            &["127.0.0.1".into()],
-            30,
-            10,
-            jiff::Timestamp::now().as_second(),
-        )
-        .unwrap();
-        let store = CertStore::new();
-        store
-            .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
-            .unwrap();
+        let (store, pems) = super::webhook::serving_certificate(&["127.0.0.1"]);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

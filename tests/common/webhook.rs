@@ -61,6 +61,17 @@ pub async fn ensure_crd(client: &Client) {
     .await;
 }
 
+/// A fresh CA and serving certificate for `names`, loaded into a store ready to serve.
+pub fn serving_certificate(names: &[&str]) -> (Arc<CertStore>, certs::Pems) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let pems = certs::generate(&names, 30, 10, jiff::Timestamp::now().as_second()).unwrap();
+    let store = CertStore::new();
+    store
+        .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
+        .unwrap();
+    (store, pems)
+}
+
 /// The MutatingWebhookConfiguration of the chart, pointed at a URL and scoped to `namespace`.
 pub fn webhook_configuration(
     name: &str,
@@ -126,17 +137,7 @@ pub async fn register(client: &Client, mwc: &Value) {
 impl TestWebhook {
     pub async fn start(client: &Client, namespace: &str, defaults: Defaults) -> Self {
         ensure_crd(client).await;
-        let pems = certs::generate(
-            &["127.0.0.1".into(), "localhost".into()],
-            30,
-            10,
-            jiff::Timestamp::now().as_second(),
-        )
-        .unwrap();
-        let store = CertStore::new();
-        store
-            .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
-            .unwrap();
+        let (store, pems) = serving_certificate(&["127.0.0.1", "localhost"]);
         Self::start_with(client, namespace, defaults, store, Some(pems.ca_cert)).await
     }
 
