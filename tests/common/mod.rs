@@ -15,8 +15,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client, Config};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Config, CustomResourceExt};
+use mlflow_operator::binding::MlflowWorkspaceBinding;
 
 /// A client for the local control plane, from `KUBECONFIG`.
 pub async fn client() -> Client {
@@ -53,6 +54,34 @@ where
     }
 }
 
+/// Installs (or updates) the CRD and waits until it is served.
+pub async fn ensure_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = MlflowWorkspaceBinding::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("mlflow-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    eventually(
+        "the CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let c = crds.get(&name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Runs `test` in a fresh namespace (labelled so webhooks under test can select it) and deletes
 /// the namespace afterwards, also when the test panics.
 pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
@@ -61,6 +90,8 @@ where
     Fut: Future<Output = ()>,
 {
     let client = client().await;
+    // Every test in a namespace may create bindings; on a fresh plane the CRD is not there yet.
+    ensure_crd(&client).await;
     let name = format!("{prefix}-{}", random_suffix());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({

@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
@@ -33,33 +33,7 @@ pub struct TestWebhook {
     tasks: tokio::task::JoinSet<()>,
 }
 
-/// Installs (or updates) the CRD and waits until it is served.
-pub async fn ensure_crd(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = MlflowWorkspaceBinding::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("mlflow-operator-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    eventually(
-        "the CRD to be established",
-        Duration::from_secs(30),
-        || async {
-            let c = crds.get(&name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
-}
+pub use super::ensure_crd;
 
 /// A fresh CA and serving certificate for `names`, loaded into a store ready to serve.
 pub fn serving_certificate(names: &[&str]) -> (Arc<CertStore>, certs::Pems) {
