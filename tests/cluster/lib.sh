@@ -62,5 +62,8 @@ cluster_healthy() {
   local name pid exe
   while read -r name pid exe; do ours "$pid" "$exe" || return 1; done < "$STATE/pids"
   [ -f "$STATE/env" ] || return 1
-  KUBECONFIG=$STATE/kubeconfig kubectl get --raw=/readyz >/dev/null 2>&1
+  local server
+  server=$(sed -n 's/^export CLUSTER_SERVER=//p' "$STATE/env")
+  curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
+    "$server/readyz" >/dev/null 2>&1
 }
