@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_azure;
+pub mod mlflow;
 pub mod operator;
 pub mod sidecar_webhook;
 pub mod webhook;

@@ -1,0 +1,272 @@
+//! The real MLflow: a `mlflow server` child process (sqlite backend in a temp dir, 127.0.0.1, a
+//! free port) and the real Python client, both from the virtualenv `hack/mlflow-env` builds and
+//! `hack/test` exports as MLFLOW_OPERATOR_MLFLOW_BIN. No skipping: without it the tests fail.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN_VAR: &str = "MLFLOW_OPERATOR_MLFLOW_BIN";
+
+/// The venv's bin directory, with `mlflow` and `python` in it, or a loud failure.
+pub fn bin_dir() -> PathBuf {
+    let hint = "run `hack/test`, or `export MLFLOW_OPERATOR_MLFLOW_BIN=$(hack/mlflow-env)`";
+    let dir = PathBuf::from(
+        std::env::var_os(BIN_VAR).unwrap_or_else(|| panic!("{BIN_VAR} is not set: {hint}")),
+    );
+    for exe in ["mlflow", "python"] {
+        assert!(
+            dir.join(exe).is_file(),
+            "{BIN_VAR}={} has no `{exe}`: {hint}",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Admin credentials of a server started with `--app-name basic-auth`.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// A running `mlflow server`; the whole process group is killed on drop.
+pub struct MlflowServer {
+    pub port: u16,
+    pub url: String,
+    pub auth: Option<BasicAuth>,
+    /// Seconds from spawn until /health answered.
+    pub startup: Duration,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl MlflowServer {
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With `auth`, the server runs the basic-auth app with those admin credentials.
+    pub async fn start_with(auth: Option<BasicAuth>) -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("server.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin.join("mlflow"));
+        cmd.arg("server")
+            .arg("--backend-store-uri")
+            .arg(format!(
+                "sqlite:///{}",
+                dir.path().join("mlflow.db").display()
+            ))
+            .arg("--default-artifact-root")
+            .arg(dir.path().join("artifacts"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1"])
+            .current_dir(dir.path())
+            .env("PATH", path_with(&bin))
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        if let Some(a) = &auth {
+            // The basic-auth app reads its admin user and its own database from this file.
+            let ini = dir.path().join("basic_auth.ini");
+            std::fs::write(
+                &ini,
+                format!(
+                    "[mlflow]\ndefault_permission = READ\n\
+                     database_uri = sqlite:///{}\n\
+                     admin_username = {}\nadmin_password = {}\n\
+                     authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+                    dir.path().join("basic_auth.db").display(),
+                    a.username,
+                    a.password
+                ),
+            )
+            .unwrap();
+            cmd.args(["--app-name", "basic-auth"])
+                .env("MLFLOW_AUTH_CONFIG_PATH", &ini)
+                .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "mlflow-operator-e2e");
+        }
+        // Its own process group: `mlflow server` forks uvicorn workers and job runners, and
+        // drop kills them all.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let began = Instant::now();
+        let child = cmd.spawn().expect("spawn `mlflow server`");
+        let mut server = Self {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            auth,
+            startup: Duration::ZERO,
+            child,
+            log,
+            _dir: dir,
+        };
+        server.wait_healthy(Duration::from_secs(120)).await;
+        server.startup = began.elapsed();
+        eprintln!(
+            "mlflow server on port {port} healthy after {:?}",
+            server.startup
+        );
+        server
+    }
+
+    async fn wait_healthy(&mut self, timeout: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "mlflow server exited with {status} before it was healthy; its log:\n{}",
+                    self.log()
+                );
+            }
+            let ok = http
+                .get(format!("{}/health", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mlflow server not healthy after {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        let r = reqwest::Client::new()
+            .request(method, url)
+            .timeout(Duration::from_secs(30));
+        match &self.auth {
+            Some(a) => r.basic_auth(&a.username, Some(&a.password)),
+            None => r,
+        }
+    }
+
+    /// The id of experiment `name`, or None when the server has no such experiment.
+    pub async fn experiment_id(&self, name: &str) -> Option<String> {
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                reqwest::Url::parse_with_params(
+                    &format!("{}/api/2.0/mlflow/experiments/get-by-name", self.url),
+                    [("experiment_name", name)],
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .expect("GET experiments/get-by-name");
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "get-by-name {name}: {status} {body}");
+        Some(
+            body["experiment"]["experiment_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no experiment_id in {body}"))
+                .to_string(),
+        )
+    }
+
+    /// The runs of experiment `experiment_id` named `run_name` (runs/search).
+    pub async fn runs_named(&self, experiment_id: &str, run_name: &str) -> Vec<Value> {
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                format!("{}/api/2.0/mlflow/runs/search", self.url)
+                    .parse()
+                    .unwrap(),
+            )
+            .json(&json!({
+                "experiment_ids": [experiment_id],
+                "filter": format!("attributes.run_name = '{run_name}'"),
+                "max_results": 10
+            }))
+            .send()
+            .await
+            .expect("POST runs/search");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "runs/search: {status} {body}");
+        body["runs"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // The group id is the child's pid (process_group(0)); this kills only what we spawned.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path_with(bin: &Path) -> String {
+    format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display())
+}
+
+/// Runs `python -c script` with the venv's interpreter and exactly `env` (plus PATH and a
+/// scratch HOME, so no credentials file of this machine is read). Returns stdout and stderr;
+/// fails loudly when the script fails or outlives `timeout`.
+pub async fn run_python(env: &BTreeMap<String, String>, script: &str, timeout: Duration) -> String {
+    let bin = bin_dir();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(bin.join("python"));
+    cmd.arg("-c")
+        .arg(script)
+        .env_clear()
+        .envs(env)
+        .env("PATH", path_with(&bin))
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawn python");
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the MLflow client script ran longer than {timeout:?}"))
+        .unwrap();
+    let text = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the MLflow client script failed ({}) with env {env:?}\n{text}",
+        out.status
+    );
+    text
+}
