@@ -39,7 +39,7 @@ pub struct MlflowServer {
     pub port: u16,
     pub url: String,
     pub auth: Option<BasicAuth>,
-    /// Seconds from spawn until /health answered.
+    /// Time from spawn until /health answered.
     pub startup: Duration,
     child: Child,
     log: PathBuf,
