@@ -73,62 +73,117 @@ impl ReviewError {
     }
 }
 
+/// The parts of an AdmissionReview the webhook reads. Everything else (userInfo, oldObject,
+/// options) is skipped while parsing instead of being built into JSON values.
+#[derive(serde::Deserialize)]
+struct RawReview {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<RawRequest>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    uid: String,
+    kind: Option<RawGvk>,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    object: Value,
+    #[serde(rename = "dryRun", default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawGvk {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    kind: String,
+}
+
 /// Parses an AdmissionReview. On error, returns the request uid when one could be read, so the
 /// answer can still be a proper AdmissionReview the API server shows to the user.
 pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, (Option<String>, ReviewError)> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| (None, ReviewError::NotJson(e.to_string())))?;
-    let s = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+    let raw: RawReview = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            // Valid JSON of the wrong shape: say what is wrong with it, with its uid if any.
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|_| (None, ReviewError::NotJson(e.to_string())))?;
+            let uid = v
+                .pointer("/request/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let (api_version, kind) = (
+                v.get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                v.get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
+                return Err((uid, ReviewError::NotAdmissionReview { api_version, kind }));
+            }
+            return Err((uid, ReviewError::NotJson(e.to_string())));
+        }
     };
-    let (api_version, kind) = (s(&v, "apiVersion"), s(&v, "kind"));
-    let req = v.get("request").filter(|r| r.is_object());
-    let uid = req
-        .and_then(|r| r.get("uid"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
-        return Err((uid, ReviewError::NotAdmissionReview { api_version, kind }));
+    let uid = raw
+        .request
+        .as_ref()
+        .map(|r| r.uid.clone())
+        .filter(|u| !u.is_empty());
+    if raw.api_version != "admission.k8s.io/v1" || raw.kind != "AdmissionReview" {
+        return Err((
+            uid,
+            ReviewError::NotAdmissionReview {
+                api_version: raw.api_version,
+                kind: raw.kind,
+            },
+        ));
     }
-    let req = req.ok_or((None, ReviewError::Missing("request")))?;
-    let uid = uid
-        .filter(|u| !u.is_empty())
-        .ok_or((None, ReviewError::NoUid))?;
+    let req = raw.request.ok_or((None, ReviewError::Missing("request")))?;
+    let uid = uid.ok_or((None, ReviewError::NoUid))?;
     let err = |e| (Some(uid.clone()), e);
     let k = req
-        .get("kind")
+        .kind
         .ok_or_else(|| err(ReviewError::Missing("request.kind")))?;
-    let (group, version, kind) = (s(k, "group"), s(k, "version"), s(k, "kind"));
-    if !(group.is_empty() && version == "v1" && kind == "Pod") {
-        let gvk = if group.is_empty() {
-            format!("{version}/{kind}")
+    if !(k.group.is_empty() && k.version == "v1" && k.kind == "Pod") {
+        let gvk = if k.group.is_empty() {
+            format!("{}/{}", k.version, k.kind)
         } else {
-            format!("{group}/{version}/{kind}")
+            format!("{}/{}/{}", k.group, k.version, k.kind)
         };
         return Err(err(ReviewError::WrongKind(gvk)));
     }
-    let operation = s(req, "operation");
-    if operation.is_empty() {
+    if req.operation.is_empty() {
         return Err(err(ReviewError::Missing("request.operation")));
     }
-    let object = req.get("object").cloned().unwrap_or(Value::Null);
-    let namespace = match req.get("namespace").and_then(Value::as_str) {
-        Some(ns) if !ns.is_empty() => ns.to_string(),
-        _ => object
+    let namespace = if req.namespace.is_empty() {
+        req.object
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or_default()
-            .to_string(),
+            .to_string()
+    } else {
+        req.namespace
     };
     Ok(ReviewRequest {
         uid,
-        operation,
+        operation: req.operation,
         namespace,
-        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
-        object,
+        dry_run: req.dry_run.unwrap_or(false),
+        object: req.object,
     })
 }
 
