@@ -80,6 +80,9 @@ impl MlflowServer {
             .current_dir(dir.path())
             .env("PATH", path_with(&bin))
             .env("HOME", dir.path())
+            // No background job runner: tracking needs none, it costs CPU, and it keeps its
+            // queue in a /dev/shm directory that outlives a killed server.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
