@@ -1,8 +1,25 @@
-# Shared by up and down. Sourced, not run.
+# Shared by up, down, exec and leftovers. Sourced, not run.
 # shellcheck shell=bash
 source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
 STATE=${MLFLOW_OPERATOR_CLUSTER_DIR:-/dev/shm/mlflow-operator-cluster}
 [ -d /dev/shm ] || STATE=${MLFLOW_OPERATOR_CLUSTER_DIR:-${TMPDIR:-/tmp}/mlflow-operator-cluster}
+
+# Everything of the cluster (plane, node, kube-proxy, pods' bridge) lives in one network namespace
+# of its own, so the host's interfaces, routes, sysctls and iptables are never touched. Its name
+# and the node's cgroup root are derived from the state directory: two clusters never collide.
+CLUSTER_ID=$(printf '%s' "$STATE" | sha256sum | cut -c1-8)
+NETNS=mlflow-operator-$CLUSTER_ID
+NETNS_PATH=/run/netns/$NETNS
+CGROUP_ROOT=mlflow-operator-$CLUSTER_ID
+# Addresses inside that namespace only.
+NODE_IP=10.250.0.1          # on bridge node0: the node's InternalIP, the apiserver's advertise address
+NODE_CIDR=10.250.0.1/24
+POD_CIDR=10.244.0.0/24      # bridge cni0, gateway 10.244.0.1
+SERVICE_CIDR=10.0.0.0/24    # the kubernetes Service is 10.0.0.1
+NODE_NAME=mlflow-operator-node
+# Fixed ports: the namespace is ours alone.
+API_PORT=6443 ETCD_PORT=2379 PEER_PORT=2380 KCM_PORT=10257 SCHED_PORT=10259 KUBELET_PORT=10250
+PROXY_HEALTH_PORT=10256 PROXY_METRICS_PORT=10249
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -17,11 +34,27 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-# start NAME BINARY ARGS...: runs detached in its own session, logs to $STATE/logs/NAME.log.
+# in_netns CMD...: CMD in the cluster's network namespace (mounts stay the host's).
+in_netns() { nsenter --net="$NETNS_PATH" -- "$@"; }
+
+# start NAME BINARY ARGS...: runs detached in its own session inside the cluster's network
+# namespace, logs to $STATE/logs/NAME.log, and records "name pid executable" once the process
+# runs BINARY. Set START_IN_NETNS=0 when already inside the namespace.
 start() {
-  local name=$1; shift
-  setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
-  echo "$name $! $1" >> "$STATE/pids"
+  local name=$1 exe; shift
+  exe=$(readlink -f "$1")
+  if [ "${START_IN_NETNS:-1}" = 1 ]; then
+    setsid nsenter --net="$NETNS_PATH" -- "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  else
+    setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  fi
+  local pid=$! deadline=$((SECONDS + 5))
+  until [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$exe" ]; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$STATE/logs/$name.log" >&2; die "$name exited at once"; }
+    [ $SECONDS -lt $deadline ] || die "$name did not start"
+    sleep 0.05
+  done
+  echo "$name $pid $exe" >> "$STATE/pids"
 }
 
 pid_of() { awk -v n="$1" '$1==n {print $2}' "$STATE/pids" 2>/dev/null; }
@@ -61,9 +94,16 @@ cluster_status() {
 cluster_healthy() {
   local name pid exe
   while read -r name pid exe; do ours "$pid" "$exe" || return 1; done < "$STATE/pids"
-  [ -f "$STATE/env" ] || return 1
-  local server
-  server=$(sed -n 's/^export CLUSTER_SERVER=//p' "$STATE/env")
-  curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
-    "$server/readyz" >/dev/null 2>&1
+  [ -f "$STATE/env" ] && [ -e "$NETNS_PATH" ] || return 1
+  in_netns curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
+    "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1
+}
+
+# Every cgroup directory of the node, deepest first, in every v1 hierarchy and the unified one.
+node_cgroups() {
+  local d
+  for d in /sys/fs/cgroup/*/"$CGROUP_ROOT" /sys/fs/cgroup/"$CGROUP_ROOT"; do
+    [ -d "$d" ] && find "$d" -depth -type d
+  done
+  return 0
 }

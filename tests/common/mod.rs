@@ -6,6 +6,7 @@
 
 pub mod fake_azure;
 pub mod mlflow;
+pub mod node;
 pub mod operator;
 pub mod sidecar_webhook;
 pub mod webhook;

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The mlflow-operator image: `docker build -t mlflow-operator:0.1.0 .`
+# Stage 1 compiles the release binary; stage 2 is distroless: glibc, CA certificates, no shell.
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+# Cache mounts keep the crate registry and the target directory between builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin mlflow-operator \
+ && install -D -m 0755 target/release/mlflow-operator /out/mlflow-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+# Keep VERSION equal to Cargo.toml's version and the chart's appVersion (.ci/run checks).
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="mlflow-operator" \
+      org.opencontainers.image.description="Kubernetes operator that makes training pods log to MLflow with one label" \
+      org.opencontainers.image.source="https://github.com/mlflow-operator/mlflow-operator" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /out/mlflow-operator /usr/local/bin/mlflow-operator
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/mlflow-operator"]
+CMD ["run"]

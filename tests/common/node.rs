@@ -1,0 +1,206 @@
+//! Helpers for tests on the real node (`tests/cluster/up` starts a kubelet, containerd and
+//! kube-proxy beside the plane): the real `helm`, pods' logs and readiness, the admission load
+//! that counts every labelled pod, and reading a projected ServiceAccount token.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mlflow-operator");
+pub const TRACK: &str = "mlflow-operator.io/track";
+/// The image `tests/cluster/images/build operator` builds from the Dockerfile and
+/// `tests/cluster/images/load` imports: the chart's default repository and tag.
+pub const OPERATOR_IMAGE: &str = concat!("mlflow-operator:", env!("CARGO_PKG_VERSION"));
+/// A small image with a shell, made from Debian's busybox-static (`images/build busybox`).
+pub const BUSYBOX: &str = "busybox:1.35";
+
+/// Runs the real `helm`; fails loudly on error and returns stdout.
+pub async fn helm(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("helm")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run helm ({e}): tests/cluster/up puts it on PATH"));
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// The pods matching `selector`, once `check` holds for the whole list.
+pub async fn pods_when(
+    pods: &Api<Pod>,
+    selector: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&[Pod]) -> bool,
+) -> Vec<Pod> {
+    super::eventually(what, timeout, || async {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        check(&list.items).then_some(list.items)
+    })
+    .await
+}
+
+/// The claims of a JWT (its middle part), without verifying it: the test only reads what the
+/// kubelet put in the file.
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.trim().split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// What the admission load saw: every labelled pod it created, by outcome.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub injected: AtomicUsize,
+    /// Admitted, but without MLFLOW_TRACKING_URI: the failure that must never happen.
+    pub not_injected: AtomicUsize,
+    /// Refused or failed at admission (the API server's error), counted and kept.
+    pub refused: AtomicUsize,
+    pub errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    pub fn created(&self) -> usize {
+        self.injected.load(Ordering::SeqCst) + self.not_injected.load(Ordering::SeqCst)
+    }
+    pub fn attempts(&self) -> usize {
+        self.created() + self.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// Creates labelled pods running as ServiceAccount `sa` in `namespace` one after another (each gated from scheduling, so they
+/// cost the node nothing) until `stop` turns true, sorting each by what the webhook did.
+pub fn admission_load(
+    client: Client,
+    namespace: &str,
+    sa: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Arc<Tally>, tokio::task::JoinHandle<()>) {
+    let tally = Arc::new(Tally::default());
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let t = tally.clone();
+    let sa = sa.to_string();
+    let task = tokio::spawn(async move {
+        // Pacing, not synchronisation: about 20 creations a second.
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while !*stop.borrow() {
+            tick.tick().await;
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"generateName": "load-", "labels": {TRACK: "true"}},
+                "spec": {
+                    "serviceAccountName": sa,
+                    "schedulingGates": [{"name": "mlflow-operator.io/never-scheduled"}],
+                    "containers": [{"name": "c", "image": BUSYBOX}]
+                }
+            }))
+            .unwrap();
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(p) if has_tracking_uri(&p) => t.injected.fetch_add(1, Ordering::SeqCst),
+                Ok(_) => t.not_injected.fetch_add(1, Ordering::SeqCst),
+                Err(e) => {
+                    t.errors.lock().unwrap().push(e.to_string());
+                    t.refused.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+        }
+    });
+    (tally, task)
+}
+
+fn has_tracking_uri(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().all(|c| {
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "MLFLOW_TRACKING_URI")
+        })
+    })
+}
+
+/// Waits until the load has created `more` further pods (admitted or refused) after now.
+pub async fn after_more_attempts(tally: &Tally, more: usize, timeout: Duration) {
+    let target = tally.attempts() + more;
+    super::eventually(
+        &format!("{more} more labelled pod creations"),
+        timeout,
+        || async { (tally.attempts() >= target).then_some(()) },
+    )
+    .await;
+}
+
+/// Memory and CPU of a running container, read from its cgroup (cgroup v1, as on this machine)
+/// and its process: (working set bytes, RSS bytes, CPU seconds used so far).
+pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
+    let id = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let id = id.rsplit('/').next().unwrap();
+    let find = |hierarchy: &str| -> std::path::PathBuf {
+        let root = format!("/sys/fs/cgroup/{hierarchy}");
+        walk(std::path::Path::new(&root), id)
+            .unwrap_or_else(|| panic!("no {hierarchy} cgroup for container {id}"))
+    };
+    let mem = find("memory");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let usage: u64 = read(mem.join("memory.usage_in_bytes")).trim().parse().unwrap();
+    let stat = read(mem.join("memory.stat"));
+    let inactive: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("total_inactive_file "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let pid = read(mem.join("cgroup.procs")).lines().next().unwrap().to_string();
+    let rss_kb: u64 = read(std::path::PathBuf::from(format!("/proc/{pid}/status")))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap();
+    let cpu_ns: u64 = read(find("cpuacct").join("cpuacct.usage")).trim().parse().unwrap();
+    (usage.saturating_sub(inactive), rss_kb * 1024, cpu_ns as f64 / 1e9)
+}
+
+fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if !p.is_dir() {
+            continue;
+        }
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if let Some(found) = walk(&p, name) {
+            return Some(found);
+        }
+    }
+    None
+}
