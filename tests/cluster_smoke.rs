@@ -23,25 +23,44 @@ async fn server_version_is_the_pinned_one() {
 }
 
 #[tokio::test]
-async fn namespace_serviceaccount_and_pod_are_created_and_the_pod_stays_pending() {
+async fn a_pod_runs_on_the_node_and_reaches_the_api_server_and_dns_through_services() {
     with_temp_ns("smoke-pod", |client, ns| async move {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap())
             .await
             .unwrap();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // The kubernetes Service by its ClusterIP (kube-proxy) and by name (cluster DNS). Busybox's
+        // TLS cannot talk to the API server, so a TCP connection stands for reaching it (the
+        // operator's pods speak TLS to it in tests/node_chart.rs).
+        let script = "nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT -e true \
+            && echo 'kubernetes Service reached' && nslookup kubernetes.default.svc.cluster.local";
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
-            "spec": {"serviceAccountName": "trainer", "containers": [{"name": "c", "image": "busybox"}]}
+            "spec": {
+                "serviceAccountName": "trainer",
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": common::node::BUSYBOX, "imagePullPolicy": "Never",
+                                "command": ["sh", "-c", script]}]
+            }
         }))
         .unwrap();
         let created = pods.create(&PostParams::default(), &pod).await.unwrap();
         // ServiceAccount admission ran: the kube-api-access projected volume is there.
         let vols = created.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
         assert!(vols.iter().any(|v| v.name.starts_with("kube-api-access-")), "volumes: {vols:?}");
-        let got = pods.get("p").await.unwrap();
-        assert_eq!(got.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
-        assert!(got.spec.unwrap().node_name.is_none(), "no node should ever be assigned");
+        let phase = eventually("the pod to finish", Duration::from_secs(90), || async {
+            let p = pods.get("p").await.ok()?;
+            let phase = p.status?.phase?;
+            (phase == "Succeeded" || phase == "Failed").then_some(phase)
+        })
+        .await;
+        let log = pods.logs("p", &Default::default()).await.unwrap();
+        assert_eq!(phase, "Succeeded", "log:\n{log}");
+        let node = pods.get("p").await.unwrap().spec.unwrap().node_name;
+        assert_eq!(node.as_deref(), Some(cluster_env("CLUSTER_NODE").as_str()));
+        assert!(log.contains("kubernetes Service reached"), "{log}");
+        assert!(log.contains("Address: 10.0.0.1"), "DNS answers the Service's ClusterIP: {log}");
     })
     .await;
 }
@@ -57,7 +76,8 @@ async fn deployment_yields_a_replicaset_and_pods() {
                 "selector": {"matchLabels": {"app": "train"}},
                 "template": {
                     "metadata": {"labels": {"app": "train"}},
-                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+                    "spec": {"containers": [{"name": "c", "image": common::node::BUSYBOX,
+                        "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}
                 }
             }
         }))

@@ -19,7 +19,7 @@ SERVICE_CIDR=10.0.0.0/24    # the kubernetes Service is 10.0.0.1
 NODE_NAME=mlflow-operator-node
 # Fixed ports: the namespace is ours alone.
 API_PORT=6443 ETCD_PORT=2379 PEER_PORT=2380 KCM_PORT=10257 SCHED_PORT=10259 KUBELET_PORT=10250
-PROXY_HEALTH_PORT=10256 PROXY_METRICS_PORT=10249
+PROXY_HEALTH_PORT=10256 PROXY_METRICS_PORT=10249 DNS_READY_PORT=8181
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

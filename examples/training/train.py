@@ -1,0 +1,54 @@
+"""A training job as a team writes it: no MLflow or Azure settings, only mlflow's API.
+
+mlflow-operator's webhook injects MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME and the identity
+variables; mlflow and azureml-mlflow read them. The run logs one parameter, one metric, one tag
+and one artifact, then prints what landed so the pod's log says where the run went.
+"""
+import json
+import os
+import tempfile
+
+import mlflow
+
+
+INJECTED = ("MLFLOW_", "AZURE_", "AZUREML_")
+SECRET = ("PASSWORD", "SECRET", "TOKEN")
+
+
+def show_environment() -> None:
+    """The pod's own view of what was injected (secret values masked)."""
+    for name in sorted(os.environ):
+        if name.startswith(INJECTED):
+            value = os.environ[name]
+            if any(s in name for s in SECRET) and not name.endswith("_FILE"):
+                value = "<set>"
+            print(f"{name}={value}", flush=True)
+
+
+def main() -> None:
+    show_environment()
+    epochs = int(os.environ.get("EPOCHS", "3"))
+    with mlflow.start_run() as run:
+        mlflow.log_param("epochs", epochs)
+        loss = 1.0
+        for epoch in range(epochs):
+            loss *= 0.5
+            mlflow.log_metric("loss", loss, step=epoch)
+        mlflow.set_tag("trained-by", "mlflow-operator-example")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.txt")
+            with open(path, "w") as f:
+                f.write(f"a model trained for {epochs} epochs, final loss {loss}\n")
+            mlflow.log_artifact(path)
+        info = run.info
+    print(json.dumps({
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "experiment_id": info.experiment_id,
+        "run_id": info.run_id,
+        "status": mlflow.get_run(info.run_id).info.status,
+        "final_loss": loss,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
