@@ -1,5 +1,8 @@
-//! The command line. `run` holds the controller, webhook, metrics and health; `crd` prints the
-//! CRD; `inject` previews the webhook offline; `version` prints the version.
+//! The command line. `run` holds the controller, webhook, metrics and health ([`crate::run`]);
+//! `crd` prints the CRD; `inject` previews the webhook offline ([`inject`]); `version` prints the
+//! version.
+
+pub mod inject;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

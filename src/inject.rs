@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding, SKIP_CONTAINERS_ANNOTATION};
 
-mod env;
+mod patch;
 mod pod;
 mod select;
 #[cfg(test)]
@@ -163,19 +163,19 @@ pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan 
     let mut injected_any = false;
     for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
         injected_any = true;
-        let (o, w) = env::merge_container(c, &desired);
+        let (o, w) = patch::merge_container(c, &desired);
         ops.extend(o);
         warnings.extend(w);
     }
     if injected_any {
         let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
-        let volumes = env::add_volumes_if_absent(existing, &desired.volumes);
+        let volumes = patch::add_volumes_if_absent(existing, &desired.volumes);
         for v in &volumes.conflicts {
             warnings.push(format!(
                 "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
             ));
         }
-        ops.extend(env::append(
+        ops.extend(patch::append(
             &["spec", "volumes"],
             pod.volumes.is_some(),
             volumes.add,
@@ -201,22 +201,22 @@ pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan 
 /// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
 fn annotation_op(pod: &pod::PodView<'_>, marker: String) -> PatchOperation {
     if !pod.has_metadata {
-        env::add(
+        patch::add(
             &["metadata"],
             json!({"annotations": {INJECTED_ANNOTATION: marker}}),
         )
     } else if !pod.has_annotations {
-        env::add(
+        patch::add(
             &["metadata", "annotations"],
             json!({INJECTED_ANNOTATION: marker}),
         )
     } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
         PatchOperation::Replace(ReplaceOperation {
-            path: env::pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
+            path: patch::pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
             value: Value::String(marker),
         })
     } else {
-        env::add(
+        patch::add(
             &["metadata", "annotations", INJECTED_ANNOTATION],
             Value::String(marker),
         )

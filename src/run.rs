@@ -146,11 +146,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     if !args.no_controller {
-        let cfg = crate::resolve::Config::from_args(&args)?;
+        let cfg = crate::controller::Config::from_args(&args)?;
         let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stopped());
         let (leader_tx, mut leader_rx) = watch::channel(false);
         tasks.spawn(async move {
-            if let Err(e) = crate::resolve::run_with_leader_status(
+            if let Err(e) = crate::controller::run_with_leader_status(
                 client,
                 cfg,
                 controller_metrics,

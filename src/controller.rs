@@ -2,11 +2,12 @@
 //! with a Ready condition, to the binding's status.
 //!
 //! - `spec.trackingUri` bindings are Ready at once.
-//! - `spec.azureML` bindings are resolved through Azure Resource Manager via a shared cache
-//!   ([`cache`]): one ARM call per distinct workspace per refresh interval.
+//! - `spec.azureML` bindings are resolved through Azure Resource Manager ([`arm`]) via a shared
+//!   cache ([`cache`]): one ARM call per distinct workspace per refresh interval.
 //! - Status is written with server-side apply, and only when it changed ([`status`]).
 //! - Only the leader (a `coordination.k8s.io` Lease) runs the controller.
 
+pub mod arm;
 pub mod cache;
 pub mod status;
 
@@ -23,10 +24,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::azure::{ArmClient, AzureConfig, AzureEnv, RetryPolicy, WorkspaceKey};
 use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY};
 use crate::cli::RunArgs;
 use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+use arm::{ArmClient, AzureConfig, AzureEnv, RetryPolicy, WorkspaceKey};
 use cache::{Cache, Freshness};
 use status::{Resolution, desired_status, ready_transition};
 

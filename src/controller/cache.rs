@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-use crate::azure::{ArmError, WorkspaceKey};
+use super::arm::{ArmError, WorkspaceKey};
 
 /// One finished resolve.
 #[derive(Clone, Debug)]
