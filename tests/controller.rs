@@ -15,7 +15,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
-use mlflow_operator::controller::arm::{AzureConfig, AzureEnv, RetryPolicy};
+use mlflow_operator::controller::arm::{AzureConfig, RetryPolicy};
+use mlflow_operator::controller::credential::AzureEnv;
 use mlflow_operator::controller::{self, Config};
 use mlflow_operator::metrics::{Metrics, ReadyLabels};
 use serde_json::json;
@@ -39,7 +40,7 @@ impl Operator {
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
         let (leader_tx, leader) = watch::channel(false);
-        let task = tokio::spawn(controller::run_with_leader_status(
+        let task = tokio::spawn(controller::run(
             client.clone(),
             cfg,
             metrics.clone(),

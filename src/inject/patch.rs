@@ -1,11 +1,13 @@
-//! Add-if-absent merging of env entries, volume mounts and volumes, as JSON patch operations.
+//! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
+//! the injected annotation. Nothing the pod already has is ever changed.
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation};
-use serde_json::Value;
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use serde_json::{Value, json};
 
-use super::pod::ContainerView;
+use super::pod::{self, ContainerView, PodView};
 use super::values::{Desired, env_name};
+use crate::binding::{INJECTED_ANNOTATION, SKIP_CONTAINERS_ANNOTATION};
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 
@@ -40,76 +42,49 @@ pub(crate) fn append(tokens: &[&str], present: bool, items: Vec<Value>) -> Vec<P
 pub(crate) struct Merge {
     /// Entries to add, in order.
     pub add: Vec<Value>,
-    /// Names of wanted entries the container already has with another definition.
+    /// Wanted entries the list already holds in another form, by their `Slot::reported` field.
     pub conflicts: Vec<String>,
 }
 
-/// Add-if-absent by env name: an existing entry is never changed; one identical to ours is
+/// A kind of list entry: when an existing entry takes the place of a wanted one, and which
+/// field names it in a conflict warning.
+pub(crate) struct Slot {
+    taken_by: fn(existing: &Value, wanted: &Value) -> bool,
+    reported: &'static str,
+}
+
+/// Env entries, by name.
+pub(crate) const ENV: Slot = Slot {
+    taken_by: |e, w| env_name(e).is_some() && env_name(e) == env_name(w),
+    reported: "name",
+};
+/// Volume mounts, by name or mountPath: two mounts at one path make the pod invalid.
+pub(crate) const MOUNT: Slot = Slot {
+    taken_by: |e, w| e.get("name") == w.get("name") || e.get("mountPath") == w.get("mountPath"),
+    reported: "mountPath",
+};
+/// Pod volumes, by name.
+pub(crate) const VOLUME: Slot = Slot {
+    taken_by: |e, w| e.get("name") == w.get("name"),
+    reported: "name",
+};
+
+/// Add-if-absent: a wanted entry whose slot is taken is never added; an identical entry is
 /// silent, a different one is a conflict.
-pub(crate) fn add_env_if_absent<'a>(
+pub(crate) fn add_if_absent<'a>(
+    slot: &Slot,
     existing: &[Value],
     wanted: impl IntoIterator<Item = &'a Value>,
 ) -> Merge {
     let mut m = Merge::default();
-    for entry in wanted {
-        let Some(name) = env_name(entry) else {
-            continue;
-        };
-        match existing.iter().find(|e| env_name(e) == Some(name)) {
-            Some(e) if e == entry => {}
-            Some(_) => m.conflicts.push(name.to_string()),
-            None => m.add.push(entry.clone()),
-        }
-    }
-    m
-}
-
-/// Add-if-absent for volume mounts: skipped when the container has a mount of that name or that
-/// mountPath; a conflict when that mount is not identical to ours.
-pub(crate) fn add_mounts_if_absent<'a>(
-    existing: &[Value],
-    wanted: impl IntoIterator<Item = &'a Value>,
-) -> Merge {
-    let mut m = Merge::default();
-    for mount in wanted {
-        let clash = |e: &&Value| {
-            e.get("name") == mount.get("name") || e.get("mountPath") == mount.get("mountPath")
-        };
-        match existing.iter().find(clash) {
-            Some(e) if e == mount => {}
-            Some(_) => m.conflicts.push(
-                mount
-                    .get("mountPath")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            ),
-            None => m.add.push(mount.clone()),
-        }
-    }
-    m
-}
-
-/// Add-if-absent for pod volumes, by name.
-pub(crate) fn add_volumes_if_absent<'a>(
-    existing: &[Value],
-    wanted: impl IntoIterator<Item = &'a Value>,
-) -> Merge {
-    let mut m = Merge::default();
-    for volume in wanted {
-        match existing
-            .iter()
-            .find(|e| e.get("name") == volume.get("name"))
-        {
-            Some(e) if e == volume => {}
-            Some(_) => m.conflicts.push(
-                volume
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            ),
-            None => m.add.push(volume.clone()),
+    for w in wanted {
+        match existing.iter().find(|e| (slot.taken_by)(e, w)) {
+            Some(e) if e == w => {}
+            Some(_) => {
+                let id = w.get(slot.reported).and_then(Value::as_str);
+                m.conflicts.push(id.unwrap_or("").to_string());
+            }
+            None => m.add.push(w.clone()),
         }
     }
     m
@@ -142,7 +117,7 @@ pub(crate) fn merge_container(
         .env
         .iter()
         .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))));
-    let env = add_env_if_absent(existing_env, wanted);
+    let env = add_if_absent(&ENV, existing_env, wanted);
     for name in &env.conflicts {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already sets {name}; left unchanged",
@@ -156,7 +131,7 @@ pub(crate) fn merge_container(
         ));
     }
     let existing_mounts = c.mounts.map(Vec::as_slice).unwrap_or_default();
-    let mounts = add_mounts_if_absent(existing_mounts, &d.mounts);
+    let mounts = add_if_absent(&MOUNT, existing_mounts, &d.mounts);
     for path in &mounts.conflicts {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already has a different volume mount of the name or path of ours ({path}); left unchanged",
@@ -171,6 +146,66 @@ pub(crate) fn merge_container(
         mounts.add,
     ));
     (ops, warnings)
+}
+
+/// The ops and warnings for every injected container, and the volumes they mount.
+pub(crate) fn containers_and_volumes(
+    pod: &PodView<'_>,
+    d: &Desired,
+) -> (Vec<PatchOperation>, Vec<String>) {
+    let skip = pod
+        .annotations
+        .get(SKIP_CONTAINERS_ANNOTATION)
+        .map(|s| pod::parse_skip_containers(s))
+        .unwrap_or_default();
+    let (mut ops, mut warnings) = (Vec::new(), Vec::new());
+    let mut injected_any = false;
+    for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
+        injected_any = true;
+        let (o, w) = merge_container(c, d);
+        ops.extend(o);
+        warnings.extend(w);
+    }
+    if injected_any {
+        let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
+        let volumes = add_if_absent(&VOLUME, existing, &d.volumes);
+        for v in &volumes.conflicts {
+            warnings.push(format!(
+                "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
+            ));
+        }
+        ops.extend(append(
+            &["spec", "volumes"],
+            pod.volumes.is_some(),
+            volumes.add,
+        ));
+    }
+    (ops, warnings)
+}
+
+/// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
+pub(crate) fn injected_annotation(pod: &PodView<'_>, marker: String) -> PatchOperation {
+    if !pod.has_metadata {
+        add(
+            &["metadata"],
+            json!({"annotations": {INJECTED_ANNOTATION: marker}}),
+        )
+    } else if !pod.has_annotations {
+        add(
+            &["metadata", "annotations"],
+            json!({INJECTED_ANNOTATION: marker}),
+        )
+    } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
+        PatchOperation::Replace(ReplaceOperation {
+            path: pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
+            value: Value::String(marker),
+        })
+    } else {
+        add(
+            &["metadata", "annotations", INJECTED_ANNOTATION],
+            Value::String(marker),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +255,7 @@ mod tests {
                 vec![],
             ),
         ] {
-            let m = add_env_if_absent(&existing, &[a.clone(), b.clone()]);
+            let m = add_if_absent(&ENV, &existing, &[a.clone(), b.clone()]);
             assert_eq!(m.add, want_add, "{existing:?}");
             assert_eq!(m.conflicts, want_conflicts, "{existing:?}");
         }
@@ -236,7 +271,7 @@ mod tests {
             (vec![json!({"name": "other", "mountPath": "/p"})], 0, 1),
             (vec![json!({"name": "other", "mountPath": "/other"})], 1, 0),
         ] {
-            let m = add_mounts_if_absent(&existing, [&ours]);
+            let m = add_if_absent(&MOUNT, &existing, [&ours]);
             assert_eq!(
                 (m.add.len(), m.conflicts.len()),
                 (added, conflicts),
@@ -258,7 +293,7 @@ mod tests {
             ),
             (vec![json!({"name": "w", "emptyDir": {}})], 1, 0),
         ] {
-            let m = add_volumes_if_absent(&existing, [&ours]);
+            let m = add_if_absent(&VOLUME, &existing, [&ours]);
             assert_eq!(
                 (m.add.len(), m.conflicts.len()),
                 (added, conflicts),

@@ -143,7 +143,7 @@ impl TestWebhook {
             },
             defaults,
             metrics: metrics.clone(),
-            events: Some(RefusalEvents::new(client.clone(), Some("test".into()))),
+            events: Some(RefusalEvents::new(client.clone(), "test".into())),
         });
         let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = listener.local_addr().unwrap().port();
