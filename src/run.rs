@@ -104,8 +104,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = Tasks::default();
     let mut health = Health::default();
     if let Some(w) = settings.webhook {
-        let replica = (&client, &metrics, settings.identity.as_str());
-        health = start_webhook(w, replica, &stop, &mut tasks).await?;
+        let identity = settings.identity.as_str();
+        health = start_webhook(w, &client, &metrics, identity, &stop, &mut tasks).await?;
     }
     let endpoints = health::serve(settings.metrics_addr, metrics.clone(), health, stop.asked());
     tasks.stoppable.spawn(endpoints.await?);
@@ -123,7 +123,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// report to.
 async fn start_webhook(
     w: WebhookSettings,
-    (client, metrics, identity): (&Client, &Metrics, &str),
+    client: &Client,
+    metrics: &Metrics,
+    identity: &str,
     stop: &Stop,
     tasks: &mut Tasks,
 ) -> anyhow::Result<Health> {

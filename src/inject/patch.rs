@@ -237,68 +237,88 @@ mod tests {
     }
 
     #[test]
-    fn env_add_if_absent() {
+    fn add_if_absent_per_slot() {
         let a = json!({"name": "A", "value": "1"});
-        let a_other = json!({"name": "A", "value": "2"});
-        let a_from =
-            json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}});
         let b = json!({"name": "B", "value": "1"});
-        for (existing, want_add, want_conflicts) in [
-            (vec![], vec![a.clone(), b.clone()], vec![]),
-            (vec![a.clone()], vec![b.clone()], vec![]),
-            (vec![a_other.clone()], vec![b.clone()], vec!["A"]),
-            (vec![a_from.clone()], vec![b.clone()], vec!["A"]),
-            (vec![a.clone(), b.clone()], vec![], vec![]),
+        let mount = json!({"name": "v", "mountPath": "/p", "readOnly": true});
+        let volume = json!({"name": "v", "emptyDir": {}});
+        for (slot, wanted, existing, added, conflicts) in [
+            (&ENV, vec![&a, &b], vec![], vec![&a, &b], vec![]),
+            (&ENV, vec![&a, &b], vec![a.clone()], vec![&b], vec![]),
             (
-                vec![json!({"value": "x"}), json!(3)],
+                &ENV,
+                vec![&a, &b],
+                vec![json!({"name": "A", "value": "2"})],
+                vec![&b],
+                vec!["A"],
+            ),
+            (
+                &ENV,
+                vec![&a, &b],
+                vec![
+                    json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                ],
+                vec![&b],
+                vec!["A"],
+            ),
+            (
+                &ENV,
+                vec![&a, &b],
                 vec![a.clone(), b.clone()],
+                vec![],
+                vec![],
+            ),
+            (
+                &ENV,
+                vec![&a],
+                vec![json!({"value": "x"}), json!(3)],
+                vec![&a],
+                vec![],
+            ),
+            (&MOUNT, vec![&mount], vec![], vec![&mount], vec![]),
+            (&MOUNT, vec![&mount], vec![mount.clone()], vec![], vec![]),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "v", "mountPath": "/o"})],
+                vec![],
+                vec!["/p"],
+            ),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "o", "mountPath": "/p"})],
+                vec![],
+                vec!["/p"],
+            ),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "o", "mountPath": "/o"})],
+                vec![&mount],
+                vec![],
+            ),
+            (&VOLUME, vec![&volume], vec![], vec![&volume], vec![]),
+            (&VOLUME, vec![&volume], vec![volume.clone()], vec![], vec![]),
+            (
+                &VOLUME,
+                vec![&volume],
+                vec![json!({"name": "v", "secret": {"secretName": "s"}})],
+                vec![],
+                vec!["v"],
+            ),
+            (
+                &VOLUME,
+                vec![&volume],
+                vec![json!({"name": "w", "emptyDir": {}})],
+                vec![&volume],
                 vec![],
             ),
         ] {
-            let m = add_if_absent(&ENV, &existing, &[a.clone(), b.clone()]);
-            assert_eq!(m.add, want_add, "{existing:?}");
-            assert_eq!(m.conflicts, want_conflicts, "{existing:?}");
-        }
-    }
-
-    #[test]
-    fn mounts_add_if_absent_by_name_or_path() {
-        let ours = json!({"name": "v", "mountPath": "/p", "readOnly": true});
-        for (existing, added, conflicts) in [
-            (vec![], 1, 0),
-            (vec![ours.clone()], 0, 0),
-            (vec![json!({"name": "v", "mountPath": "/other"})], 0, 1),
-            (vec![json!({"name": "other", "mountPath": "/p"})], 0, 1),
-            (vec![json!({"name": "other", "mountPath": "/other"})], 1, 0),
-        ] {
-            let m = add_if_absent(&MOUNT, &existing, [&ours]);
-            assert_eq!(
-                (m.add.len(), m.conflicts.len()),
-                (added, conflicts),
-                "{existing:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn volumes_add_if_absent_by_name() {
-        let ours = json!({"name": "v", "emptyDir": {}});
-        for (existing, added, conflicts) in [
-            (vec![], 1, 0),
-            (vec![ours.clone()], 0, 0),
-            (
-                vec![json!({"name": "v", "secret": {"secretName": "s"}})],
-                0,
-                1,
-            ),
-            (vec![json!({"name": "w", "emptyDir": {}})], 1, 0),
-        ] {
-            let m = add_if_absent(&VOLUME, &existing, [&ours]);
-            assert_eq!(
-                (m.add.len(), m.conflicts.len()),
-                (added, conflicts),
-                "{existing:?}"
-            );
+            let m = add_if_absent(slot, &existing, wanted);
+            let added: Vec<Value> = added.into_iter().cloned().collect();
+            assert_eq!(m.add, added, "{existing:?}");
+            assert_eq!(m.conflicts, conflicts, "{existing:?}");
         }
     }
 

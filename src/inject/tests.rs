@@ -116,6 +116,11 @@ fn get<'a>(p: &'a Value, list: &str, i: usize, name: &str) -> Option<&'a Value> 
         .find(|e| e["name"] == name)
 }
 
+/// Whether the pod has no volumes and its first container no mounts.
+fn mounts_nothing(p: &Value) -> bool {
+    p["spec"].get("volumes").is_none() && p["spec"]["containers"][0].get("volumeMounts").is_none()
+}
+
 fn refusal(plan: Plan) -> Refusal {
     match plan {
         Plan::Refuse(r) => {

@@ -186,10 +186,7 @@ fn managed_identity_injects_only_azure_client_id_when_given() {
         names(&out, "containers", 0),
         ["MLFLOW_TRACKING_URI", "AZURE_CLIENT_ID"]
     );
-    assert!(
-        out["spec"].get("volumes").is_none()
-            && out["spec"]["containers"][0].get("volumeMounts").is_none()
-    );
+    assert!(mounts_nothing(&out));
     let (out, _) = apply(
         &one(),
         &mwb(
@@ -272,10 +269,7 @@ fn azure_workload_identity_labelled_pod_gets_mlflow_only_and_annotation_says_so(
         names(&out, "containers", 0),
         ["MLFLOW_TRACKING_URI", "AZUREML_CURRENT_CLOUD"]
     );
-    assert!(
-        out["spec"].get("volumes").is_none()
-            && out["spec"]["containers"][0].get("volumeMounts").is_none()
-    );
+    assert!(mounts_nothing(&out));
     assert_eq!(
         out["metadata"]["annotations"]["mlflow-operator.io/injected"],
         "wi/3 (identity: azure-workload-identity)"
