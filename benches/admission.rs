@@ -21,8 +21,7 @@ use kube::runtime::watcher::Event;
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
-use mlflow_operator::metrics::Metrics;
-use mlflow_operator::webhook::{self, ServiceAccounts, Webhook};
+use mlflow_operator::webhook::{self, Webhook};
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
@@ -112,16 +111,7 @@ fn webhook() -> Arc<Webhook> {
     .unwrap();
     sw.apply_watcher_event(&Event::Apply(sa));
     std::mem::forget((bw, sw)); // the stores outlive the benchmark
-    Arc::new(Webhook {
-        bindings,
-        service_accounts: ServiceAccounts {
-            cache: sas,
-            client: None,
-        },
-        defaults: Defaults::default(),
-        metrics: Metrics::new(),
-        events: None,
-    })
+    Arc::new(Webhook::cached(bindings, sas, Defaults::default()))
 }
 
 /// The least any webhook does: read the review, answer "allowed".
@@ -258,7 +248,7 @@ fn main() {
         .unwrap();
 
     // The review must really inject, or the comparison is meaningless.
-    let (_, answer) = rt.block_on(wh.review(&body));
+    let answer = rt.block_on(wh.review(&body)).body;
     assert!(
         answer["response"]["patch"].is_string(),
         "the benchmark pod must be injected: {answer}"

@@ -9,9 +9,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-pub const GROUP: &str = "mlflow-operator.io";
-pub const VERSION: &str = "v1alpha1";
-
 /// Pod opt-in label (the webhook's objectSelector).
 pub const TRACK_LABEL: &str = "mlflow-operator.io/track";
 /// Pod annotation: choose a binding by name.
@@ -26,7 +23,26 @@ pub const INJECTED_ANNOTATION: &str = "mlflow-operator.io/injected";
 /// The condition type that says a binding can be injected.
 pub const READY: &str = "Ready";
 
-const GUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// CEL rule of every GUID field (subscription, client and tenant ids).
+const GUID_RULE: &str =
+    "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
+
+/// The message of a GUID field's rule.
+macro_rules! guid_message {
+    ($field:literal $(, $hint:literal)?) => {
+        concat!($field, " must be a GUID such as 00000000-0000-0000-0000-000000000000" $(, " ", $hint)?)
+    };
+}
+
+/// CEL rule of the MLflow URI fields: the URI forms MLflow clients accept.
+const MLFLOW_URI_RULE: &str = "self.matches('^(https?://[A-Za-z0-9.\\\\-\\\\[\\\\]:]+(/[^\\\\s]*)?|databricks(-uc)?(://[^\\\\s]+)?|azureml://[A-Za-z0-9.\\\\-]+(:[0-9]+)?/[^\\\\s]*)$')";
+
+/// The message of an MLflow URI field's rule.
+macro_rules! mlflow_uri_message {
+    ($field:literal) => {
+        concat!($field, " must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces")
+    };
+}
 
 /// Binds the pods of a namespace to an MLflow workspace: which tracking server (an Azure Machine
 /// Learning workspace, resolved through Azure Resource Manager, or any MLflow tracking URI), which
@@ -82,22 +98,14 @@ pub struct MlflowWorkspaceBindingSpec {
     /// Any MLflow tracking URI: http(s)://host[:port][/path], databricks, databricks://profile,
     /// databricks-uc, or azureml://... Exactly one of azureML and trackingUri must be set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(
-        "self.matches('^(https?://[A-Za-z0-9.\\\\-\\\\[\\\\]:]+(/[^\\\\s]*)?|databricks(-uc)?(://[^\\\\s]+)?|azureml://[A-Za-z0-9.\\\\-]+(:[0-9]+)?/[^\\\\s]*)$')"
-    ).message(
-        "trackingUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
-    ))]
+    #[x_kube(validation = Rule::new(MLFLOW_URI_RULE).message(mlflow_uri_message!("trackingUri")))]
     #[schemars(length(max = 2048))]
     pub tracking_uri: Option<String>,
 
     /// MLflow model registry URI, injected as MLFLOW_REGISTRY_URI. Defaults to the tracking URI
     /// (MLflow's own default) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(
-        "self.matches('^(https?://[A-Za-z0-9.\\\\-\\\\[\\\\]:]+(/[^\\\\s]*)?|databricks(-uc)?(://[^\\\\s]+)?|azureml://[A-Za-z0-9.\\\\-]+(:[0-9]+)?/[^\\\\s]*)$')"
-    ).message(
-        "registryUri must be an MLflow URI: http(s)://host[:port][/path], databricks, databricks://profile, databricks-uc or azureml://host/path, with no spaces"
-    ))]
+    #[x_kube(validation = Rule::new(MLFLOW_URI_RULE).message(mlflow_uri_message!("registryUri")))]
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
 
@@ -136,9 +144,7 @@ pub struct MlflowWorkspaceBindingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct AzureMlWorkspace {
     /// Azure subscription id (a GUID).
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "subscriptionId must be a GUID such as 00000000-0000-0000-0000-000000000000 (az account show --query id)"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("subscriptionId", "(az account show --query id)")))]
     #[schemars(length(max = 36))]
     pub subscription_id: String,
 
@@ -242,17 +248,13 @@ pub struct Identity {
 pub struct WorkloadIdentity {
     /// Client id of the Entra ID application or user-assigned managed identity (a GUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "identity.workloadIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.workloadIdentity.clientId")))]
     #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 
     /// Entra ID tenant id (a GUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "identity.workloadIdentity.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.workloadIdentity.tenantId")))]
     #[schemars(length(max = 36))]
     pub tenant_id: Option<String>,
 
@@ -269,9 +271,7 @@ pub struct WorkloadIdentity {
 pub struct ManagedIdentity {
     /// Client id of a user-assigned managed identity (a GUID). Omit for the system-assigned one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "identity.managedIdentity.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.managedIdentity.clientId")))]
     #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 }
@@ -283,16 +283,12 @@ pub struct ManagedIdentity {
 ))]
 pub struct ServicePrincipal {
     /// Application (client) id of the service principal (a GUID).
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "identity.servicePrincipal.clientId must be a GUID such as 00000000-0000-0000-0000-000000000000"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.servicePrincipal.clientId")))]
     #[schemars(length(max = 36))]
     pub client_id: String,
 
     /// Entra ID tenant id (a GUID).
-    #[x_kube(validation = Rule::new(format!("self.matches('{GUID}')")).message(
-        "identity.servicePrincipal.tenantId must be a GUID such as 00000000-0000-0000-0000-000000000000"
-    ))]
+    #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.servicePrincipal.tenantId")))]
     #[schemars(length(max = 36))]
     pub tenant_id: String,
 
@@ -375,14 +371,23 @@ pub struct MlflowWorkspaceBindingStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl MlflowWorkspaceBindingStatus {
+    /// The Ready condition, if the controller wrote one.
+    pub fn ready(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == READY)
+    }
+
+    /// Replaces the Ready condition; it goes first, where `kubectl describe` shows it first.
+    pub fn set_ready(&mut self, ready: Condition) {
+        self.conditions.retain(|c| c.type_ != READY);
+        self.conditions.insert(0, ready);
+    }
+}
+
 impl MlflowWorkspaceBinding {
     /// The Ready condition, if the controller wrote one.
     pub fn ready_condition(&self) -> Option<&Condition> {
-        self.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
+        self.status.as_ref()?.ready()
     }
 
     /// Ready for injection: the Ready condition is True, the status carries a tracking URI, and it

@@ -1,5 +1,8 @@
-//! The command line. `run` holds the controller, webhook, metrics and health; `crd` prints the
-//! CRD; `inject` previews the webhook offline; `version` prints the version.
+//! The command line. `run` holds the controller, webhook, metrics and health ([`crate::run`]);
+//! `crd` prints the CRD; `inject` previews the webhook offline ([`inject`]); `version` prints the
+//! version.
+
+pub mod inject;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,20 +158,16 @@ pub struct InjectArgs {
     pub default_tenant_id: Option<String>,
 }
 
-/// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.
+/// Parses `90s`, `5m`, `1h`, `250ms` (jiff's friendly format, so `1h 30m` too) or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 30s, 5m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("'{s}' has an unknown unit; use ms, s, m or h")),
+    let unreadable = || format!("'{s}' is not a duration like 30s, 5m or 1h");
+    // Plain seconds are this command line's own shorthand; jiff wants a unit.
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map(Duration::from_secs).map_err(|_| unreadable());
     }
+    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("{}: {e}", unreadable()))?;
+    Duration::try_from(d).map_err(|_| format!("'{s}' is negative"))
 }
 
 #[cfg(test)]
@@ -183,9 +182,16 @@ mod tests {
             ("5m", Some(Duration::from_secs(300))),
             ("1h", Some(Duration::from_secs(3600))),
             ("250ms", Some(Duration::from_millis(250))),
+            ("1h 30m", Some(Duration::from_secs(5400))),
+            ("18446744073709551615", Some(Duration::from_secs(u64::MAX))),
             ("5x", None),
             ("m", None),
             ("", None),
+            ("-5m", None),
+            // Overflowed a u64 of seconds when multiplied out: a panic, not an error, before.
+            ("307445734561825861m", None),
+            ("5124095576030432h", None),
+            ("18446744073709551616", None),
         ] {
             assert_eq!(parse_duration(input).ok(), want, "{input}");
         }

@@ -4,18 +4,20 @@
 //! The patch is computed against the raw JSON, so fields the Kubernetes types of this crate do
 //! not know survive untouched.
 
-use json_patch::{PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding, SKIP_CONTAINERS_ANNOTATION};
+use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding};
 
-mod env;
+mod identity;
+mod patch;
 mod pod;
 mod select;
 #[cfg(test)]
 mod tests;
 mod values;
+
+pub use pod::{is_opted_in, service_account_name};
 
 /// What the webhook does when no binding applies (Helm value `webhook.onMissingBinding`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +45,7 @@ pub struct NamespaceView<'a> {
     pub namespace: &'a str,
     /// The bindings of that namespace (only that namespace: bindings never reach across).
     pub bindings: Vec<&'a MlflowWorkspaceBinding>,
-    /// The pod's ServiceAccount, when it exists.
+    /// The pod's ServiceAccount ([`service_account_name`]), when it exists.
     pub service_account: Option<&'a ServiceAccount>,
 }
 
@@ -77,6 +79,25 @@ impl RefusalReason {
     }
 }
 
+/// A refused pod: why, in words a person can act on, and which binding it is about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+    /// The binding the refusal is about, when there is one (for a Warning Event on it).
+    pub binding: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(reason: RefusalReason, message: String, binding: Option<String>) -> Self {
+        Self {
+            reason,
+            message,
+            binding,
+        }
+    }
+}
+
 /// The planner's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
@@ -91,12 +112,7 @@ pub enum Plan {
     /// Admit unchanged (onMissingBinding: allow), with warnings saying why.
     Allow { warnings: Vec<String> },
     /// Refuse with a message a person can act on.
-    Refuse {
-        reason: RefusalReason,
-        message: String,
-        /// The binding the refusal is about, when there is one (for a Warning Event on it).
-        binding: Option<String>,
-    },
+    Refuse(Refusal),
 }
 
 /// Plans the mutation of one pod (or pod template: `{metadata, spec}`).
@@ -105,120 +121,53 @@ pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan 
     let pod = match pod::read(pod) {
         Ok(p) => p,
         Err(detail) => {
-            return Plan::Refuse {
-                reason: RefusalReason::InvalidPod,
-                message: format!(
-                    "mlflow-operator: cannot read the pod in namespace \"{ns}\": {detail}"
-                ),
-                binding: None,
-            };
+            let message =
+                format!("mlflow-operator: cannot read the pod in namespace \"{ns}\": {detail}");
+            return Plan::Refuse(Refusal::new(RefusalReason::InvalidPod, message, None));
         }
     };
-    let chosen = select::choose(&pod, ns, &view.bindings).and_then(|b| {
-        if b.is_ready() {
-            Ok(b)
-        } else {
-            Err(select::not_ready(b, ns))
-        }
-    });
-    let binding = match chosen {
+    let binding = match select::choose_ready(&pod, ns, &view.bindings) {
         Ok(b) => b,
-        Err((_, message, _)) if defaults.on_missing_binding == OnMissingBinding::Allow => {
+        Err(refusal) if defaults.on_missing_binding == OnMissingBinding::Allow => {
             return Plan::Allow {
-                warnings: vec![message],
+                warnings: vec![refusal.message],
             };
         }
-        Err((reason, message, binding)) => {
-            return Plan::Refuse {
-                reason,
-                message,
-                binding,
-            };
-        }
+        Err(refusal) => return Plan::Refuse(refusal),
     };
-    let name = binding.metadata.name.clone().unwrap_or_default();
     let ctx = values::Context {
         namespace: ns,
         service_account: view.service_account,
         default_tenant_id: defaults.tenant_id.as_deref(),
     };
-    let desired = match values::desired(binding, &pod, &ctx) {
-        Ok(d) => d,
+    match values::desired(binding, &pod, &ctx) {
+        Ok(desired) => patch_for(binding, &pod, &desired),
         Err(message) => {
-            return Plan::Refuse {
-                reason: RefusalReason::Identity,
-                message,
-                binding: Some(name),
-            };
+            let name = binding.metadata.name.clone().unwrap_or_default();
+            Plan::Refuse(Refusal::new(RefusalReason::Identity, message, Some(name)))
         }
-    };
-
-    let skip = pod
-        .annotations
-        .get(SKIP_CONTAINERS_ANNOTATION)
-        .map(|s| pod::parse_skip_containers(s))
-        .unwrap_or_default();
-    let mut ops = Vec::new();
-    let mut warnings = Vec::new();
-    let mut injected_any = false;
-    for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
-        injected_any = true;
-        let (o, w) = env::merge_container(c, &desired);
-        ops.extend(o);
-        warnings.extend(w);
     }
-    if injected_any {
-        let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
-        let volumes = env::add_volumes_if_absent(existing, &desired.volumes);
-        for v in &volumes.conflicts {
-            warnings.push(format!(
-                "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
-            ));
-        }
-        ops.extend(env::append(
-            &["spec", "volumes"],
-            pod.volumes.is_some(),
-            volumes.add,
-        ));
-    }
+}
 
+/// The patch that gives `pod` what `binding` wants; empty when it already has it.
+fn patch_for(
+    binding: &MlflowWorkspaceBinding,
+    pod: &pod::PodView<'_>,
+    desired: &values::Desired,
+) -> Plan {
+    let name = binding.metadata.name.clone().unwrap_or_default();
+    let (mut ops, mut warnings) = patch::containers_and_volumes(pod, desired);
     let generation = binding.metadata.generation.unwrap_or(0);
     let marker = format!("{name}/{generation}{}", desired.annotation_suffix);
-    let already = pod.annotations.get(INJECTED_ANNOTATION) == Some(&marker.as_str());
-    if already {
+    if pod.annotations.get(INJECTED_ANNOTATION) == Some(&marker.as_str()) {
         // Reinvocation: whatever there was to say was said when the pod was first injected.
         warnings.clear();
     } else {
-        ops.push(annotation_op(&pod, marker));
+        ops.push(patch::injected_annotation(pod, marker));
     }
     Plan::Inject {
         binding: name,
         patch: json_patch::Patch(ops),
         warnings,
-    }
-}
-
-/// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
-fn annotation_op(pod: &pod::PodView<'_>, marker: String) -> PatchOperation {
-    if !pod.has_metadata {
-        env::add(
-            &["metadata"],
-            json!({"annotations": {INJECTED_ANNOTATION: marker}}),
-        )
-    } else if !pod.has_annotations {
-        env::add(
-            &["metadata", "annotations"],
-            json!({INJECTED_ANNOTATION: marker}),
-        )
-    } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
-        PatchOperation::Replace(ReplaceOperation {
-            path: env::pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
-            value: Value::String(marker),
-        })
-    } else {
-        env::add(
-            &["metadata", "annotations", INJECTED_ANNOTATION],
-            Value::String(marker),
-        )
     }
 }

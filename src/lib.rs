@@ -3,25 +3,24 @@
 //! One crate, small modules named after the domain:
 //! - [`binding`]: the `MlflowWorkspaceBinding` API and its validation rules.
 //! - [`inject`]: the pure injection planner shared by the webhook, the CLI and the tests.
-//! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
-//! - [`resolve`]: the controller: each binding's tracking URI into its status (Azure ML via ARM).
-//! - [`azure`]: the operator's own Azure credential and the ARM workspace lookup.
-//! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`).
 //! - [`webhook`]: the HTTPS admission service over raw AdmissionReview JSON.
 //! - [`certs`]: serving certificates from files or self-managed, swapped without restarts.
-//! - [`run`]: `mlflow-operator run`, wiring webhook, controller, metrics and health.
-//! - [`workload`]: `mlflow-operator inject`, the webhook applied offline to workload YAML.
+//! - [`controller`]: each binding's tracking URI into its status (Azure ML via ARM, with the
+//!   operator's own Azure credential), on the Lease holder only.
+//! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
+//! - [`run`]: `mlflow-operator run`, its settings, and the wiring of webhook, controller,
+//!   metrics and health.
+//! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`); [`cli::inject`] is the
+//!   webhook applied offline to workload YAML.
 
-pub mod azure;
 pub mod binding;
 pub mod certs;
 pub mod cli;
+pub mod controller;
 pub mod inject;
 pub mod metrics;
-pub mod resolve;
 pub mod run;
 pub mod webhook;
-pub mod workload;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {

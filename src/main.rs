@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", mlflow_operator::crd_yaml()),
         Command::Version => println!("mlflow-operator {}", env!("CARGO_PKG_VERSION")),
-        Command::Inject(args) => std::process::exit(mlflow_operator::workload::run(&args)),
+        Command::Inject(args) => std::process::exit(mlflow_operator::cli::inject::run(&args)),
         Command::Run(args) => mlflow_operator::run::run(*args).await?,
     }
     Ok(())

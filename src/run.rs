@@ -1,54 +1,43 @@
 //! `mlflow-operator run`: wires the webhook, the controller, metrics and health together.
 //!
 //! Every replica serves the webhook (its caches are read-only); only the Lease holder runs the
-//! controller. SIGTERM or Ctrl-C stops everything gracefully.
+//! controller. SIGTERM or Ctrl-C stops everything gracefully. The settings of every part are
+//! built once, up front ([`config`]); the endpoints of [`health`] report on them.
+
+mod config;
+mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use kube::{Client, Config};
+use kube::Client;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::certs::{self, CertStore};
-use crate::cli::{OnMissingBindingArg, RunArgs};
-use crate::inject::{Defaults, OnMissingBinding};
+pub use config::{Certificates, Settings, WebhookSettings};
+pub use health::Health;
+
+use crate::certs::{self, CertStore, self_managed};
+use crate::cli::RunArgs;
+use crate::controller;
 use crate::metrics::Metrics;
 use crate::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Webhook};
 
-/// Readiness: every part this replica runs has what it needs to answer correctly.
-#[derive(Clone, Default)]
-pub struct Health {
-    pub certs: Option<Arc<CertStore>>,
-    pub caches_synced: Arc<AtomicBool>,
-    pub webhook: bool,
-}
-
-impl Health {
-    pub fn ready(&self) -> Result<(), &'static str> {
-        if self.webhook {
-            if !self.certs.as_ref().is_some_and(|c| c.is_loaded()) {
-                return Err("no serving certificate loaded yet");
-            }
-            if !self.caches_synced.load(Ordering::Relaxed) {
-                return Err("binding and ServiceAccount caches not synced yet");
-            }
-        }
-        Ok(())
-    }
-}
+/// How long stoppable tasks may take at shutdown (the kubelet's grace period is 30s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often mounted certificate files are re-read.
+const CERT_FILES_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
-        None => Config::infer()
+        None => kube::Config::infer()
             .await
             .context("no in-cluster config and no kubeconfig")?,
     };
@@ -68,175 +57,163 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = client(args.kubeconfig.as_deref()).await?;
-    let metrics = Metrics::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+/// Resolves, for every clone, once stop is asked for.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn asked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
-    };
-    let mut health = Health {
-        webhook: !args.no_webhook,
-        ..Default::default()
-    };
-    // Tasks that end when `stopped()` resolves, and loops that run until aborted (watches,
-    // certificate refreshes). Only the former are waited for at shutdown.
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut background = tokio::task::JoinSet::new();
-
-    if !args.no_webhook {
-        let store = CertStore::new();
-        health.certs = Some(store.clone());
-        start_certificates(&args, &client, &store, &mut background).await?;
-
-        let mut caches = Caches::new(&client);
-        for driver in caches.drivers.drain(..) {
-            background.spawn(driver);
-        }
-        let (synced, synced_flag) = (caches.synced(), health.caches_synced.clone());
-        background.spawn(async move {
-            synced.await;
-            synced_flag.store(true, Ordering::Relaxed);
-            tracing::info!("binding and ServiceAccount caches synced");
-        });
-
-        let webhook = Arc::new(Webhook {
-            bindings: caches.bindings,
-            service_accounts: ServiceAccounts {
-                cache: caches.service_accounts,
-                client: Some(client.clone()),
-            },
-            defaults: Defaults {
-                tenant_id: args
-                    .default_tenant_id
-                    .clone()
-                    .or_else(|| std::env::var("AZURE_TENANT_ID").ok()),
-                on_missing_binding: match args.on_missing_binding {
-                    OnMissingBindingArg::Refuse => OnMissingBinding::Refuse,
-                    OnMissingBindingArg::Allow => OnMissingBinding::Allow,
-                },
-            },
-            metrics: metrics.clone(),
-            events: Some(RefusalEvents::new(client.clone(), args.identity.clone())),
-        });
-        let listener = webhook::bind(args.webhook_addr)
-            .await
-            .with_context(|| format!("binding the webhook address {}", args.webhook_addr))?;
-        tracing::info!(addr = %listener.local_addr()?, "webhook listening (HTTPS, /mutate)");
-        tasks.spawn(webhook::serve(listener, webhook, store, stopped()));
     }
+}
 
-    let health_listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
-    tracing::info!(addr = %health_listener.local_addr()?, "metrics and health listening (HTTP)");
-    let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics_handler))
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(readyz))
-        .with_state((metrics.clone(), health.clone()));
-    let health_stop = stopped();
-    tasks.spawn(async move {
-        let _ = axum::serve(health_listener, app)
-            .with_graceful_shutdown(health_stop)
-            .await;
-    });
+/// The tasks of a replica: those that end when stop is asked for, and loops that run until
+/// aborted (watches, certificate refreshes).
+#[derive(Default)]
+struct Tasks {
+    stoppable: JoinSet<()>,
+    background: JoinSet<()>,
+}
 
-    if !args.no_controller {
-        let cfg = crate::resolve::Config::from_args(&args)?;
-        let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stopped());
-        let (leader_tx, mut leader_rx) = watch::channel(false);
-        tasks.spawn(async move {
-            if let Err(e) = crate::resolve::run_with_leader_status(
-                client,
-                cfg,
-                controller_metrics,
-                stop,
-                leader_tx,
-            )
-            .await
-            {
-                tracing::error!(error = %e, "controller stopped");
-            }
-        });
-        let leader_gauge = metrics.leader.clone();
-        tasks.spawn(async move {
-            while leader_rx.changed().await.is_ok() {
-                let leading = *leader_rx.borrow_and_update();
-                leader_gauge.set(i64::from(leading));
-                tracing::info!(leader = leading, "controller leadership changed");
-            }
-            leader_gauge.set(0);
-        });
+impl Tasks {
+    /// Lets the stoppable tasks finish (the controller releases its Lease) within the grace
+    /// period; the background loops never end by themselves, so they are aborted.
+    async fn finish(mut self) {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.stoppable.join_next().await.is_some() {}
+        })
+        .await;
+        self.stoppable.abort_all();
+        self.background.abort_all();
     }
+}
 
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::new(
+        &args,
+        |name| std::env::var(name).ok(),
+        |path| std::fs::read(path),
+    )?;
+    let client = client(settings.kubeconfig.as_deref()).await?;
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+    let mut tasks = Tasks::default();
+    let mut health = Health::default();
+    if let Some(w) = settings.webhook {
+        let identity = settings.identity.as_str();
+        health = start_webhook(w, &client, &metrics, identity, &stop, &mut tasks).await?;
+    }
+    let endpoints = health::serve(settings.metrics_addr, metrics.clone(), health, stop.asked());
+    tasks.stoppable.spawn(endpoints.await?);
+    if let Some(cfg) = settings.controller {
+        start_controller(cfg, &client, &metrics, &stop, &mut tasks.stoppable);
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // Let the stoppable tasks finish (the controller releases its Lease), for at most 5s; the
-    // background loops never end by themselves, so they are aborted rather than waited for.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
-    background.abort_all();
+    tasks.finish().await;
     Ok(())
+}
+
+/// Starts the certificate source, the caches and the HTTPS listener; returns the readiness they
+/// report to.
+async fn start_webhook(
+    w: WebhookSettings,
+    client: &Client,
+    metrics: &Metrics,
+    identity: &str,
+    stop: &Stop,
+    tasks: &mut Tasks,
+) -> anyhow::Result<Health> {
+    let store = CertStore::new();
+    start_certificates(w.certificates, client, &store, &mut tasks.background).await;
+    let mut caches = Caches::new(client);
+    for driver in caches.drivers.drain(..) {
+        tasks.background.spawn(driver);
+    }
+    let health = Health {
+        certs: Some(store.clone()),
+        webhook: true,
+        ..Default::default()
+    };
+    let (synced, synced_flag) = (caches.synced(), health.caches_synced.clone());
+    tasks.background.spawn(async move {
+        synced.await;
+        synced_flag.store(true, Ordering::Relaxed);
+        tracing::info!("binding and ServiceAccount caches synced");
+    });
+    let webhook = Arc::new(Webhook {
+        bindings: caches.bindings,
+        service_accounts: ServiceAccounts {
+            cache: caches.service_accounts,
+            client: Some(client.clone()),
+        },
+        defaults: w.defaults,
+        metrics: metrics.clone(),
+        events: Some(RefusalEvents::new(client.clone(), identity.to_string())),
+    });
+    let listener = webhook::bind(w.addr)
+        .await
+        .with_context(|| format!("binding the webhook address {}", w.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "webhook listening (HTTPS, /mutate)");
+    tasks
+        .stoppable
+        .spawn(webhook::serve(listener, webhook, store, stop.asked()));
+    Ok(health)
 }
 
 async fn start_certificates(
-    args: &RunArgs,
+    source: Certificates,
     client: &Client,
     store: &Arc<CertStore>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<()> {
-    match (&args.tls_cert_file, &args.tls_key_file, args.self_signed) {
-        (Some(cert), Some(key), false) => {
+    background: &mut JoinSet<()>,
+) {
+    match source {
+        Certificates::Files { cert, key } => {
             // A missing file at start is not fatal: the Secret volume may still be populating;
             // readiness stays false until the files load.
-            if let Err(e) = certs::load_files(store, cert, key).await {
+            if let Err(e) = certs::load_files(store, &cert, &key).await {
                 tracing::warn!(error = %e, "webhook certificate not loaded yet");
             }
-            tasks.spawn(certs::watch_files(
+            background.spawn(certs::watch_files(
                 store.clone(),
-                cert.clone(),
-                key.clone(),
-                std::time::Duration::from_secs(2),
+                cert,
+                key,
+                CERT_FILES_EVERY,
             ));
         }
-        (None, None, true) => {
-            let cfg = certs::self_managed::Config::new(
-                &args.namespace,
-                &args.cert_secret,
-                &args.webhook_config,
-                &args.service_name,
-                &args.cert_dns_names,
-            );
-            tasks.spawn(certs::self_managed::run(client.clone(), cfg, store.clone()));
+        Certificates::SelfManaged(cfg) => {
+            background.spawn(self_managed::run(client.clone(), cfg, store.clone()));
         }
-        _ => anyhow::bail!(
-            "the webhook needs a certificate: pass --tls-cert-file and --tls-key-file, or --self-signed (or --no-webhook)"
-        ),
     }
-    Ok(())
 }
 
-async fn metrics_handler(State((metrics, _)): State<(Metrics, Health)>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    )
-}
-
-async fn readyz(State((_, health)): State<(Metrics, Health)>) -> impl IntoResponse {
-    match health.ready() {
-        Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
-    }
+/// Starts the controller (it waits for the Lease) and the `leader` gauge that follows it.
+fn start_controller(
+    cfg: controller::Config,
+    client: &Client,
+    metrics: &Metrics,
+    stop: &Stop,
+    tasks: &mut JoinSet<()>,
+) {
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stop.asked());
+    tasks.spawn(async move {
+        if let Err(e) = controller::run(client, cfg, controller_metrics, stop, leader_tx).await {
+            tracing::error!(error = %e, "controller stopped");
+        }
+    });
+    let leader_gauge = metrics.leader.clone();
+    tasks.spawn(async move {
+        while leader_rx.changed().await.is_ok() {
+            let leading = *leader_rx.borrow_and_update();
+            leader_gauge.set(i64::from(leading));
+            tracing::info!(leader = leading, "controller leadership changed");
+        }
+        leader_gauge.set(0);
+    });
 }

@@ -86,7 +86,8 @@ async fn the_ca_bundle_is_set_on_every_webhook_and_left_alone_when_current() {
     with_temp_ns("certs-bundle", |client, ns| async move {
         let cfg = config(&ns);
         let mut mwc =
-            webhook_configuration(&cfg.webhook_config, "https://127.0.0.1:1/mutate", None, &ns);
+            webhook_configuration(&cfg.webhook_config, "https://127.0.0.1:1/mutate", None, &ns)
+                .await;
         let mut second = mwc["webhooks"][0].clone();
         second["name"] = serde_json::json!("second.mlflow-operator.io");
         mwc["webhooks"].as_array_mut().unwrap().push(second);

@@ -8,16 +8,17 @@ mod common;
 use std::time::Duration;
 
 use common::fake_azure::{FakeAzure, Identity, Reply, TOKEN_EXCHANGE_AUDIENCE};
-use common::{eventually, with_temp_ns};
+use common::{eventually, wait_for, with_temp_ns};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use mlflow_operator::azure::{AzureConfig, AzureEnv, RetryPolicy};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::controller::arm::{AzureConfig, RetryPolicy};
+use mlflow_operator::controller::credential::AzureEnv;
+use mlflow_operator::controller::{self, Config};
 use mlflow_operator::metrics::{Metrics, ReadyLabels};
-use mlflow_operator::resolve::{self, Config};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
 
@@ -39,7 +40,7 @@ impl Operator {
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
         let (leader_tx, leader) = watch::channel(false);
-        let task = tokio::spawn(resolve::run_with_leader_status(
+        let task = tokio::spawn(controller::run(
             client.clone(),
             cfg,
             metrics.clone(),
@@ -186,14 +187,19 @@ async fn wait_ready(
     status: &str,
     reason: &str,
 ) -> MlflowWorkspaceBinding {
-    eventually(
-        &format!("{name} Ready={status} reason {reason}"),
+    let what = format!("{name} Ready={status} reason {reason}");
+    wait_for(
+        api,
+        name,
+        &what,
         WAIT,
-        || async {
-            let b = api.get(name).await.ok()?;
-            let c = b.ready_condition()?;
-            let current = b.status.as_ref()?.observed_generation == b.metadata.generation;
-            (current && c.status == status && c.reason == reason).then_some(b)
+        |b: Option<&MlflowWorkspaceBinding>| {
+            let Some((b, c)) = b.and_then(|b| Some((b, b.ready_condition()?))) else {
+                return false;
+            };
+            let current =
+                b.status.as_ref().and_then(|s| s.observed_generation) == b.metadata.generation;
+            current && c.status == status && c.reason == reason
         },
     )
     .await
@@ -284,7 +290,11 @@ async fn azureml_binding_resolves_through_workload_identity_and_arm() {
         assert!(fake.tokens_issued() >= 1);
         assert!(fake.token_errors().is_empty(), "{:?}", fake.token_errors());
         assert_eq!(fake.arm_calls("ws-wi"), 1);
-        assert_eq!(op.ready_gauge("True"), 1);
+        // The gauge is recounted at the end of the reconcile, after the status write.
+        eventually("the binding counted Ready", WAIT, || async {
+            (op.ready_gauge("True") == 1).then_some(())
+        })
+        .await;
         assert!(
             op.metrics
                 .render()
@@ -335,10 +345,6 @@ async fn bindings_sharing_a_workspace_make_one_arm_call() {
             (op.reconciles() >= 6 && op.ready_gauge("True") == 3).then_some(())
         })
         .await;
-        println!(
-            "ARM calls for 3 bindings sharing a workspace: {}",
-            fake.arm_calls("shared")
-        );
         assert_eq!(fake.arm_calls("shared"), 1);
         op.stop().await;
     })
@@ -373,8 +379,7 @@ async fn throttled_then_ok_ends_ready() {
             b.status.unwrap().tracking_uri.as_deref(),
             Some(tracking_uri_for("busy").as_str())
         );
-        println!("ARM calls for 429, 500, 200: {}", fake.arm_calls("busy"));
-        assert_eq!(fake.arm_calls("busy"), 3);
+        assert_eq!(fake.arm_calls("busy"), 3, "429, 500, then 200");
         // Only the first reconcile could have seen a failure; none was reported.
         assert!(!op.metrics.render().contains("reconcile_errors_total{"));
         op.stop().await;
@@ -442,13 +447,16 @@ async fn refresh_picks_up_a_new_uri_and_keeps_the_last_good_one_on_failure() {
         let (env, subject, _token_file) = workload_identity(&client, &ns).await;
         let fake = fake_for_workload_identity(&client, &subject).await;
         fake.set_workspace(SUB, "ml-rg", "moving", &tracking_uri_for("moving"));
+        // Each change below is made right after the previous one shows, well within one
+        // interval, so exactly one ARM call sees each.
         let mut cfg = config(&ns, "lease-refresh", Some(&fake), env);
         cfg.refresh_interval = Duration::from_secs(2);
-        cfg.error_retry = Duration::from_secs(1);
+        cfg.error_retry = Duration::from_secs(2);
         let op = Operator::start(&client, cfg);
         let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
         create_azureml(&api, "moving", "moving").await;
         wait_ready(&api, "moving", "True", "Resolved").await;
+        assert_eq!(fake.arm_calls("moving"), 1, "the first resolve");
 
         let moved = "azureml://1234.workspace.westeurope.api.azureml.ms/mlflow/v1.0/x";
         fake.set_workspace(SUB, "ml-rg", "moving", moved);
@@ -457,6 +465,7 @@ async fn refresh_picks_up_a_new_uri_and_keeps_the_last_good_one_on_failure() {
             (b.status?.tracking_uri.as_deref() == Some(moved)).then_some(())
         })
         .await;
+        assert_eq!(fake.arm_calls("moving"), 2, "one call per refresh");
 
         fake.always("moving", Some(Reply::Forbidden));
         let b = wait_ready(&api, "moving", "False", "Forbidden").await;
@@ -465,11 +474,15 @@ async fn refresh_picks_up_a_new_uri_and_keeps_the_last_good_one_on_failure() {
             Some(moved),
             "the last good URI stays while a refresh fails"
         );
+        assert_eq!(fake.arm_calls("moving"), 3, "a 403 is not retried");
 
         fake.always("moving", None);
         wait_ready(&api, "moving", "True", "Resolved").await;
-        let calls = fake.arm_calls("moving");
-        println!("ARM calls for one workspace over the refresh test: {calls}");
+        assert_eq!(
+            fake.arm_calls("moving"),
+            4,
+            "one call after the failure's retry delay"
+        );
         op.stop().await;
     })
     .await;
@@ -640,7 +653,6 @@ async fn a_wrong_federated_subject_is_authentication_failed() {
         let m = &b.ready_condition().unwrap().message;
         assert!(m.contains("AADSTS70021"), "{m}");
         assert_eq!(fake.arm_calls("ws-x"), 0);
-        let _ = b.name_any();
         op.stop().await;
     })
     .await;

@@ -10,9 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::operator::{OperatorProcess, free_port};
+use common::operator::OperatorProcess;
 use common::webhook::{ensure_crd, env_value, register, webhook_configuration};
-use common::{eventually, random_suffix, with_temp_ns};
+use common::{eventually, eventually_ok, free_port, random_suffix, with_temp_ns};
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -162,7 +162,11 @@ async fn self_signed_mode_keeps_the_ca_bundle_current_and_the_api_server_calls_t
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}/mutate");
-        register(&client, &webhook_configuration(&config, &url, None, &ns)).await;
+        register(
+            &client,
+            &webhook_configuration(&config, &url, None, &ns).await,
+        )
+        .await;
 
         let outcome = std::panic::AssertUnwindSafe(async {
             let mut first = start("operator 1", &webhook_flags(port, "proc-1"));
@@ -247,21 +251,15 @@ async fn assert_injected(client: &Client, ns: &str) {
         ..Default::default()
     };
     // Retried: the API server learns of webhook configuration changes with a lag.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let last = match pods.create(&dry, &pod).await {
-            Ok(p) => match env_value(&p, "train", "MLFLOW_TRACKING_URI") {
-                Some(uri) if uri == URI => break,
-                other => format!("admitted with MLFLOW_TRACKING_URI {other:?}"),
-            },
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "the API server did not call the operator's webhook in {WAIT:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = "the API server to call the operator's webhook";
+    eventually_ok(what, WAIT, || async {
+        let p = pods.create(&dry, &pod).await.map_err(|e| e.to_string())?;
+        match env_value(&p, "train", "MLFLOW_TRACKING_URI") {
+            Some(uri) if uri == URI => Ok(()),
+            other => Err(format!("admitted with MLFLOW_TRACKING_URI {other:?}")),
+        }
+    })
+    .await;
     let stored = pods.create(&PostParams::default(), &pod).await.unwrap();
     assert_eq!(
         env_value(&stored, "train", "MLFLOW_TRACKING_URI").as_deref(),

@@ -53,32 +53,34 @@ async fn bind(client: &Client, wh: &TestWebhook, spec: Value) {
     wh.wait_binding_ready("b").await;
 }
 
-async fn setup(client: &Client, ns: &str) -> TestWebhook {
-    let wh = TestWebhook::start(client, ns, Defaults::default()).await;
-    wh.wait_effective().await;
-    wh
+/// Runs `test` with a webhook registered for a fresh namespace (`wh.namespace`), effective
+/// (the API server calls it), and stopped afterwards.
+async fn with_webhook(prefix: &str, test: impl AsyncFnOnce(&Client, &TestWebhook)) {
+    with_temp_ns(prefix, |client, ns| async move {
+        let wh = TestWebhook::start(&client, &ns, Defaults::default()).await;
+        wh.wait_effective().await;
+        test(&client, &wh).await;
+        wh.stop().await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn accepts_and_injects_a_labelled_pod() {
-    with_temp_ns("wh-inject", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-inject", async |client, wh| {
+        let ns = &wh.namespace;
         let b = ready_binding(
-            &client,
-            &ns,
+            client,
+            ns,
             "fraud",
             json!({"trackingUri": URI, "experimentName": "fraud-detection"}),
             URI,
         )
         .await;
         wh.wait_binding_ready("fraud").await;
-        let p = create(
-            &client,
-            &ns,
-            &pod("p", tracked(), json!({}), one_container()),
-        )
-        .await
-        .unwrap();
+        let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
+            .await
+            .unwrap();
         assert_eq!(
             env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
             Some(URI)
@@ -96,20 +98,19 @@ async fn accepts_and_injects_a_labelled_pod() {
                 .cloned(),
             Some(format!("fraud/{generation}"))
         );
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
-    with_temp_ns("wh-unlabelled", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        bind(&client, &wh, json!({"trackingUri": URI})).await;
+    with_webhook("wh-unlabelled", async |client, wh| {
+        let ns = &wh.namespace;
+        bind(client, wh, json!({"trackingUri": URI})).await;
         let before = common::webhook::admissions_total(&wh.metrics);
         let p = create(
-            &client,
-            &ns,
+            client,
+            ns,
             &pod("p", json!({"app": "x"}), json!({}), one_container()),
         )
         .await
@@ -126,18 +127,17 @@ async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
             before,
             "the objectSelector keeps the webhook out"
         );
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_injected() {
-    with_temp_ns("wh-deploy", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-deploy", async |client, wh| {
+        let ns = &wh.namespace;
         bind(
-            &client,
-            &wh,
+            client,
+            wh,
             json!({"trackingUri": URI, "experimentName": "e"}),
         )
         .await;
@@ -153,11 +153,11 @@ async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_inject
             }
         }))
         .unwrap();
-        Api::<Deployment>::namespaced(client.clone(), &ns)
+        Api::<Deployment>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &d)
             .await
             .unwrap();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let made = eventually(
             "2 pods from the ReplicaSet",
             Duration::from_secs(60),
@@ -180,7 +180,6 @@ async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_inject
                 Some("e")
             );
         }
-        wh.stop().await;
     })
     .await;
 }
@@ -188,17 +187,17 @@ async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_inject
 #[tokio::test]
 async fn workload_identity_comes_from_service_account_annotations_and_is_refused_without_a_client_id()
  {
-    with_temp_ns("wh-wi", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    with_webhook("wh-wi", async |client, wh| {
+        let ns = &wh.namespace;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "trainer", "annotations": {
             "azure.workload.identity/client-id": CLIENT_ID, "azure.workload.identity/tenant-id": TENANT_ID}}}))
         .unwrap();
         sas.create(&PostParams::default(), &sa).await.unwrap();
-        bind(&client, &wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tokenExpirationSeconds": 7200}}})).await;
+        bind(client, wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tokenExpirationSeconds": 7200}}})).await;
 
         let spec = json!({"serviceAccountName": "trainer", "containers": [{"name": "train", "image": "x"}]});
-        let p = create(&client, &ns, &pod("ok", tracked(), json!({}), spec)).await.unwrap();
+        let p = create(client, ns, &pod("ok", tracked(), json!({}), spec)).await.unwrap();
         assert_eq!(env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(), Some(CLIENT_ID));
         assert_eq!(env_value(&p, "train", "AZURE_TENANT_ID").as_deref(), Some(TENANT_ID));
         assert_eq!(
@@ -222,32 +221,27 @@ async fn workload_identity_comes_from_service_account_annotations_and_is_refused
         assert_eq!(mount["readOnly"], true);
 
         // The default ServiceAccount has no client-id annotation: refused, saying where to set it.
-        let err = create(&client, &ns, &pod("no-id", tracked(), json!({}), one_container())).await.unwrap_err();
+        let err = create(client, ns, &pod("no-id", tracked(), json!({}), one_container())).await.unwrap_err();
         let msg = refusal_message(err);
         assert!(msg.contains("azure.workload.identity/client-id"), "{msg}");
         assert!(msg.contains("clientId"), "{msg}");
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn managed_identity_injects_only_the_client_id() {
-    with_temp_ns("wh-mi", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-mi", async |client, wh| {
+        let ns = &wh.namespace;
         bind(
-            &client,
-            &wh,
+            client,
+            wh,
             json!({"trackingUri": URI, "identity": {"managedIdentity": {"clientId": CLIENT_ID}}}),
         )
         .await;
-        let p = create(
-            &client,
-            &ns,
-            &pod("p", tracked(), json!({}), one_container()),
-        )
-        .await
-        .unwrap();
+        let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
+            .await
+            .unwrap();
         let env = env_of(&p, "train");
         assert_eq!(
             env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(),
@@ -269,33 +263,31 @@ async fn managed_identity_injects_only_the_client_id() {
             !vols.iter().any(|v| v.name.starts_with("mlflow-operator-")),
             "{vols:?}"
         );
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_us() {
-    with_temp_ns("wh-azwi", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        bind(&client, &wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}})).await;
+    with_webhook("wh-azwi", async |client, wh| {
+        let ns = &wh.namespace;
+        bind(client, wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}})).await;
         let labels = json!({"mlflow-operator.io/track": "true", "azure.workload.identity/use": "true"});
-        let p = create(&client, &ns, &pod("p", labels, json!({}), one_container())).await.unwrap();
+        let p = create(client, ns, &pod("p", labels, json!({}), one_container())).await.unwrap();
         let env = env_of(&p, "train");
         assert_eq!(env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(), Some(URI));
         assert!(!env.contains_key("AZURE_CLIENT_ID") && !env.contains_key("AZURE_FEDERATED_TOKEN_FILE"), "{env:?}");
         let ann = p.metadata.annotations.unwrap()["mlflow-operator.io/injected"].clone();
         assert!(ann.contains("azure-workload-identity"), "{ann}");
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn user_env_is_preserved_and_a_self_configured_container_gets_no_mlflow_variables() {
-    with_temp_ns("wh-userenv", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        bind(&client, &wh, json!({"trackingUri": URI, "experimentName": "from-binding"})).await;
+    with_webhook("wh-userenv", async |client, wh| {
+        let ns = &wh.namespace;
+        bind(client, wh, json!({"trackingUri": URI, "experimentName": "from-binding"})).await;
         let spec = json!({"containers": [
             {"name": "train", "image": "x", "env": [
                 {"name": "MLFLOW_EXPERIMENT_NAME", "value": "mine"},
@@ -303,41 +295,40 @@ async fn user_env_is_preserved_and_a_self_configured_container_gets_no_mlflow_va
             ]},
             {"name": "own", "image": "x", "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://elsewhere:5000"}]}
         ]});
-        let p = create(&client, &ns, &pod("p", tracked(), json!({}), spec)).await.unwrap();
+        let p = create(client, ns, &pod("p", tracked(), json!({}), spec)).await.unwrap();
         assert_eq!(env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(), Some("mine"));
         assert_eq!(env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(), Some(URI));
         assert_eq!(env_of(&p, "train")["OTHER"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
         assert_eq!(env_value(&p, "own", "MLFLOW_TRACKING_URI").as_deref(), Some("http://elsewhere:5000"));
         assert!(!env_of(&p, "own").contains_key("MLFLOW_EXPERIMENT_NAME"));
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() {
-    with_temp_ns("wh-refuse", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-refuse", async |client, wh| {
+        let ns = &wh.namespace;
         // No binding at all.
         let msg = refusal_message(
             create(
-                &client,
-                &ns,
+                client,
+                ns,
                 &pod("p0", tracked(), json!({}), one_container()),
             )
             .await
             .unwrap_err(),
         );
-        assert!(msg.contains(&ns), "names the namespace: {msg}");
+        assert!(msg.contains(ns.as_str()), "names the namespace: {msg}");
 
-        ready_binding(&client, &ns, "alpha", json!({"trackingUri": URI}), URI).await;
-        ready_binding(&client, &ns, "beta", json!({"trackingUri": URI}), URI).await;
+        ready_binding(client, ns, "alpha", json!({"trackingUri": URI}), URI).await;
+        ready_binding(client, ns, "beta", json!({"trackingUri": URI}), URI).await;
         wh.wait_binding_ready("alpha").await;
         wh.wait_binding_ready("beta").await;
         let msg = refusal_message(
             create(
-                &client,
-                &ns,
+                client,
+                ns,
                 &pod("p1", tracked(), json!({}), one_container()),
             )
             .await
@@ -354,8 +345,8 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
 
         // Naming one resolves the ambiguity; naming a missing one is refused.
         let named = create(
-            &client,
-            &ns,
+            client,
+            ns,
             &pod(
                 "p2",
                 tracked(),
@@ -370,8 +361,8 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
         );
         let msg = refusal_message(
             create(
-                &client,
-                &ns,
+                client,
+                ns,
                 &pod(
                     "p3",
                     tracked(),
@@ -386,8 +377,8 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
 
         // A binding that is not Ready.
         set_status(
-            &client,
-            &ns,
+            client,
+            ns,
             "beta",
             1,
             None,
@@ -399,7 +390,7 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
             Duration::from_secs(30),
             || async {
                 wh.bindings
-                    .get(&kube::runtime::reflector::ObjectRef::new("beta").within(&ns))
+                    .get(&kube::runtime::reflector::ObjectRef::new("beta").within(ns))
                     .filter(|b| !b.is_ready())
                     .map(|_| ())
             },
@@ -407,8 +398,8 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
         .await;
         let msg = refusal_message(
             create(
-                &client,
-                &ns,
+                client,
+                ns,
                 &pod(
                     "p4",
                     tracked(),
@@ -420,7 +411,6 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
             .unwrap_err(),
         );
         assert!(msg.contains("beta") && msg.contains("not Ready"), "{msg}");
-        wh.stop().await;
     })
     .await;
 }
@@ -428,31 +418,17 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
 #[tokio::test]
 async fn a_binding_in_another_namespace_is_never_applied() {
     with_temp_ns("wh-other", |client, other| async move {
-        with_temp_ns("wh-mine", |client2, ns| async move {
-            let wh = setup(&client2, &ns).await;
-            ready_binding(
-                &client,
-                &other,
-                "elsewhere",
-                json!({"trackingUri": URI}),
-                URI,
-            )
-            .await;
+        with_webhook("wh-mine", async |_, wh| {
+            let ns = &wh.namespace;
+            let b = json!({"trackingUri": URI});
+            ready_binding(&client, &other, "elsewhere", b, URI).await;
             wh.wait_binding_ready_in(&other, "elsewhere").await;
-            let msg = refusal_message(
-                create(
-                    &client2,
-                    &ns,
-                    &pod("p", tracked(), json!({}), one_container()),
-                )
-                .await
-                .unwrap_err(),
-            );
+            let p = pod("p", tracked(), json!({}), one_container());
+            let msg = refusal_message(create(&client, ns, &p).await.unwrap_err());
             assert!(
                 !msg.contains("elsewhere"),
                 "another namespace's binding is not even a candidate: {msg}"
             );
-            wh.stop().await;
         })
         .await;
     })
@@ -461,14 +437,14 @@ async fn a_binding_in_another_namespace_is_never_applied() {
 
 #[tokio::test]
 async fn a_native_sidecar_is_preserved_and_injected() {
-    with_temp_ns("wh-sidecar", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        bind(&client, &wh, json!({"trackingUri": URI})).await;
+    with_webhook("wh-sidecar", async |client, wh| {
+        let ns = &wh.namespace;
+        bind(client, wh, json!({"trackingUri": URI})).await;
         let spec = json!({
             "initContainers": [{"name": "logshipper", "image": "x", "restartPolicy": "Always"}],
             "containers": [{"name": "train", "image": "x"}]
         });
-        let p = create(&client, &ns, &pod("p", tracked(), json!({}), spec))
+        let p = create(client, ns, &pod("p", tracked(), json!({}), spec))
             .await
             .unwrap();
         let init = &p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
@@ -477,30 +453,25 @@ async fn a_native_sidecar_is_preserved_and_injected() {
             env_value(&p, "logshipper", "MLFLOW_TRACKING_URI").as_deref(),
             Some(URI)
         );
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_without_duplicates() {
-    with_temp_ns("wh-reinvoke", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-reinvoke", async |client, wh| {
+        let ns = &wh.namespace;
         bind(
-            &client,
-            &wh,
+            client,
+            wh,
             json!({"trackingUri": URI, "experimentName": "e"}),
         )
         .await;
-        let sidecar = common::sidecar_webhook::SidecarWebhook::start(&client, &ns).await;
-        sidecar.wait_effective(&client, &ns).await;
-        let p = create(
-            &client,
-            &ns,
-            &pod("p", tracked(), json!({}), one_container()),
-        )
-        .await
-        .unwrap();
+        let sidecar = common::sidecar_webhook::SidecarWebhook::start(client, ns).await;
+        sidecar.wait_effective(client, ns).await;
+        let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
+            .await
+            .unwrap();
         let names: Vec<_> = p
             .spec
             .as_ref()
@@ -531,17 +502,16 @@ async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_wi
                 "{c} has MLFLOW_TRACKING_URI exactly once: {env:?}"
             );
         }
-        sidecar.stop(&client).await;
-        wh.stop().await;
+        sidecar.stop(client).await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
-    with_temp_ns("wh-dryrun", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
-        bind(&client, &wh, json!({"trackingUri": URI})).await;
+    with_webhook("wh-dryrun", async |client, wh| {
+        let ns = &wh.namespace;
+        bind(client, wh, json!({"trackingUri": URI})).await;
         let manifest = serde_json::to_string(&json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "dry", "namespace": ns, "labels": tracked()},
@@ -563,26 +533,25 @@ async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
             "{env}"
         );
         assert!(
-            Api::<Pod>::namespaced(client.clone(), &ns)
+            Api::<Pod>::namespaced(client.clone(), ns)
                 .get_opt("dry")
                 .await
                 .unwrap()
                 .is_none()
         );
-        wh.stop().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none() {
-    with_temp_ns("wh-events", |client, ns| async move {
-        let wh = setup(&client, &ns).await;
+    with_webhook("wh-events", async |client, wh| {
+        let ns = &wh.namespace;
         for name in ["quiet", "loud"] {
-            ready_binding(&client, &ns, name, json!({"trackingUri": URI}), URI).await;
+            ready_binding(client, ns, name, json!({"trackingUri": URI}), URI).await;
             set_status(
-                &client,
-                &ns,
+                client,
+                ns,
                 name,
                 1,
                 None,
@@ -591,7 +560,7 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
             .await;
             wh.wait_binding_seen(name).await;
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let named = |b: &str, n: &str| {
             pod(
                 n,
@@ -612,7 +581,7 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
                     .is_err()
             );
         }
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
         let about = |list: &[k8s_openapi::api::events::v1::Event], b: &str| {
             list.iter()
                 .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(b))
@@ -644,7 +613,6 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
             about(&loud, "quiet").is_empty(),
             "a dry run has no side effects"
         );
-        wh.stop().await;
     })
     .await;
 }

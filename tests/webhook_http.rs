@@ -2,6 +2,8 @@
 //! panic, and certificates swapped the way Kubernetes updates Secret volumes are served to new
 //! connections.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use mlflow_operator::certs::{self, CertStore, Pems};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::metrics::Metrics;
-use mlflow_operator::webhook::{self, ServiceAccounts, Webhook};
+use mlflow_operator::webhook::{self, Webhook};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -38,17 +40,8 @@ async fn serve(store: Arc<CertStore>) -> Server {
     // Empty caches: these requests never get as far as choosing a binding.
     let (bindings, w1) = kube::runtime::reflector::store();
     let (sas, w2) = kube::runtime::reflector::store();
-    let metrics = Metrics::new();
-    let wh = Arc::new(Webhook {
-        bindings,
-        service_accounts: ServiceAccounts {
-            cache: sas,
-            client: None,
-        },
-        defaults: Defaults::default(),
-        metrics: metrics.clone(),
-        events: None,
-    });
+    let wh = Arc::new(Webhook::cached(bindings, sas, Defaults::default()));
+    let metrics = wh.metrics.clone();
     let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -287,14 +280,8 @@ async fn a_secret_volume_update_is_served_to_new_connections_and_readiness_waits
         Duration::from_millis(50),
     ));
     let s = serve(store.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !store.is_loaded() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "certificate never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let loaded = || std::future::ready(store.is_loaded().then_some(()));
+    common::eventually("the certificate to load", Duration::from_secs(10), loaded).await;
     assert!(health.ready().is_ok());
     let (_, _, leaf1) = request(s.port, &first.ca_cert, "GET", "/mutate", vec![]).await;
     assert_eq!(
@@ -310,24 +297,21 @@ async fn a_secret_volume_update_is_served_to_new_connections_and_readiness_waits
     let want = CertificateDer::from_pem_slice(second.cert.as_bytes())
         .unwrap()
         .to_vec();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-            .await
-            .unwrap();
-        let cfg = client_config(&second.ca_cert, &[&rustls::version::TLS13]);
-        let served = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await
-            .ok()
-            .map(|tls| tls.get_ref().1.peer_certificates().unwrap()[0].to_vec());
-        if served.as_ref() == Some(&want) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the swapped certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        "the swapped certificate to be served",
+        Duration::from_secs(10),
+        || async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+                .await
+                .unwrap();
+            let cfg = client_config(&second.ca_cert, &[&rustls::version::TLS13]);
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .ok()?;
+            let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            (served == want).then_some(())
+        },
+    )
+    .await;
 }

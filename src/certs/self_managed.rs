@@ -16,6 +16,8 @@ use kube::{Api, Client};
 use super::{CertStore, Pems, generate, issue};
 
 const NOT_AFTER: &str = "mlflow-operator.io/not-after";
+/// Conflicting writes in a row before `ensure` gives up until its next round.
+const ATTEMPTS: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -71,6 +73,10 @@ pub enum SelfManagedError {
         "Secret {0} exists but lacks ca.crt, ca.key, tls.crt or tls.key; delete it to let the operator regenerate it"
     )]
     Incomplete(String),
+    #[error(
+        "Secret {secret} was changed by another writer {attempts} times while this replica wrote it; will try again"
+    )]
+    Contended { secret: String, attempts: u32 },
 }
 
 fn now() -> i64 {
@@ -131,7 +137,7 @@ fn from_secret(s: &Secret) -> Option<Pems> {
 /// and the loser reads what the winner wrote.
 pub async fn ensure(client: &Client, cfg: &Config) -> Result<Pems, SelfManagedError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
-    for _ in 0..5 {
+    for _ in 0..ATTEMPTS {
         match secrets.get_opt(&cfg.secret).await? {
             None => {
                 let pems = generate(&cfg.names, cfg.ca_days, cfg.leaf_days, now())?;
@@ -176,7 +182,10 @@ pub async fn ensure(client: &Client, cfg: &Config) -> Result<Pems, SelfManagedEr
             }
         }
     }
-    Err(SelfManagedError::Incomplete(cfg.secret.clone()))
+    Err(SelfManagedError::Contended {
+        secret: cfg.secret.clone(),
+        attempts: ATTEMPTS,
+    })
 }
 
 /// What [`sync_ca_bundle`] found.
@@ -251,5 +260,53 @@ pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http::{Method, Request, Response};
+    use http_body_util::Full;
+
+    /// A client whose API server has no Secret, and refuses every create as a conflict (as if
+    /// another replica always won the race); it counts the creates.
+    fn always_conflicting() -> (Client, Arc<Mutex<u32>>) {
+        let creates = Arc::new(Mutex::new(0));
+        let seen = creates.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let (code, reason) = if req.method() == Method::POST {
+                *seen.lock().unwrap() += 1;
+                (409, "AlreadyExists")
+            } else {
+                (404, "NotFound")
+            };
+            let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": reason, "code": code, "message": reason});
+            let response = Response::builder()
+                .status(code)
+                .body(Full::new(Bytes::from(status.to_string())))
+                .unwrap();
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        (Client::new(service, "ns"), creates)
+    }
+
+    /// Five lost races used to be reported as a Secret that lacks its keys, with the advice to
+    /// delete it.
+    #[tokio::test]
+    async fn losing_every_race_is_contention_not_an_incomplete_secret() {
+        let (client, creates) = always_conflicting();
+        let cfg = Config::new("ns", "cert", "mwc", "svc", &[]);
+        let err = ensure(&client, &cfg).await.unwrap_err();
+        assert!(
+            matches!(&err, SelfManagedError::Contended { secret, attempts: 5 } if secret == "cert"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("lacks"), "{err}");
+        assert_eq!(*creates.lock().unwrap(), ATTEMPTS);
     }
 }

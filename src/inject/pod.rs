@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use crate::binding::TRACK_LABEL;
+
 /// The parts of a pod (or pod template) the planner reads, borrowed from the raw JSON.
 #[derive(Debug)]
 pub(crate) struct PodView<'a> {
@@ -116,14 +118,6 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             });
         }
     }
-    let service_account = ["serviceAccountName", "serviceAccount"]
-        .iter()
-        .find_map(|k| {
-            spec.get(*k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or("default");
     Ok(PodView {
         labels: string_map(labels),
         annotations: string_map(annotations),
@@ -134,10 +128,30 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             .flatten()
             .map(|(k, _)| k.as_str())
             .collect(),
-        service_account,
+        service_account: service_account_name(pod),
         containers,
         volumes: optional_array(spec, "volumes", "spec.")?,
     })
+}
+
+/// The ServiceAccount a pod (or pod template) runs as: `spec.serviceAccountName`, else the
+/// deprecated `spec.serviceAccount`, else `default`, as the API server decides it. Empty counts
+/// as unset.
+pub fn service_account_name(pod: &Value) -> &str {
+    ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|k| pod.get("spec")?.get(*k)?.as_str().filter(|s| !s.is_empty()))
+        .unwrap_or("default")
+}
+
+/// Whether a pod (or pod template) carries the opt-in label; the webhook's objectSelector makes
+/// the same choice inside the cluster.
+pub fn is_opted_in(pod: &Value) -> bool {
+    pod.get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| l.get(TRACK_LABEL))
+        .and_then(Value::as_str)
+        == Some("true")
 }
 
 /// Parses `mlflow-operator.io/skip-containers`: names separated by ',' or ';', trimmed, empties
@@ -264,19 +278,57 @@ mod tests {
             ]
         );
         assert!(v.containers[0].env.is_some() && v.containers[1].env.is_none());
+    }
 
+    #[test]
+    fn service_account_name_is_decided_as_the_api_server_does() {
         for (spec, want) in [
             (json!({"containers": []}), "default"),
+            (json!({"serviceAccountName": ""}), "default"),
+            (json!({"serviceAccountName": null}), "default"),
+            (json!({"serviceAccountName": 7}), "default"),
+            (json!({"serviceAccountName": "trainer"}), "trainer"),
+            (json!({"serviceAccount": "legacy"}), "legacy"),
             (
-                json!({"containers": [], "serviceAccountName": ""}),
-                "default",
-            ),
-            (
-                json!({"containers": [], "serviceAccount": "legacy"}),
+                json!({"serviceAccountName": "", "serviceAccount": "legacy"}),
                 "legacy",
             ),
+            (
+                json!({"serviceAccountName": "new", "serviceAccount": "legacy"}),
+                "new",
+            ),
         ] {
-            assert_eq!(read(&json!({"spec": spec})).unwrap().service_account, want);
+            assert_eq!(service_account_name(&json!({"spec": spec})), want, "{spec}");
+        }
+        for pod in [json!(null), json!({}), json!({"spec": []})] {
+            assert_eq!(service_account_name(&pod), "default", "{pod}");
+        }
+    }
+
+    #[test]
+    fn opt_in_label() {
+        for (metadata, want) in [
+            (
+                json!({"labels": {"mlflow-operator.io/track": "true"}}),
+                true,
+            ),
+            (
+                json!({"labels": {"mlflow-operator.io/track": "True"}}),
+                false,
+            ),
+            (json!({"labels": {"mlflow-operator.io/track": true}}), false),
+            (json!({"labels": {"app": "x"}}), false),
+            (
+                json!({"annotations": {"mlflow-operator.io/track": "true"}}),
+                false,
+            ),
+            (json!({}), false),
+        ] {
+            assert_eq!(
+                is_opted_in(&json!({"metadata": metadata})),
+                want,
+                "{metadata}"
+            );
         }
     }
 }

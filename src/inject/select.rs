@@ -5,12 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::RefusalReason;
 use super::pod::PodView;
+use super::{Refusal, RefusalReason};
 use crate::binding::{BINDING_ANNOTATION, MlflowWorkspaceBinding, TRACK_LABEL};
-
-/// Why no binding could be chosen: the refusal reason, its message, and the binding it is about.
-pub(crate) type Failure = (RefusalReason, String, Option<String>);
 
 fn name(b: &MlflowWorkspaceBinding) -> &str {
     b.metadata.name.as_deref().unwrap_or("")
@@ -65,12 +62,26 @@ fn names(bindings: &[&MlflowWorkspaceBinding]) -> String {
     }
 }
 
-/// Picks the binding of the pod among the namespace's bindings.
-pub(crate) fn choose<'a>(
+/// The binding of the pod, when it is Ready for injection.
+pub(crate) fn choose_ready<'a>(
     pod: &PodView<'_>,
     namespace: &str,
     bindings: &[&'a MlflowWorkspaceBinding],
-) -> Result<&'a MlflowWorkspaceBinding, Failure> {
+) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
+    let b = choose(pod, namespace, bindings)?;
+    if b.is_ready() {
+        Ok(b)
+    } else {
+        Err(not_ready(b, namespace))
+    }
+}
+
+/// Picks the binding of the pod among the namespace's bindings.
+fn choose<'a>(
+    pod: &PodView<'_>,
+    namespace: &str,
+    bindings: &[&'a MlflowWorkspaceBinding],
+) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
     if let Some(wanted) = pod
         .annotations
         .get(BINDING_ANNOTATION)
@@ -82,7 +93,7 @@ pub(crate) fn choose<'a>(
                 "mlflow-operator: the pod names MlflowWorkspaceBinding \"{wanted}\" (annotation {BINDING_ANNOTATION}) but namespace \"{namespace}\" has no binding of that name; bindings in \"{namespace}\": {}. Fix: create binding \"{wanted}\" in namespace \"{namespace}\", or set the annotation to an existing binding",
                 names(bindings)
             );
-            (RefusalReason::MissingBinding, message, None)
+            Refusal::new(RefusalReason::MissingBinding, message, None)
         });
     }
     let candidates: Vec<&MlflowWorkspaceBinding> = bindings
@@ -97,7 +108,7 @@ pub(crate) fn choose<'a>(
                 "mlflow-operator: no MlflowWorkspaceBinding in namespace \"{namespace}\" matches this pod (label {TRACK_LABEL}: \"true\"); bindings in \"{namespace}\": {}. Fix: create a binding in namespace \"{namespace}\", widen the podSelector of one, name one with annotation {BINDING_ANNOTATION}, or remove the label {TRACK_LABEL}",
                 names(bindings)
             );
-            Err((RefusalReason::NoBinding, message, None))
+            Err(Refusal::new(RefusalReason::NoBinding, message, None))
         }
         many => {
             let message = format!(
@@ -105,13 +116,13 @@ pub(crate) fn choose<'a>(
                 many.len(),
                 names(many)
             );
-            Err((RefusalReason::Ambiguous, message, None))
+            Err(Refusal::new(RefusalReason::Ambiguous, message, None))
         }
     }
 }
 
 /// Why a binding is not Ready, as a refusal.
-pub(crate) fn not_ready(b: &MlflowWorkspaceBinding, namespace: &str) -> Failure {
+fn not_ready(b: &MlflowWorkspaceBinding, namespace: &str) -> Refusal {
     let n = name(b);
     let status = b.status.as_ref();
     let why = match (b.ready_condition(), status) {
@@ -140,7 +151,7 @@ pub(crate) fn not_ready(b: &MlflowWorkspaceBinding, namespace: &str) -> Failure 
     let message = format!(
         "mlflow-operator: MlflowWorkspaceBinding \"{n}\" in namespace \"{namespace}\" is not Ready: {why}. See kubectl describe mwb {n} -n {namespace}"
     );
-    (RefusalReason::NotReady, message, Some(n.to_string()))
+    Refusal::new(RefusalReason::NotReady, message, Some(n.to_string()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::{eventually_ok, free_port};
+
 const BIN_VAR: &str = "MLFLOW_OPERATOR_MLFLOW_BIN";
 
 /// The venv's bin directory, with `mlflow` and `python` in it, or a loud failure.
@@ -44,14 +46,6 @@ pub struct MlflowServer {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl MlflowServer {
@@ -131,30 +125,24 @@ impl MlflowServer {
 
     async fn wait_healthy(&mut self, timeout: Duration) {
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "mlflow server exited with {status} before it was healthy; its log:\n{}",
-                    self.log()
-                );
+        let health = format!("{}/health", self.url);
+        let what = format!("mlflow server on port {} to be healthy", self.port);
+        let child = &mut self.child;
+        // On failure, drop prints the server's log.
+        eventually_ok(&what, timeout, || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("mlflow server exited with {status} before it was healthy");
             }
-            let ok = http
-                .get(format!("{}/health", self.url))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return;
+            let get = http.get(&health).timeout(Duration::from_secs(2)).send();
+            async move {
+                match get.await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("/health answered {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "mlflow server not healthy after {timeout:?}; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
     }
 
     pub fn log(&self) -> String {
@@ -231,6 +219,12 @@ impl Drop for MlflowServer {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- mlflow server log -----\n{}----- end -----",
+                self.log()
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_azure;
+pub mod helm;
 pub mod mlflow;
 pub mod node;
 pub mod operator;
@@ -43,17 +44,69 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_ok(what, timeout, || {
+        check().map(|found| found.ok_or("not yet".to_string()))
+    })
+    .await
+}
+
+/// Polls `check` until it yields `Ok`, or panics with `what` and the last error after `timeout`.
+pub async fn eventually_ok<T, E, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
-            return v;
-        }
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last: {last}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Watches `name` until `condition` holds (kube's `await_condition`), or panics with `what`
+/// after `timeout`; returns the object as it was then.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl kube::runtime::wait::Condition<K>,
+) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
+{
+    let waited = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, condition),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Some(object))) => object,
+        Ok(Ok(None)) => panic!("{what}: {name} was deleted"),
+        Ok(Err(e)) => panic!("{what}: watching {name} failed: {e}"),
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// A loopback port nobody listens on right now (bound to :0, then released).
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct loopback ports nobody listens on right now (all held while choosing).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Installs (or updates) the CRD and waits until it is served.
@@ -69,17 +122,12 @@ pub async fn ensure_crd(client: &Client) {
     )
     .await
     .expect("apply the CRD");
-    eventually(
+    wait_for(
+        &crds,
+        &name,
         "the CRD to be established",
         Duration::from_secs(30),
-        || async {
-            let c = crds.get(&name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
+        kube::runtime::conditions::is_crd_established(),
     )
     .await;
 }

@@ -7,16 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::eventually;
-
-/// A loopback port nobody listens on right now (bound to :0, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::{eventually, free_port};
 
 pub struct OperatorProcess {
     pub label: String,

@@ -80,7 +80,8 @@ impl SidecarWebhook {
             &format!("https://127.0.0.1:{port}/mutate"),
             Some(&pems.ca_cert),
             ns,
-        );
+        )
+        .await;
         mwc["webhooks"][0]["name"] = json!("sidecar.example.com");
         mwc["webhooks"][0]["reinvocationPolicy"] = json!("Never");
         super::webhook::register(client, &mwc).await;

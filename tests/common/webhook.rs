@@ -1,6 +1,6 @@
 //! Runs the real webhook in-process on 127.0.0.1 and registers it with the real API server
-//! through `clientConfig.url`, with exactly the webhook settings of the Helm chart (SPEC §6),
-//! scoped to one test namespace.
+//! through `clientConfig.url`, with the MutatingWebhookConfiguration the Helm chart renders
+//! (SPEC §6), scoped to one test namespace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use mlflow_operator::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Web
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::eventually;
+use super::{eventually, helm};
 
 pub struct TestWebhook {
     pub client: Client,
@@ -46,35 +46,28 @@ pub fn serving_certificate(names: &[&str]) -> (Arc<CertStore>, certs::Pems) {
     (store, pems)
 }
 
-/// The MutatingWebhookConfiguration of the chart, pointed at a URL and scoped to `namespace`.
-pub fn webhook_configuration(
+/// The chart's MutatingWebhookConfiguration (`helm template` with `webhook.url`), named `name`,
+/// scoped to `namespace`, with `ca_pem` as caBundle (None: left for the self-managed mode).
+pub async fn webhook_configuration(
     name: &str,
     url: &str,
     ca_pem: Option<&str>,
     namespace: &str,
 ) -> Value {
-    let mut client_config = json!({"url": url});
+    let docs = helm::template(&[
+        &format!("fullnameOverride={name}"),
+        &format!("webhook.url={url}"),
+        &format!(
+            "webhook.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}"
+        ),
+    ])
+    .await;
+    let mut mwc = helm::one(&docs, "MutatingWebhookConfiguration").clone();
     if let Some(ca) = ca_pem {
-        client_config["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(ca));
+        mwc["webhooks"][0]["clientConfig"]["caBundle"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(ca));
     }
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "pods.mlflow-operator.io",
-            "clientConfig": client_config,
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
-            "objectSelector": {"matchLabels": {"mlflow-operator.io/track": "true"}},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "sideEffects": "None",
-            "reinvocationPolicy": "IfNeeded",
-            "matchPolicy": "Equivalent",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-            "failurePolicy": "Fail"
-        }]
-    })
+    mwc
 }
 
 /// Total AdmissionReviews the webhook answered, from its own metrics.
@@ -143,7 +136,7 @@ impl TestWebhook {
             },
             defaults,
             metrics: metrics.clone(),
-            events: Some(RefusalEvents::new(client.clone(), Some("test".into()))),
+            events: Some(RefusalEvents::new(client.clone(), "test".into())),
         });
         let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -153,11 +146,8 @@ impl TestWebhook {
         }));
         let config_name = format!("mlflow-operator-test-{namespace}");
         let url = format!("https://127.0.0.1:{port}/mutate");
-        register(
-            client,
-            &webhook_configuration(&config_name, &url, ca_pem.as_deref(), namespace),
-        )
-        .await;
+        let mwc = webhook_configuration(&config_name, &url, ca_pem.as_deref(), namespace).await;
+        register(client, &mwc).await;
         Self {
             client: client.clone(),
             namespace: namespace.to_string(),

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
-use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY, TRACK_LABEL};
-use crate::cli::InjectArgs;
-use crate::inject::{Defaults, NamespaceView, Plan, plan};
+use super::InjectArgs;
+use crate::binding::{MlflowWorkspaceBinding, READY};
+use crate::inject::{Defaults, NamespaceView, Plan, is_opted_in, plan, service_account_name};
 
 /// Runs `mlflow-operator inject`; returns the process exit code.
 pub fn run(args: &InjectArgs) -> i32 {
@@ -106,7 +106,7 @@ pub fn load_binding(text: &str) -> Result<MlflowWorkspaceBinding, String> {
         .name
         .clone()
         .ok_or("the binding has no metadata.name")?;
-    let status = b.status.take().unwrap_or_default();
+    let mut status = b.status.take().unwrap_or_default();
     let Some(tracking_uri) = status
         .tracking_uri
         .clone()
@@ -116,26 +116,17 @@ pub fn load_binding(text: &str) -> Result<MlflowWorkspaceBinding, String> {
             "binding \"{name}\" uses spec.azureML and has no status.trackingUri: the URI is resolved in the cluster, so copy the binding with its status from there (kubectl get mwb {name} -o yaml > binding.yaml)"
         ));
     };
-    let ready = Condition {
+    status.set_ready(Condition {
         type_: READY.to_string(),
         status: "True".to_string(),
         reason: "Offline".to_string(),
         message: "treated as Ready by mlflow-operator inject".to_string(),
         observed_generation: b.metadata.generation,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    };
-    let mut conditions: Vec<Condition> = status
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != READY)
-        .collect();
-    conditions.push(ready);
-    b.status = Some(MlflowWorkspaceBindingStatus {
-        observed_generation: b.metadata.generation,
-        tracking_uri: Some(tracking_uri),
-        registry_uri: status.registry_uri,
-        conditions,
     });
+    status.observed_generation = b.metadata.generation;
+    status.tracking_uri = Some(tracking_uri);
+    b.status = Some(status);
     Ok(b)
 }
 
@@ -275,64 +266,25 @@ impl Offline<'_> {
         let Some(at) = template_pointer(obj) else {
             return Ok(false);
         };
-        let track = format!(
-            "{at}/metadata/labels/{}",
-            TRACK_LABEL.replace('~', "~0").replace('/', "~1")
-        );
-        if obj.pointer(&track).and_then(Value::as_str) != Some("true") {
+        if !obj.pointer(at).is_some_and(is_opted_in) {
             return Ok(false);
         }
         let fail = |message: String| format!("mlflow-operator inject: {label}: {message}");
-        let doc_ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        let binding_ns = self
-            .binding
-            .metadata
-            .namespace
-            .as_deref()
-            .filter(|s| !s.is_empty());
-        if let (Some(doc), Some(binding)) = (doc_ns, binding_ns)
-            && doc != binding
-        {
-            return Err(fail(format!(
-                "it is in namespace \"{doc}\" but MlflowWorkspaceBinding \"{}\" is in namespace \"{binding}\"; bindings never reach across namespaces",
-                self.binding.metadata.name.as_deref().unwrap_or("")
-            )));
-        }
-        let namespace = doc_ns.or(binding_ns).unwrap_or("default").to_string();
+        let namespace = self.namespace_of(obj).map_err(fail)?;
         let Some(template) = obj.pointer_mut(at) else {
             return Ok(false);
         };
-        let pod_sa = ["serviceAccountName", "serviceAccount"]
-            .iter()
-            .find_map(|k| {
-                template
-                    .pointer(&format!("/spec/{k}"))
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-            })
-            .unwrap_or("default");
-        let service_account = self.service_account.filter(|sa| {
-            let name = sa.metadata.name.as_deref().unwrap_or(pod_sa);
-            if name != pod_sa {
-                warnings.push(format!(
-                    "{label}: the pod runs as ServiceAccount \"{pod_sa}\", not \"{name}\" of --service-account; ignored"
-                ));
-            }
-            name == pod_sa
-        });
         let view = NamespaceView {
             namespace: &namespace,
             bindings: vec![self.binding],
-            service_account,
+            service_account: self.service_account_of(template, label, warnings),
         };
+        let labelled = |w: Vec<String>| w.into_iter().map(|w| format!("{label}: {w}"));
         match plan(template, &view, self.defaults) {
             Plan::Inject {
                 patch, warnings: w, ..
             } => {
-                warnings.extend(w.into_iter().map(|w| format!("{label}: {w}")));
+                warnings.extend(labelled(w));
                 if patch.is_empty() {
                     return Ok(false);
                 }
@@ -341,11 +293,54 @@ impl Offline<'_> {
                 Ok(true)
             }
             Plan::Allow { warnings: w } => {
-                warnings.extend(w.into_iter().map(|w| format!("{label}: {w}")));
+                warnings.extend(labelled(w));
                 Ok(false)
             }
-            Plan::Refuse { message, .. } => Err(fail(message)),
+            Plan::Refuse(refusal) => Err(fail(refusal.message)),
         }
+    }
+
+    /// The namespace the object's pods would run in: its own, else the binding's, else
+    /// `default`; an error when it is not the binding's (bindings never reach across).
+    fn namespace_of(&self, obj: &Value) -> Result<String, String> {
+        let doc = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let binding = self
+            .binding
+            .metadata
+            .namespace
+            .as_deref()
+            .filter(|s| !s.is_empty());
+        if let (Some(doc), Some(binding)) = (doc, binding)
+            && doc != binding
+        {
+            return Err(format!(
+                "it is in namespace \"{doc}\" but MlflowWorkspaceBinding \"{}\" is in namespace \"{binding}\"; bindings never reach across namespaces",
+                self.binding.metadata.name.as_deref().unwrap_or("")
+            ));
+        }
+        Ok(doc.or(binding).unwrap_or("default").to_string())
+    }
+
+    /// `--service-account`, when the pods run as it; a warning when they run as another.
+    fn service_account_of(
+        &self,
+        template: &Value,
+        label: &str,
+        warnings: &mut Vec<String>,
+    ) -> Option<&ServiceAccount> {
+        let pod_sa = service_account_name(template);
+        self.service_account.filter(|sa| {
+            let name = sa.metadata.name.as_deref().unwrap_or(pod_sa);
+            if name != pod_sa {
+                warnings.push(format!(
+                    "{label}: the pod runs as ServiceAccount \"{pod_sa}\", not \"{name}\" of --service-account; ignored"
+                ));
+            }
+            name == pod_sa
+        })
     }
 }
 

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use tokio::time::Instant;
 
-use crate::azure::{ArmError, WorkspaceKey};
+use super::arm::{ArmError, WorkspaceKey};
 
 /// One finished resolve.
 #[derive(Clone, Debug)]
@@ -60,6 +61,13 @@ impl Cache {
             error_ttl,
             slots: Mutex::default(),
         }
+    }
+
+    /// How much longer `entry` may be served.
+    pub fn remaining(&self, entry: &Entry) -> Duration {
+        entry
+            .ttl(self.refresh, self.error_ttl)
+            .saturating_sub(entry.fetched.elapsed())
     }
 
     /// The entry for `key`: a fresh enough cached one, the in-flight call's, or a new call made
@@ -129,6 +137,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    const ARM_LATENCY: Duration = Duration::from_secs(1);
+
     fn key(ws: &str) -> WorkspaceKey {
         WorkspaceKey {
             arm_endpoint: "https://arm".into(),
@@ -139,78 +149,77 @@ mod tests {
         }
     }
 
+    /// A fetch that counts its calls and answers `uri-<n>` after `ARM_LATENCY`.
     fn counting(
         calls: &Arc<AtomicUsize>,
-        gate: Option<Arc<tokio::sync::Notify>>,
     ) -> impl FnOnce() -> BoxFuture<'static, Result<String, ArmError>> + use<> {
         let calls = calls.clone();
         move || {
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                if let Some(g) = gate {
-                    g.notified().await;
-                }
+                tokio::time::sleep(ARM_LATENCY).await;
                 Ok(format!("uri-{n}"))
             }
             .boxed()
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_lookups_share_one_call() {
         let cache = Arc::new(Cache::new(
             Duration::from_secs(300),
             Duration::from_secs(30),
         ));
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let mut tasks = Vec::new();
-        for _ in 0..5 {
-            let cache = cache.clone();
-            let f = counting(&calls, Some(gate.clone()));
-            tasks.push(tokio::spawn(async move {
-                cache.get(&key("a"), Freshness::Cached, f).await
-            }));
-        }
-        // Let every task register before the call finishes.
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        gate.notify_waiters();
-        gate.notify_one();
-        for t in tasks {
-            assert_eq!(t.await.unwrap().result.unwrap(), "uri-1");
+        let started = Instant::now();
+        let lookups: Vec<_> = (0..5)
+            .map(|_| {
+                let (cache, fetch) = (cache.clone(), counting(&calls));
+                tokio::spawn(async move {
+                    let asked = Instant::now();
+                    let entry = cache.get(&key("a"), Freshness::Cached, fetch).await;
+                    (asked, Instant::now(), entry)
+                })
+            })
+            .collect();
+        for lookup in lookups {
+            let (asked, answered, entry) = lookup.await.unwrap();
+            // Every lookup was asked before the call ended and answered when it ended: none
+            // was served from the cache, each waited for the one call.
+            assert_eq!(asked, started);
+            assert_eq!(answered - asked, ARM_LATENCY);
+            assert_eq!(entry.result.unwrap(), "uri-1");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // Cached afterwards.
+        // Cached afterwards: answered at once.
         let e = cache
-            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+            .get(&key("a"), Freshness::Cached, counting(&calls))
             .await;
         assert_eq!(e.result.unwrap(), "uri-1");
+        assert_eq!(Instant::now() - started, ARM_LATENCY);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // Another workspace is another call.
         cache
-            .get(&key("b"), Freshness::Cached, counting(&calls, None))
+            .get(&key("b"), Freshness::Cached, counting(&calls))
             .await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn expiry_and_spec_change_force_a_new_call() {
-        let cache = Cache::new(Duration::from_millis(50), Duration::from_millis(50));
+        let refresh = Duration::from_secs(60);
+        let cache = Cache::new(refresh, refresh);
         let calls = Arc::new(AtomicUsize::new(0));
-        cache
-            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+        let e = cache
+            .get(&key("a"), Freshness::Cached, counting(&calls))
             .await;
+        assert_eq!(cache.remaining(&e), refresh);
         // A spec change accepts a very young entry.
         cache
             .get(
                 &key("a"),
                 Freshness::YoungerThan(Duration::from_secs(5)),
-                counting(&calls, None),
+                counting(&calls),
             )
             .await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -219,32 +228,45 @@ mod tests {
             .get(
                 &key("a"),
                 Freshness::YoungerThan(Duration::ZERO),
-                counting(&calls, None),
+                counting(&calls),
             )
             .await;
         assert_eq!(e.result.unwrap(), "uri-2");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::advance(refresh - Duration::from_millis(1)).await;
         let e = cache
-            .get(&key("a"), Freshness::Cached, counting(&calls, None))
+            .get(&key("a"), Freshness::Cached, counting(&calls))
             .await;
-        assert_eq!(e.result.unwrap(), "uri-3");
+        assert_eq!(e.result.unwrap(), "uri-2", "still fresh");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let e = cache
+            .get(&key("a"), Freshness::Cached, counting(&calls))
+            .await;
+        assert_eq!(
+            e.result.unwrap(),
+            "uri-3",
+            "expired at the refresh interval"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn failures_expire_sooner() {
-        let cache = Cache::new(Duration::from_secs(300), Duration::from_millis(30));
+        let (refresh, error_ttl) = (Duration::from_secs(300), Duration::from_secs(30));
+        let cache = Cache::new(refresh, error_ttl);
         let e = cache
             .get(&key("a"), Freshness::Cached, || async {
                 Err(ArmError::Forbidden("no".into()))
             })
             .await;
         assert!(e.result.is_err());
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(cache.remaining(&e), error_ttl);
+        tokio::time::advance(error_ttl).await;
+        assert_eq!(cache.remaining(&e), Duration::ZERO);
         let e = cache
             .get(&key("a"), Freshness::Cached, || async {
                 Ok("ok".to_string())
             })
             .await;
-        assert_eq!(e.result.unwrap(), "ok");
+        assert_eq!(e.result.as_deref(), Ok("ok"));
+        assert_eq!(cache.remaining(&e), refresh);
     }
 }

@@ -1,4 +1,5 @@
-//! Azure: the operator's own credential and the one Azure Resource Manager call it makes.
+//! The one Azure Resource Manager call the controller makes, with the operator's own credential
+//! ([`super::credential`]).
 //!
 //! The MLflow tracking URI of an Azure Machine Learning workspace is the read-only ARM property
 //! `properties.mlFlowTrackingUri`. It is read, never built from the region (private-link
@@ -6,19 +7,14 @@
 //! [`reason`](ArmError::reason) becomes the binding's condition reason and a metric label.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, Transport};
-use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
-};
 
+use super::credential::{self, AzureEnv, CredentialKind, ENV_HINT};
 use crate::binding::{AzureCloud, AzureMlWorkspace};
 use crate::metrics::{Metrics, StatusLabels};
 
@@ -59,70 +55,6 @@ impl RetryPolicy {
         retry_after.unwrap_or(backoff).min(self.max_delay)
     }
 }
-
-/// The Azure environment variables the operator's own credential is chosen from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AzureEnv {
-    pub client_id: Option<String>,
-    pub tenant_id: Option<String>,
-    pub federated_token_file: Option<PathBuf>,
-    pub client_secret: Option<String>,
-}
-
-impl AzureEnv {
-    /// Reads AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE and AZURE_CLIENT_SECRET.
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Self {
-            client_id: var("AZURE_CLIENT_ID"),
-            tenant_id: var("AZURE_TENANT_ID"),
-            federated_token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
-            client_secret: var("AZURE_CLIENT_SECRET"),
-        }
-    }
-
-    /// Which credential this environment selects.
-    pub fn credential_kind(&self) -> CredentialKind {
-        match (
-            &self.client_id,
-            &self.tenant_id,
-            &self.federated_token_file,
-            &self.client_secret,
-        ) {
-            (Some(_), Some(_), Some(_), _) => CredentialKind::WorkloadIdentity,
-            (Some(_), Some(_), None, Some(_)) => CredentialKind::ClientSecret,
-            _ => CredentialKind::ManagedIdentity,
-        }
-    }
-
-    /// True when no Azure variable is set at all.
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
-}
-
-/// The operator's own Azure credential type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CredentialKind {
-    WorkloadIdentity,
-    ClientSecret,
-    ManagedIdentity,
-}
-
-impl CredentialKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialKind::WorkloadIdentity => "workload identity",
-            CredentialKind::ClientSecret => "client secret",
-            CredentialKind::ManagedIdentity => "managed identity",
-        }
-    }
-}
-
-const ENV_HINT: &str = "give the operator an Azure identity: AZURE_CLIENT_ID, AZURE_TENANT_ID and \
-     AZURE_FEDERATED_TOKEN_FILE (workload identity), or AZURE_CLIENT_ID, AZURE_TENANT_ID and \
-     AZURE_CLIENT_SECRET (service principal), or run it where a managed identity is available \
-     (AZURE_CLIENT_ID selects a user-assigned one)";
 
 /// How the operator reaches Azure.
 #[derive(Clone, Debug, Default)]
@@ -398,10 +330,6 @@ impl ArmClient {
         })
     }
 
-    pub fn config(&self) -> &AzureConfig {
-        &self.cfg
-    }
-
     /// The credential for the authority host of `cloud`, built on first use.
     fn credential(&self, cloud: AzureCloud) -> Result<Arc<dyn TokenCredential>, ArmError> {
         let authority = self.cfg.authority_host(cloud);
@@ -416,39 +344,7 @@ impl ArmClient {
             cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
             ..Default::default()
         };
-        let env = &self.cfg.env;
-        let kind = env.credential_kind();
-        let built: azure_core::Result<Arc<dyn TokenCredential>> = match kind {
-            CredentialKind::WorkloadIdentity => {
-                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                    credential_options: ClientAssertionCredentialOptions { client_options },
-                    client_id: env.client_id.clone(),
-                    tenant_id: env.tenant_id.clone(),
-                    token_file_path: env.federated_token_file.clone(),
-                }))
-                .map(|c| c as Arc<dyn TokenCredential>)
-            }
-            CredentialKind::ClientSecret => ClientSecretCredential::new(
-                env.tenant_id.as_deref().unwrap_or_default(),
-                env.client_id.clone().unwrap_or_default(),
-                Secret::new(env.client_secret.clone().unwrap_or_default()),
-                Some(ClientSecretCredentialOptions { client_options }),
-            )
-            .map(|c| c as Arc<dyn TokenCredential>),
-            CredentialKind::ManagedIdentity => {
-                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-                    user_assigned_id: env.client_id.clone().map(UserAssignedId::ClientId),
-                    client_options,
-                }))
-                .map(|c| c as Arc<dyn TokenCredential>)
-            }
-        };
-        let cred = built.map_err(|e| {
-            ArmError::CredentialUnavailable(format!(
-                "the operator's {} credential cannot be built: {e}; {ENV_HINT}",
-                kind.as_str()
-            ))
-        })?;
+        let cred = credential::build(&self.cfg.env, client_options)?;
         creds.insert(authority, cred.clone());
         Ok(cred)
     }
@@ -517,19 +413,22 @@ impl ArmClient {
             .timeout(self.cfg.retry.request_timeout)
             .send()
             .await;
+        let unavailable = |message: String| {
+            self.observe("error", started);
+            Outcome::Retry {
+                after: None,
+                error: ArmError::ArmUnavailable(message),
+            }
+        };
         let resp = match res {
             Ok(r) => r,
             Err(e) => {
-                self.observe("error", started);
-                return Outcome::Retry {
-                    after: None,
-                    error: ArmError::ArmUnavailable(format!(
-                        "Azure Resource Manager at {} did not answer for {}: {}",
-                        key.arm_endpoint,
-                        key.describe(),
-                        error_chain(&e)
-                    )),
-                };
+                return unavailable(format!(
+                    "Azure Resource Manager at {} did not answer for {}: {}",
+                    key.arm_endpoint,
+                    key.describe(),
+                    error_chain(&e)
+                ));
             }
         };
         let status = resp.status().as_u16();
@@ -537,15 +436,11 @@ impl ArmClient {
         let body = match resp.text().await {
             Ok(b) => b,
             Err(e) => {
-                self.observe("error", started);
-                return Outcome::Retry {
-                    after: None,
-                    error: ArmError::ArmUnavailable(format!(
-                        "reading Azure Resource Manager's answer for {} failed: {}",
-                        key.describe(),
-                        error_chain(&e)
-                    )),
-                };
+                return unavailable(format!(
+                    "reading Azure Resource Manager's answer for {} failed: {}",
+                    key.describe(),
+                    error_chain(&e)
+                ));
             }
         };
         self.observe(&status.to_string(), started);
@@ -698,20 +593,6 @@ mod tests {
             p.delay(0, Some(Duration::from_secs(120))),
             Duration::from_secs(10)
         );
-    }
-
-    #[test]
-    fn credential_choice() {
-        let mut env = AzureEnv::default();
-        assert!(env.is_empty());
-        assert_eq!(env.credential_kind(), CredentialKind::ManagedIdentity);
-        env.client_id = Some("c".into());
-        assert_eq!(env.credential_kind(), CredentialKind::ManagedIdentity);
-        env.tenant_id = Some("t".into());
-        env.client_secret = Some("s".into());
-        assert_eq!(env.credential_kind(), CredentialKind::ClientSecret);
-        env.federated_token_file = Some("/tok".into());
-        assert_eq!(env.credential_kind(), CredentialKind::WorkloadIdentity);
     }
 
     #[tokio::test]

@@ -42,8 +42,7 @@ pub fn desired_status(
             ("False", *reason, message.clone(), old.tracking_uri.clone())
         }
     };
-    let old_ready = old.conditions.iter().find(|c| c.type_ == READY);
-    let last_transition_time = match old_ready {
+    let last_transition_time = match old.ready() {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         // The API server keeps seconds only; so do we, so a re-read compares equal.
         _ => Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)),
@@ -56,18 +55,14 @@ pub fn desired_status(
         observed_generation: generation,
         last_transition_time,
     };
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != READY)
-        .collect();
-    conditions.insert(0, ready);
-    MlflowWorkspaceBindingStatus {
+    let mut status = MlflowWorkspaceBindingStatus {
         observed_generation: generation,
         tracking_uri,
         registry_uri: binding.spec.registry_uri.clone(),
-        conditions,
-    }
+        conditions: old.conditions,
+    };
+    status.set_ready(ready);
+    status
 }
 
 /// The Ready status ("True"/"False") before and after, when it changed.
@@ -75,12 +70,7 @@ pub fn ready_transition<'a>(
     old: Option<&'a MlflowWorkspaceBindingStatus>,
     new: &'a MlflowWorkspaceBindingStatus,
 ) -> Option<(Option<&'a str>, &'a str)> {
-    let ready = |s: &'a MlflowWorkspaceBindingStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .map(|c| c.status.as_str())
-    };
+    let ready = |s: &'a MlflowWorkspaceBindingStatus| s.ready().map(|c| c.status.as_str());
     let before = old.and_then(ready);
     let after = ready(new)?;
     (before != Some(after)).then_some((before, after))

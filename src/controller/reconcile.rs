@@ -1,0 +1,266 @@
+//! One term of the controller: watch bindings, resolve each one's tracking URI, write the status
+//! when it changed, record an Event when Ready flips, and keep the `bindings{ready}` gauge.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::arm::{ArmClient, WorkspaceKey};
+use super::cache::{Cache, Freshness};
+use super::status::{self, Resolution, desired_status, ready_transition};
+use super::{Config, FIELD_MANAGER};
+use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
+use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+
+/// A reconcile that could not write its result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of {binding}: {source}")]
+    StatusWrite {
+        binding: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The metric label of the error.
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::StatusWrite { .. } => "StatusWriteFailed",
+        }
+    }
+}
+
+/// What outlives one term of leadership: the ARM client and its cache among them, so a
+/// replica that leads again does not ask ARM again.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub client: Client,
+    pub cfg: Config,
+    pub arm: Arc<ArmClient>,
+    pub cache: Arc<Cache>,
+    pub metrics: Metrics,
+}
+
+struct Ctx {
+    shared: Shared,
+    recorder: Recorder,
+    store: Store<MlflowWorkspaceBinding>,
+}
+
+/// Runs the controller until `stop` completes, then lets running reconciles finish.
+pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = shared.client.clone();
+    let api: Api<MlflowWorkspaceBinding> = match &shared.cfg.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(api, watcher::Config::default());
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: Some(shared.cfg.identity.clone()),
+    };
+    let ctx = Arc::new(Ctx {
+        shared,
+        recorder: Recorder::new(client, reporter),
+        store: controller.store(),
+    });
+    controller
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+}
+
+/// The binding's resolution, and when to look again.
+async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration) {
+    let Shared {
+        cfg, arm, cache, ..
+    } = &ctx.shared;
+    if let Some(uri) = &b.spec.tracking_uri {
+        let message = "spec.trackingUri is used as the tracking URI".to_string();
+        let res = Resolution::Resolved {
+            tracking_uri: uri.clone(),
+            message,
+        };
+        return (res, cfg.refresh_interval);
+    }
+    let Some(ws) = &b.spec.azure_ml else {
+        let message = "set exactly one of spec.azureML or spec.trackingUri".to_string();
+        let res = Resolution::Failed {
+            reason: "InvalidSpec",
+            message,
+        };
+        return (res, cfg.refresh_interval);
+    };
+    let key = WorkspaceKey::new(&cfg.azure, ws);
+    let spec_changed =
+        b.status.as_ref().and_then(|s| s.observed_generation) != b.metadata.generation;
+    let freshness = if spec_changed {
+        Freshness::YoungerThan(cfg.spec_change_window)
+    } else {
+        Freshness::Cached
+    };
+    let (arm, k) = (arm.clone(), key.clone());
+    let entry = cache
+        .get(&key, freshness, move || async move {
+            arm.tracking_uri(&k).await
+        })
+        .await;
+    // Come back just after this entry expires, so the refresh happens on time.
+    let requeue = cache.remaining(&entry) + Duration::from_millis(50);
+    let res = match entry.result {
+        Ok(uri) => Resolution::Resolved {
+            tracking_uri: uri,
+            message: format!(
+                "read properties.mlFlowTrackingUri of workspace {} from Azure Resource Manager",
+                ws.workspace_name
+            ),
+        },
+        Err(e) => Resolution::Failed {
+            reason: e.reason(),
+            message: e.to_string(),
+        },
+    };
+    (res, requeue)
+}
+
+async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let metrics = &ctx.shared.metrics;
+    metrics.reconciles.inc();
+    let (res, requeue) = resolve(&b, &ctx).await;
+    if let Resolution::Failed { reason, message } = &res {
+        count_error(metrics, reason);
+        tracing::info!(binding = %b.name_any(), namespace = ?b.namespace(), %reason, %message, "not resolved");
+    }
+    let desired = desired_status(&b, &res, jiff::Timestamp::now());
+    if b.status.as_ref() != Some(&desired) {
+        write_status(&b, &desired, &ctx.shared.client).await?;
+        if ready_transition(b.status.as_ref(), &desired).is_some() {
+            publish_event(&b, &ctx, &res).await;
+        }
+    }
+    update_gauge(&ctx, &b, &desired);
+    Ok(Action::requeue(requeue))
+}
+
+async fn write_status(
+    b: &MlflowWorkspaceBinding,
+    desired: &MlflowWorkspaceBindingStatus,
+    client: &Client,
+) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": MlflowWorkspaceBinding::api_version(&()),
+        "kind": MlflowWorkspaceBinding::kind(&()),
+        "status": desired,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&b.name_any(), &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::StatusWrite {
+            binding: format!("{ns}/{}", b.name_any()),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn publish_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, res: &Resolution) {
+    let (type_, reason, note) = match res {
+        Resolution::Resolved { tracking_uri, .. } => (
+            EventType::Normal,
+            status::RESOLVED.to_string(),
+            format!("tracking URI {tracking_uri}"),
+        ),
+        Resolution::Failed { reason, message } => {
+            (EventType::Warning, reason.to_string(), message.clone())
+        }
+    };
+    let ev = Event {
+        type_,
+        reason,
+        note: Some(note.chars().take(1000).collect()),
+        action: "Resolve".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
+        tracing::warn!(error = %e, binding = %b.name_any(), "publishing an event");
+    }
+}
+
+fn count_error(metrics: &Metrics, reason: &str) {
+    metrics
+        .reconcile_errors
+        .get_or_create(&ReasonLabels {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> String {
+    s.and_then(MlflowWorkspaceBindingStatus::ready)
+        .map(|c| c.status.clone())
+        .unwrap_or_else(|| "Unknown".to_string())
+}
+
+/// Recounts `bindings{ready}` from the controller's cache, with this reconcile's result.
+fn update_gauge(ctx: &Ctx, b: &MlflowWorkspaceBinding, desired: &MlflowWorkspaceBindingStatus) {
+    let this = ObjectRef::from(b);
+    let mut counts = std::collections::BTreeMap::from([
+        ("True".to_string(), 0i64),
+        ("False".to_string(), 0),
+        ("Unknown".to_string(), 0),
+    ]);
+    let mut seen = false;
+    for o in ctx.store.state() {
+        let ready = if ObjectRef::from(o.as_ref()) == this {
+            seen = true;
+            ready_of(Some(desired))
+        } else {
+            ready_of(o.status.as_ref())
+        };
+        *counts.entry(ready).or_default() += 1;
+    }
+    if !seen {
+        *counts.entry(ready_of(Some(desired))).or_default() += 1;
+    }
+    for (ready, n) in counts {
+        ctx.shared
+            .metrics
+            .bindings
+            .get_or_create(&ReadyLabels { ready })
+            .set(n);
+    }
+}
+
+/// Zeroes `bindings{ready}`: a replica that no longer leads no longer knows.
+pub(super) fn clear_gauge(metrics: &Metrics) {
+    for ready in ["True", "False", "Unknown"] {
+        metrics
+            .bindings
+            .get_or_create(&ReadyLabels {
+                ready: ready.to_string(),
+            })
+            .set(0);
+    }
+}
+
+fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(binding = %b.name_any(), error = %err, "reconcile failed");
+    count_error(&ctx.shared.metrics, err.reason());
+    Action::requeue(Duration::from_secs(5))
+}

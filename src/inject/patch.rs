@@ -1,0 +1,376 @@
+//! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
+//! the injected annotation. Nothing the pod already has is ever changed.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use serde_json::{Value, json};
+
+use super::pod::{self, ContainerView, PodView};
+use super::values::{Desired, env_name};
+use crate::binding::{INJECTED_ANNOTATION, SKIP_CONTAINERS_ANNOTATION};
+
+pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+
+/// A pointer from unescaped tokens; RFC 6901 escaping (`~` -> `~0`, `/` -> `~1`) happens on output.
+pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+pub(crate) fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// Ops that append `items` to the array at `tokens`: the whole array when it is absent, else one
+/// `add .../-` per item.
+pub(crate) fn append(tokens: &[&str], present: bool, items: Vec<Value>) -> Vec<PatchOperation> {
+    if items.is_empty() {
+        Vec::new()
+    } else if !present {
+        vec![add(tokens, Value::Array(items))]
+    } else {
+        let mut end = tokens.to_vec();
+        end.push("-");
+        items.into_iter().map(|v| add(&end, v)).collect()
+    }
+}
+
+/// The result of merging wanted entries into existing ones.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Merge {
+    /// Entries to add, in order.
+    pub add: Vec<Value>,
+    /// Wanted entries the list already holds in another form, by their `Slot::reported` field.
+    pub conflicts: Vec<String>,
+}
+
+/// A kind of list entry: when an existing entry takes the place of a wanted one, and which
+/// field names it in a conflict warning.
+pub(crate) struct Slot {
+    taken_by: fn(existing: &Value, wanted: &Value) -> bool,
+    reported: &'static str,
+}
+
+/// Env entries, by name.
+pub(crate) const ENV: Slot = Slot {
+    taken_by: |e, w| env_name(e).is_some() && env_name(e) == env_name(w),
+    reported: "name",
+};
+/// Volume mounts, by name or mountPath: two mounts at one path make the pod invalid.
+pub(crate) const MOUNT: Slot = Slot {
+    taken_by: |e, w| e.get("name") == w.get("name") || e.get("mountPath") == w.get("mountPath"),
+    reported: "mountPath",
+};
+/// Pod volumes, by name.
+pub(crate) const VOLUME: Slot = Slot {
+    taken_by: |e, w| e.get("name") == w.get("name"),
+    reported: "name",
+};
+
+/// Add-if-absent: a wanted entry whose slot is taken is never added; an identical entry is
+/// silent, a different one is a conflict.
+pub(crate) fn add_if_absent<'a>(
+    slot: &Slot,
+    existing: &[Value],
+    wanted: impl IntoIterator<Item = &'a Value>,
+) -> Merge {
+    let mut m = Merge::default();
+    for w in wanted {
+        match existing.iter().find(|e| (slot.taken_by)(e, w)) {
+            Some(e) if e == w => {}
+            Some(_) => {
+                let id = w.get(slot.reported).and_then(Value::as_str);
+                m.conflicts.push(id.unwrap_or("").to_string());
+            }
+            None => m.add.push(w.clone()),
+        }
+    }
+    m
+}
+
+/// Whether the container sets MLFLOW_TRACKING_URI to something other than what we inject.
+pub(crate) fn self_configured(existing: &[Value], ours: Option<&Value>) -> bool {
+    existing
+        .iter()
+        .find(|e| env_name(e) == Some(TRACKING_URI))
+        .is_some_and(|e| Some(e) != ours)
+}
+
+/// The patch operations and warnings for one injected container.
+pub(crate) fn merge_container(
+    c: &ContainerView<'_>,
+    d: &Desired,
+) -> (Vec<PatchOperation>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
+    let ours = d.env.iter().find(|e| env_name(e) == Some(TRACKING_URI));
+    let self_conf = self_configured(existing_env, ours);
+    if self_conf {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already sets {TRACKING_URI}; it is self-configured, so no MLFLOW_* variables were added to it",
+            c.name
+        ));
+    }
+    let wanted = d
+        .env
+        .iter()
+        .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))));
+    let env = add_if_absent(&ENV, existing_env, wanted);
+    for name in &env.conflicts {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already sets {name}; left unchanged",
+            c.name
+        ));
+    }
+    if c.has_env_from && !env.add.is_empty() {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" has envFrom: the variables injected into env take precedence over same-named envFrom values",
+            c.name
+        ));
+    }
+    let existing_mounts = c.mounts.map(Vec::as_slice).unwrap_or_default();
+    let mounts = add_if_absent(&MOUNT, existing_mounts, &d.mounts);
+    for path in &mounts.conflicts {
+        warnings.push(format!(
+            "mlflow-operator: container \"{}\" already has a different volume mount of the name or path of ours ({path}); left unchanged",
+            c.name
+        ));
+    }
+    let index = c.index.to_string();
+    let mut ops = append(&["spec", c.list, &index, "env"], c.env.is_some(), env.add);
+    ops.extend(append(
+        &["spec", c.list, &index, "volumeMounts"],
+        c.mounts.is_some(),
+        mounts.add,
+    ));
+    (ops, warnings)
+}
+
+/// The ops and warnings for every injected container, and the volumes they mount.
+pub(crate) fn containers_and_volumes(
+    pod: &PodView<'_>,
+    d: &Desired,
+) -> (Vec<PatchOperation>, Vec<String>) {
+    let skip = pod
+        .annotations
+        .get(SKIP_CONTAINERS_ANNOTATION)
+        .map(|s| pod::parse_skip_containers(s))
+        .unwrap_or_default();
+    let (mut ops, mut warnings) = (Vec::new(), Vec::new());
+    let mut injected_any = false;
+    for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
+        injected_any = true;
+        let (o, w) = merge_container(c, d);
+        ops.extend(o);
+        warnings.extend(w);
+    }
+    if injected_any {
+        let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
+        let volumes = add_if_absent(&VOLUME, existing, &d.volumes);
+        for v in &volumes.conflicts {
+            warnings.push(format!(
+                "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
+            ));
+        }
+        ops.extend(append(
+            &["spec", "volumes"],
+            pod.volumes.is_some(),
+            volumes.add,
+        ));
+    }
+    (ops, warnings)
+}
+
+/// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
+pub(crate) fn injected_annotation(pod: &PodView<'_>, marker: String) -> PatchOperation {
+    if !pod.has_metadata {
+        add(
+            &["metadata"],
+            json!({"annotations": {INJECTED_ANNOTATION: marker}}),
+        )
+    } else if !pod.has_annotations {
+        add(
+            &["metadata", "annotations"],
+            json!({INJECTED_ANNOTATION: marker}),
+        )
+    } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
+        PatchOperation::Replace(ReplaceOperation {
+            path: pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
+            value: Value::String(marker),
+        })
+    } else {
+        add(
+            &["metadata", "annotations", INJECTED_ANNOTATION],
+            Value::String(marker),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// RFC 6901 escaping of one reference token, the reference for `pointer`.
+    fn escape(token: &str) -> String {
+        token.replace('~', "~0").replace('/', "~1")
+    }
+
+    #[test]
+    fn json_pointer_escaping() {
+        for (token, want) in [
+            ("a", "a"),
+            ("a/b", "a~1b"),
+            ("a~b", "a~0b"),
+            ("~/", "~0~1"),
+            ("", ""),
+        ] {
+            assert_eq!(escape(token), want);
+        }
+        assert_eq!(
+            pointer(&["metadata", "annotations", "mlflow-operator.io/injected"]).to_string(),
+            "/metadata/annotations/mlflow-operator.io~1injected"
+        );
+        assert_eq!(pointer(&["a~b"]).to_string(), format!("/{}", escape("a~b")));
+    }
+
+    #[test]
+    fn add_if_absent_per_slot() {
+        let a = json!({"name": "A", "value": "1"});
+        let b = json!({"name": "B", "value": "1"});
+        let mount = json!({"name": "v", "mountPath": "/p", "readOnly": true});
+        let volume = json!({"name": "v", "emptyDir": {}});
+        for (slot, wanted, existing, added, conflicts) in [
+            (&ENV, vec![&a, &b], vec![], vec![&a, &b], vec![]),
+            (&ENV, vec![&a, &b], vec![a.clone()], vec![&b], vec![]),
+            (
+                &ENV,
+                vec![&a, &b],
+                vec![json!({"name": "A", "value": "2"})],
+                vec![&b],
+                vec!["A"],
+            ),
+            (
+                &ENV,
+                vec![&a, &b],
+                vec![
+                    json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                ],
+                vec![&b],
+                vec!["A"],
+            ),
+            (
+                &ENV,
+                vec![&a, &b],
+                vec![a.clone(), b.clone()],
+                vec![],
+                vec![],
+            ),
+            (
+                &ENV,
+                vec![&a],
+                vec![json!({"value": "x"}), json!(3)],
+                vec![&a],
+                vec![],
+            ),
+            (&MOUNT, vec![&mount], vec![], vec![&mount], vec![]),
+            (&MOUNT, vec![&mount], vec![mount.clone()], vec![], vec![]),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "v", "mountPath": "/o"})],
+                vec![],
+                vec!["/p"],
+            ),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "o", "mountPath": "/p"})],
+                vec![],
+                vec!["/p"],
+            ),
+            (
+                &MOUNT,
+                vec![&mount],
+                vec![json!({"name": "o", "mountPath": "/o"})],
+                vec![&mount],
+                vec![],
+            ),
+            (&VOLUME, vec![&volume], vec![], vec![&volume], vec![]),
+            (&VOLUME, vec![&volume], vec![volume.clone()], vec![], vec![]),
+            (
+                &VOLUME,
+                vec![&volume],
+                vec![json!({"name": "v", "secret": {"secretName": "s"}})],
+                vec![],
+                vec!["v"],
+            ),
+            (
+                &VOLUME,
+                vec![&volume],
+                vec![json!({"name": "w", "emptyDir": {}})],
+                vec![&volume],
+                vec![],
+            ),
+        ] {
+            let m = add_if_absent(slot, &existing, wanted);
+            let added: Vec<Value> = added.into_iter().cloned().collect();
+            assert_eq!(m.add, added, "{existing:?}");
+            assert_eq!(m.conflicts, conflicts, "{existing:?}");
+        }
+    }
+
+    #[test]
+    fn self_configured_detection() {
+        let ours = json!({"name": TRACKING_URI, "value": "http://ours"});
+        for (existing, want) in [
+            (vec![], false),
+            (vec![ours.clone()], false),
+            (
+                vec![json!({"name": TRACKING_URI, "value": "http://theirs"})],
+                true,
+            ),
+            (
+                vec![
+                    json!({"name": TRACKING_URI, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}),
+                ],
+                true,
+            ),
+            (vec![json!({"name": "OTHER", "value": "x"})], false),
+        ] {
+            assert_eq!(
+                self_configured(&existing, Some(&ours)),
+                want,
+                "{existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn append_whole_array_or_per_entry() {
+        let ops = append(
+            &["spec", "containers", "0", "env"],
+            false,
+            vec![json!(1), json!(2)],
+        );
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([{"op": "add", "path": "/spec/containers/0/env", "value": [1, 2]}])
+        );
+        let ops = append(
+            &["spec", "containers", "0", "env"],
+            true,
+            vec![json!(1), json!(2)],
+        );
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([
+                {"op": "add", "path": "/spec/containers/0/env/-", "value": 1},
+                {"op": "add", "path": "/spec/containers/0/env/-", "value": 2}
+            ])
+        );
+        assert!(append(&["x"], false, vec![]).is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! The chart's RBAC, rule by rule.
+
+use serde_json::json;
+
+use super::common::helm::{one, template};
+
+#[tokio::test]
+async fn rbac_grants_exactly_the_documented_rules() {
+    let docs = template(&[]).await;
+    let rule = |groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]| {
+        let mut r = json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+        if !names.is_empty() {
+            r["resourceNames"] = json!(names);
+        }
+        r
+    };
+    assert_eq!(
+        one(&docs, "ClusterRole")["rules"],
+        json!([
+            rule(
+                &["mlflow-operator.io"],
+                &["mlflowworkspacebindings"],
+                &[],
+                &["get", "list", "watch"]
+            ),
+            rule(
+                &["mlflow-operator.io"],
+                &["mlflowworkspacebindings/status"],
+                &[],
+                &["patch"]
+            ),
+            rule(&[""], &["serviceaccounts"], &[], &["get", "list", "watch"]),
+            rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
+            rule(
+                &["admissionregistration.k8s.io"],
+                &["mutatingwebhookconfigurations"],
+                &["mlflow-operator"],
+                &["get", "patch"]
+            ),
+        ])
+    );
+    assert_eq!(
+        one(&docs, "Role")["rules"],
+        json!([
+            rule(&["coordination.k8s.io"], &["leases"], &[], &["create"]),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["mlflow-operator-controller"],
+                &["get", "patch"]
+            ),
+            rule(&[""], &["secrets"], &[], &["create"]),
+            rule(
+                &[""],
+                &["secrets"],
+                &["mlflow-operator-webhook-cert"],
+                &["get", "update"]
+            ),
+        ])
+    );
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        assert_eq!(
+            one(&docs, binding)["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "mlflow-operator", "namespace": "mlflow-operator"}])
+        );
+    }
+}
