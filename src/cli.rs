@@ -56,6 +56,11 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// The operator's own ServiceAccount (in --namespace). It owns the certificate Secret and
+    /// the Lease the operator creates, so deleting it (helm uninstall) removes them too.
+    #[arg(long, env = "POD_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
     /// Plain-HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,

@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube_lease_manager::LeaseManager;
 use tokio::sync::{oneshot, watch};
@@ -50,6 +51,8 @@ pub struct Config {
     /// Watch bindings of this namespace only (None: every namespace).
     pub watch_namespace: Option<String>,
     pub azure: AzureConfig,
+    /// Owner of the Lease (the operator's ServiceAccount), so it goes with the release.
+    pub lease_owner: Option<OwnerReference>,
 }
 
 /// Runs the controller while this replica holds the Lease, until `shutdown` completes, and
@@ -93,6 +96,9 @@ pub async fn run(
 }
 
 async fn lease_manager(client: &Client, cfg: &Config) -> anyhow::Result<LeaseManager> {
+    if let Some(owner) = &cfg.lease_owner {
+        crate::ownership::own_lease(client, &cfg.namespace, &cfg.lease_name, owner).await?;
+    }
     // The lease manager counts in whole seconds and renews `grace` before expiry.
     let duration = cfg.lease_duration.as_secs().max(2);
     let grace = (duration / 3).clamp(1, duration - 1);

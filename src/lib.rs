@@ -19,6 +19,7 @@ pub mod cli;
 pub mod controller;
 pub mod inject;
 pub mod metrics;
+pub mod ownership;
 pub mod run;
 pub mod webhook;
 

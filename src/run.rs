@@ -92,12 +92,13 @@ impl Tasks {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = Settings::new(
+    let mut settings = Settings::new(
         &args,
         |name| std::env::var(name).ok(),
         |path| std::fs::read(path),
     )?;
     let client = client(settings.kubeconfig.as_deref()).await?;
+    set_owner(&mut settings, &client, &args.namespace).await;
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
@@ -117,6 +118,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     tasks.finish().await;
     Ok(())
+}
+
+/// Makes the operator's ServiceAccount the owner of the Secret and Lease it creates. Without it
+/// (not named, or unreadable) they are created unowned and outlive an uninstall: a warning.
+async fn set_owner(settings: &mut Settings, client: &Client, namespace: &str) {
+    let Some(name) = settings.service_account.as_deref() else {
+        return;
+    };
+    let owner = match crate::ownership::service_account(client, namespace, name).await {
+        Ok(owner) => owner,
+        Err(e) => {
+            tracing::warn!(error = %e, service_account = name, "cannot read the operator's ServiceAccount: its Secret and Lease will not be removed with it");
+            return;
+        }
+    };
+    if let Some(WebhookSettings {
+        certificates: Certificates::SelfManaged(cfg),
+        ..
+    }) = settings.webhook.as_mut()
+    {
+        cfg.owner = Some(owner.clone());
+    }
+    if let Some(cfg) = settings.controller.as_mut() {
+        cfg.lease_owner = Some(owner);
+    }
 }
 
 /// Starts the certificate source, the caches and the HTTPS listener; returns the readiness they

@@ -108,6 +108,7 @@ fn config(ns: &str, lease: &str, fake: Option<&FakeAzure>, env: AzureEnv) -> Con
                 request_timeout: Duration::from_secs(5),
             },
         },
+        lease_owner: None,
     }
 }
 

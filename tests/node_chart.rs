@@ -22,16 +22,17 @@ use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use common::helm::{CHART, helm_ok as helm};
 use common::node::{
-    BUSYBOX, CHART, OPERATOR_IMAGE, TRACK, admission_load, after_more_attempts, container_usage, helm,
-    is_ready,
+    BUSYBOX, OPERATOR_IMAGE, TRACK, admission_load, after_more_attempts, container_usage, is_ready,
     is_running, jwt_claims, pods_when,
 };
 use common::{client, cluster_env, ensure_crd, eventually, kubectl, random_suffix};
 
 const RELEASE: &str = "mlflow-operator";
 const RELEASE_NS: &str = "mlflow-operator";
-const SELECTOR: &str = "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
+const SELECTOR: &str =
+    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT_ID: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01";
 const MINUTE: Duration = Duration::from_secs(60);
@@ -46,9 +47,18 @@ impl Drop for Cleanup {
         let run = |args: &[&str], bin: &str| {
             let _ = std::process::Command::new(bin).args(args).output();
         };
-        run(&["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"], "helm");
-        run(&["delete", "namespace", &self.team_ns, "--wait=false"], "kubectl");
-        run(&["delete", "namespace", RELEASE_NS, "--wait=false"], "kubectl");
+        run(
+            &["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"],
+            "helm",
+        );
+        run(
+            &["delete", "namespace", &self.team_ns, "--wait=false"],
+            "kubectl",
+        );
+        run(
+            &["delete", "namespace", RELEASE_NS, "--wait=false"],
+            "kubectl",
+        );
     }
 }
 
@@ -103,9 +113,18 @@ fn install_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 async fn prepare_namespaces(client: &Client, team: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // A previous run's namespace may still be terminating.
-    eventually("the previous release namespace to be gone", 2 * MINUTE, || async {
-        namespaces.get_opt(RELEASE_NS).await.ok()?.is_none().then_some(())
-    })
+    eventually(
+        "the previous release namespace to be gone",
+        2 * MINUTE,
+        || async {
+            namespaces
+                .get_opt(RELEASE_NS)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     for (name, labels) in [
         (
@@ -118,7 +137,9 @@ async fn prepare_namespaces(client: &Client, team: &str) {
         namespaces
             .create(&PostParams::default(), &ns.unwrap())
             .await
-            .unwrap_or_else(|e| panic!("create namespace {name}: {e} (a leftover release? run tests/cluster/down)"));
+            .unwrap_or_else(|e| {
+                panic!("create namespace {name}: {e} (a leftover release? run tests/cluster/down)")
+            });
     }
     let manifest = format!(
         r#"
@@ -150,9 +171,13 @@ metadata:
 /// system, admitted in a namespace that enforces PSS restricted.
 async fn operators_ready(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    let ready = pods_when(&pods, SELECTOR, "two Ready operator pods", 3 * MINUTE, |ps| {
-        ps.len() == 2 && ps.iter().all(|p| is_running(p) && is_ready(p))
-    })
+    let ready = pods_when(
+        &pods,
+        SELECTOR,
+        "two Ready operator pods",
+        3 * MINUTE,
+        |ps| ps.len() == 2 && ps.iter().all(|p| is_running(p) && is_ready(p)),
+    )
     .await;
     for pod in &ready {
         let spec = pod.spec.as_ref().unwrap();
@@ -162,7 +187,13 @@ async fn operators_ready(client: &Client) -> Vec<Pod> {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        let restarts = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+        let restarts = &pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0];
         assert_eq!(restarts.restart_count, 0, "{:?}", restarts.last_state);
     }
     let ns: Api<Namespace> = Api::all(client.clone());
@@ -187,17 +218,21 @@ async fn webhook_answers(client: &Client, team: &str) -> String {
         dry_run: true,
         ..Default::default()
     };
-    eventually("the webhook to inject a dry-run pod", 2 * MINUTE, || async {
-        match pods.create(&dry, &pod).await {
-            Ok(p) => {
-                let env = p.spec?.containers[0].env.clone()?;
-                env.iter()
-                    .find(|e| e.name == "MLFLOW_TRACKING_URI")
-                    .map(|e| format!("injected {}", e.value.clone().unwrap_or_default()))
+    eventually(
+        "the webhook to inject a dry-run pod",
+        2 * MINUTE,
+        || async {
+            match pods.create(&dry, &pod).await {
+                Ok(p) => {
+                    let env = p.spec?.containers[0].env.clone()?;
+                    env.iter()
+                        .find(|e| e.name == "MLFLOW_TRACKING_URI")
+                        .map(|e| format!("injected {}", e.value.clone().unwrap_or_default()))
+                }
+                Err(_) => None,
             }
-            Err(_) => None,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -205,19 +240,32 @@ async fn webhook_answers(client: &Client, team: &str) -> String {
 /// (its Lease is held by one of its pods), and the API server reaches the webhook through the
 /// chart's Service with the self-managed CA in the caBundle.
 async fn operators_use_the_cluster_from_inside(client: &Client, pods: &[Pod]) {
-    let names: Vec<String> = pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
     let holder = lease_holder(client).await;
-    assert!(names.contains(&holder), "Lease holder {holder} is not one of {names:?}");
+    assert!(
+        names.contains(&holder),
+        "Lease holder {holder} is not one of {names:?}"
+    );
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let mwc = mwcs.get(RELEASE).await.unwrap();
     let hook = &mwc.webhooks.unwrap()[0];
     let cc = &hook.client_config;
-    assert!(cc.url.is_none(), "no webhook.url override: the Service is used");
+    assert!(
+        cc.url.is_none(),
+        "no webhook.url override: the Service is used"
+    );
     assert_eq!(cc.service.as_ref().unwrap().name, "mlflow-operator-webhook");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), RELEASE_NS);
     let secret = secrets.get("mlflow-operator-webhook-cert").await.unwrap();
     let ca = &secret.data.unwrap()["ca.crt"];
-    assert_eq!(cc.ca_bundle.as_ref(), Some(ca), "caBundle = the generated CA");
+    assert_eq!(
+        cc.ca_bundle.as_ref(),
+        Some(ca),
+        "caBundle = the generated CA"
+    );
     for p in pods {
         for e in p.spec.as_ref().unwrap().containers[0].env.iter().flatten() {
             assert_ne!(e.name, "KUBECONFIG", "in-cluster config only");
@@ -278,9 +326,13 @@ spec:
     );
     kubectl(&["apply", "-f", "-"], &manifest).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), team);
-    let pod = pods_when(&pods, "app=train", "the training pod Running", 2 * MINUTE, |ps| {
-        ps.len() == 1 && is_running(&ps[0])
-    })
+    let pod = pods_when(
+        &pods,
+        "app=train",
+        "the training pod Running",
+        2 * MINUTE,
+        |ps| ps.len() == 1 && is_running(&ps[0]),
+    )
     .await
     .remove(0);
     let name = pod.metadata.name.clone().unwrap();
@@ -295,7 +347,10 @@ spec:
             .unwrap_or_else(|| panic!("{k} not in the container's environment:\n{log}"))
             .to_string()
     };
-    assert_eq!(env("MLFLOW_TRACKING_URI"), "http://mlflow.example.invalid:5000");
+    assert_eq!(
+        env("MLFLOW_TRACKING_URI"),
+        "http://mlflow.example.invalid:5000"
+    );
     assert_eq!(env("MLFLOW_EXPERIMENT_NAME"), "fraud-detection");
     assert_eq!(env("AZURE_CLIENT_ID"), CLIENT_ID);
     assert_eq!(env("AZURE_TENANT_ID"), TENANT);
@@ -306,15 +361,30 @@ spec:
     let token = env("TOKEN");
     let claims = jwt_claims(&token);
     assert_eq!(claims["aud"], json!(["api://AzureADTokenExchange"]));
-    assert_eq!(claims["sub"], format!("system:serviceaccount:{team}:trainer"));
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{team}:trainer")
+    );
     assert_eq!(claims["iss"], cluster_env("CLUSTER_SA_ISSUER"));
     assert_eq!(claims["kubernetes.io"]["pod"]["name"], name);
     let exec = kubectl(
-        &["exec", "-n", team, &name, "--", "cat", &env("AZURE_FEDERATED_TOKEN_FILE")],
+        &[
+            "exec",
+            "-n",
+            team,
+            &name,
+            "--",
+            "cat",
+            &env("AZURE_FEDERATED_TOKEN_FILE"),
+        ],
         "",
     )
     .await;
-    assert_eq!(exec.trim(), token.trim(), "kubectl exec reads the same token");
+    assert_eq!(
+        exec.trim(),
+        token.trim(),
+        "kubectl exec reads the same token"
+    );
 }
 
 /// With labelled pods created continuously, the Lease holder's pod is deleted: no pod is
@@ -326,15 +396,26 @@ async fn failover_admits_no_pod_without_injection(client: &Client, team: &str) {
     after_more_attempts(&tally, 20, MINUTE).await;
     let leader = lease_holder(client).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    pods.delete(&leader, &DeleteParams::default()).await.unwrap();
+    pods.delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap();
     let new_leader = eventually("the Lease to move", MINUTE, || async {
         let h = lease_holder(client).await;
         (h != leader).then_some(h)
     })
     .await;
-    pods_when(&pods, SELECTOR, "two Ready replicas again", 2 * MINUTE, |ps| {
-        ps.len() == 2 && ps.iter().all(|p| is_ready(p) && p.metadata.name.as_deref() != Some(&leader))
-    })
+    pods_when(
+        &pods,
+        SELECTOR,
+        "two Ready replicas again",
+        2 * MINUTE,
+        |ps| {
+            ps.len() == 2
+                && ps
+                    .iter()
+                    .all(|p| is_ready(p) && p.metadata.name.as_deref() != Some(&leader))
+        },
+    )
     .await;
     after_more_attempts(&tally, 20, MINUTE).await;
     stop_tx.send(true).unwrap();
@@ -346,11 +427,20 @@ async fn failover_admits_no_pod_without_injection(client: &Client, team: &str) {
         tally.refused.load(std::sync::atomic::Ordering::SeqCst),
         tally.not_injected.load(std::sync::atomic::Ordering::SeqCst)
     );
-    assert_eq!(tally.not_injected.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        tally.not_injected.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     assert!(
         tally.injected.load(std::sync::atomic::Ordering::SeqCst) >= 40,
         "the webhook must keep injecting through the failover; errors: {:#?}",
-        tally.errors.lock().unwrap().iter().take(3).collect::<Vec<_>>()
+        tally
+            .errors
+            .lock()
+            .unwrap()
+            .iter()
+            .take(3)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -396,8 +486,14 @@ async fn upgrade_rolls_with_zero_failed_admissions(client: &Client, team: &str) 
         tally.injected.load(std::sync::atomic::Ordering::SeqCst),
         errors.len()
     );
-    assert_eq!(tally.not_injected.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert!(errors.is_empty(), "admissions failed during the upgrade: {errors:#?}");
+    assert_eq!(
+        tally.not_injected.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(
+        errors.is_empty(),
+        "admissions failed during the upgrade: {errors:#?}"
+    );
 }
 
 /// `helm uninstall` removes every object of the release, including what the operator made at
@@ -405,32 +501,53 @@ async fn upgrade_rolls_with_zero_failed_admissions(client: &Client, team: &str) 
 async fn uninstall_leaves_only_the_crd(client: &Client) {
     helm(&["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"]).await;
     let ns = RELEASE_NS;
-    eventually("every object of the release to be gone", 2 * MINUTE, || async {
-        let left = [
-            names(Api::<Deployment>::namespaced(client.clone(), ns)).await,
-            names(Api::<Pod>::namespaced(client.clone(), ns)).await,
-            names(Api::<Service>::namespaced(client.clone(), ns)).await,
-            names(Api::<Secret>::namespaced(client.clone(), ns)).await,
-            names(Api::<Lease>::namespaced(client.clone(), ns)).await,
-            names(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)).await,
-            names(Api::<Role>::namespaced(client.clone(), ns)).await,
-            names(Api::<RoleBinding>::namespaced(client.clone(), ns)).await,
-            names(Api::<ServiceAccount>::namespaced(client.clone(), ns))
-                .await
-                .into_iter()
-                .filter(|n| n != "default")
-                .collect(),
-            names(Api::<ClusterRole>::all(client.clone())).await.into_iter().filter(|n| n == RELEASE).collect(),
-            names(Api::<ClusterRoleBinding>::all(client.clone())).await.into_iter().filter(|n| n == RELEASE).collect(),
-            names(Api::<MutatingWebhookConfiguration>::all(client.clone())).await.into_iter().filter(|n| n == RELEASE).collect(),
-        ]
-        .concat();
-        left.is_empty().then_some(())
-    })
+    eventually(
+        "every object of the release to be gone",
+        2 * MINUTE,
+        || async {
+            let left = [
+                names(Api::<Deployment>::namespaced(client.clone(), ns)).await,
+                names(Api::<Pod>::namespaced(client.clone(), ns)).await,
+                names(Api::<Service>::namespaced(client.clone(), ns)).await,
+                names(Api::<Secret>::namespaced(client.clone(), ns)).await,
+                names(Api::<Lease>::namespaced(client.clone(), ns)).await,
+                names(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)).await,
+                names(Api::<Role>::namespaced(client.clone(), ns)).await,
+                names(Api::<RoleBinding>::namespaced(client.clone(), ns)).await,
+                names(Api::<ServiceAccount>::namespaced(client.clone(), ns))
+                    .await
+                    .into_iter()
+                    .filter(|n| n != "default")
+                    .collect(),
+                names(Api::<ClusterRole>::all(client.clone()))
+                    .await
+                    .into_iter()
+                    .filter(|n| n == RELEASE)
+                    .collect(),
+                names(Api::<ClusterRoleBinding>::all(client.clone()))
+                    .await
+                    .into_iter()
+                    .filter(|n| n == RELEASE)
+                    .collect(),
+                names(Api::<MutatingWebhookConfiguration>::all(client.clone()))
+                    .await
+                    .into_iter()
+                    .filter(|n| n == RELEASE)
+                    .collect(),
+            ]
+            .concat();
+            left.is_empty().then_some(())
+        },
+    )
     .await;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    assert!(crds.get_opt("mlflowworkspacebindings.mlflow-operator.io").await.unwrap().is_some());
+    assert!(
+        crds.get_opt("mlflowworkspacebindings.mlflow-operator.io")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn names<K>(api: Api<K>) -> Vec<String>
@@ -439,6 +556,11 @@ where
 {
     api.list(&Default::default())
         .await
-        .map(|l| l.items.iter().filter_map(|o| o.meta().name.clone()).collect())
+        .map(|l| {
+            l.items
+                .iter()
+                .filter_map(|o| o.meta().name.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }

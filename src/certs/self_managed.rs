@@ -10,6 +10,7 @@ use base64::Engine;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
@@ -31,6 +32,8 @@ pub struct Config {
     /// Re-issue when less than this many days of validity remain.
     pub renew_days: i64,
     pub check_every: Duration,
+    /// Owner of the Secret (the operator's ServiceAccount), so it goes with the release.
+    pub owner: Option<OwnerReference>,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             leaf_days: 365,
             renew_days: 120,
             check_every: Duration::from_secs(300),
+            owner: None,
         }
     }
 }
@@ -101,6 +105,7 @@ fn to_secret(cfg: &Config, p: &Pems) -> Secret {
     s.metadata.name = Some(cfg.secret.clone());
     s.metadata.namespace = Some(cfg.namespace.clone());
     s.metadata.annotations = Some([(NOT_AFTER.to_string(), p.not_after.to_string())].into());
+    s.metadata.owner_references = cfg.owner.clone().map(|o| vec![o]);
     s.metadata.labels = Some(
         [(
             "app.kubernetes.io/managed-by".to_string(),

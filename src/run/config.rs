@@ -27,6 +27,8 @@ pub struct Settings {
     pub webhook: Option<WebhookSettings>,
     /// None with --no-controller.
     pub controller: Option<controller::Config>,
+    /// The operator's ServiceAccount, owner of what it creates (--service-account).
+    pub service_account: Option<String>,
 }
 
 pub struct WebhookSettings {
@@ -72,6 +74,7 @@ impl Settings {
             identity,
             webhook,
             controller,
+            service_account: args.service_account.clone().filter(|s| !s.is_empty()),
         })
     }
 }
@@ -142,6 +145,7 @@ fn controller(
             env: AzureEnv::from_vars(var),
             retry: RetryPolicy::default(),
         },
+        lease_owner: None,
     })
 }
 

@@ -1,8 +1,7 @@
 //! Helpers for tests on the real node (`tests/cluster/up` starts a kubelet, containerd and
-//! kube-proxy beside the plane): the real `helm`, pods' logs and readiness, the admission load
+//! kube-proxy beside the plane): pods' readiness, the admission load
 //! that counts every labelled pod, and reading a projected ServiceAccount token.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,30 +12,12 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mlflow-operator");
 pub const TRACK: &str = "mlflow-operator.io/track";
 /// The image `tests/cluster/images/build operator` builds from the Dockerfile and
 /// `tests/cluster/images/load` imports: the chart's default repository and tag.
 pub const OPERATOR_IMAGE: &str = concat!("mlflow-operator:", env!("CARGO_PKG_VERSION"));
 /// A small image with a shell, made from Debian's busybox-static (`images/build busybox`).
 pub const BUSYBOX: &str = "busybox:1.35";
-
-/// Runs the real `helm`; fails loudly on error and returns stdout.
-pub async fn helm(args: &[&str]) -> String {
-    let out = tokio::process::Command::new("helm")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run helm ({e}): tests/cluster/up puts it on PATH"));
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -70,7 +51,11 @@ pub async fn pods_when(
 /// The claims of a JWT (its middle part), without verifying it: the test only reads what the
 /// kubelet put in the file.
 pub fn jwt_claims(token: &str) -> Value {
-    let payload = token.trim().split('.').nth(1).expect("a JWT has three parts");
+    let payload = token
+        .trim()
+        .split('.')
+        .nth(1)
+        .expect("a JWT has three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .expect("base64url claims");
@@ -161,7 +146,11 @@ pub async fn after_more_attempts(tally: &Tally, more: usize, timeout: Duration) 
 /// Memory and CPU of a running container, read from its cgroup (cgroup v1, as on this machine)
 /// and its process: (working set bytes, RSS bytes, CPU seconds used so far).
 pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
-    let id = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).unwrap()[0]
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .unwrap()[0]
         .container_id
         .clone()
         .unwrap();
@@ -173,20 +162,34 @@ pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
     };
     let mem = find("memory");
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
-    let usage: u64 = read(mem.join("memory.usage_in_bytes")).trim().parse().unwrap();
+    let usage: u64 = read(mem.join("memory.usage_in_bytes"))
+        .trim()
+        .parse()
+        .unwrap();
     let stat = read(mem.join("memory.stat"));
     let inactive: u64 = stat
         .lines()
         .find_map(|l| l.strip_prefix("total_inactive_file "))
         .map_or(0, |v| v.trim().parse().unwrap());
-    let pid = read(mem.join("cgroup.procs")).lines().next().unwrap().to_string();
+    let pid = read(mem.join("cgroup.procs"))
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let rss_kb: u64 = read(std::path::PathBuf::from(format!("/proc/{pid}/status")))
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
         .unwrap();
-    let cpu_ns: u64 = read(find("cpuacct").join("cpuacct.usage")).trim().parse().unwrap();
-    (usage.saturating_sub(inactive), rss_kb * 1024, cpu_ns as f64 / 1e9)
+    let cpu_ns: u64 = read(find("cpuacct").join("cpuacct.usage"))
+        .trim()
+        .parse()
+        .unwrap();
+    (
+        usage.saturating_sub(inactive),
+        rss_kb * 1024,
+        cpu_ns as f64 / 1e9,
+    )
 }
 
 fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
