@@ -16,6 +16,9 @@ NODE_IP=10.250.0.1          # on bridge node0: the node's InternalIP, the apiser
 NODE_CIDR=10.250.0.1/24
 POD_CIDR=10.244.0.0/24      # bridge cni0, gateway 10.244.0.1
 SERVICE_CIDR=10.0.0.0/24    # the kubernetes Service is 10.0.0.1
+# Addresses for tests' stand-ins of outside hosts (fake Azure endpoints, IMDS), on node0: pods
+# reach them through their gateway; names map to them in STATE/node/hosts (served by CoreDNS).
+TEST_HOST_IPS="10.250.0.10 10.250.0.11 10.250.0.12 10.250.0.13 10.250.0.14 10.250.0.15 169.254.169.254"
 NODE_NAME=mlflow-operator-node
 # Fixed ports: the namespace is ours alone.
 API_PORT=6443 ETCD_PORT=2379 PEER_PORT=2380 KCM_PORT=10257 SCHED_PORT=10259 KUBELET_PORT=10250
