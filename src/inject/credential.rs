@@ -111,7 +111,8 @@ mod tests {
         let wi = Some(json!({"workloadIdentity": {"clientId": "c"}}));
         let container = |env: Value| json!({"name": "train", "image": "i", "env": env});
         // (case, binding identity, desired, pod labels/annotations, containers, refused)
-        let cases: Vec<(&str, Option<Value>, Desired, Value, Vec<Value>, bool)> = vec![
+        type Case = (&'static str, Option<Value>, Desired, Value, Vec<Value>, bool);
+        let cases: Vec<Case> = vec![
             (
                 "no credential anywhere",
                 None,
