@@ -111,7 +111,14 @@ mod tests {
         let wi = Some(json!({"workloadIdentity": {"clientId": "c"}}));
         let container = |env: Value| json!({"name": "train", "image": "i", "env": env});
         // (case, binding identity, desired, pod labels/annotations, containers, refused)
-        type Case = (&'static str, Option<Value>, Desired, Value, Vec<Value>, bool);
+        type Case = (
+            &'static str,
+            Option<Value>,
+            Desired,
+            Value,
+            Vec<Value>,
+            bool,
+        );
         let cases: Vec<Case> = vec![
             (
                 "no credential anywhere",
