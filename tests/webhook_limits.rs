@@ -258,3 +258,58 @@ async fn shutdown_drains_a_review_in_flight_and_accepts_no_more() {
         .unwrap()
         .unwrap();
 }
+
+/// The API server speaks HTTP/1.1 to webhooks and keeps idle connections in a pool: one closed
+/// under it at shutdown could fail a pod's admission. While draining, a pooled connection's next
+/// request is still answered, with `Connection: close`.
+#[tokio::test]
+async fn a_kept_alive_connection_is_answered_during_the_drain_and_told_to_close() {
+    use http_body_util::{BodyExt, Full};
+    let mut s = serve(short_limits()).await;
+    let tls = connect(&s).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        http::Request::post("/mutate")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from_static(REVIEW.as_bytes())))
+            .unwrap()
+    };
+    let first = sender.send_request(request()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers().get("connection").is_none(),
+        "kept alive before shutdown"
+    );
+    first.into_body().collect().await.unwrap();
+
+    s.stop.take().unwrap().send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = sender
+        .send_request(request())
+        .await
+        .expect("the pooled connection still answers");
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        second
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    tokio::time::timeout(Duration::from_secs(10), s.done)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +40,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_streams: u32,
-    /// At shutdown, how long in-flight reviews may finish before connections are cut.
+    /// At shutdown, how long connections may go on: each request still gets its answer, with
+    /// `Connection: close`, so the API server opens its next connection to another replica.
     pub drain: Duration,
 }
 
@@ -52,7 +54,7 @@ impl Default for Limits {
             request: Duration::from_secs(30),
             max_connections: 1024,
             h2_max_streams: 128,
-            drain: Duration::from_secs(4),
+            drain: Duration::from_secs(3),
         }
     }
 }
@@ -73,8 +75,10 @@ pub async fn serve(
     serve_with(listener, webhook, certs, Limits::default(), shutdown).await
 }
 
-/// [`serve`] within `limits`. At shutdown it stops accepting, tells every connection to finish
-/// (HTTP/2 GOAWAY, HTTP/1 no keep-alive), and waits up to `limits.drain` for in-flight reviews.
+/// [`serve`] within `limits`. At shutdown it stops accepting and drains: for `limits.drain`
+/// every answer closes its HTTP/1 connection after it (the API server speaks HTTP/1.1 to
+/// webhooks, and a pooled connection closed under it while idle may fail a request), then what
+/// is still open is told to finish (HTTP/2 GOAWAY, idle HTTP/1 closed) and given one second.
 pub async fn serve_with(
     listener: TcpListener,
     webhook: Arc<Webhook>,
@@ -86,6 +90,7 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let limits = Arc::new(limits);
+    let draining = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -108,6 +113,7 @@ pub async fn serve_with(
             webhook: webhook.clone(),
             limits: limits.clone(),
             watcher: graceful.watcher(),
+            draining: draining.clone(),
         };
         tokio::spawn(async move {
             conn.serve(stream, peer).await;
@@ -115,11 +121,23 @@ pub async fn serve_with(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
+    draining.store(true, Ordering::Relaxed);
+    // Every connection holds a slot: all slots free means every connection has closed.
+    let all_closed = slots.acquire_many(limits.max_connections as u32);
+    if tokio::time::timeout(limits.drain, all_closed)
         .await
         .is_err()
     {
-        tracing::warn!(drain = ?limits.drain, "connections still open after the drain period: cut");
+        tracing::info!(
+            open = graceful.count(),
+            "drain period over: closing the remaining connections"
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(1), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain: cut");
     }
 }
 
@@ -129,6 +147,7 @@ struct Conn {
     webhook: Arc<Webhook>,
     limits: Arc<Limits>,
     watcher: Watcher,
+    draining: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -142,14 +161,22 @@ impl Conn {
             }
             Err(_) => return,
         };
-        let (webhook, limits) = (self.webhook, self.limits.clone());
-        let service = hyper::service::service_fn(move |req| {
-            let (webhook, limits) = (webhook.clone(), limits.clone());
+        let (webhook, limits, draining) = (self.webhook, self.limits.clone(), self.draining);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (webhook, limits, draining) = (webhook.clone(), limits.clone(), draining.clone());
             async move {
+                let http1 = req.version() <= http::Version::HTTP_11;
                 let answer = tokio::time::timeout(limits.request, handle(webhook, &limits, req));
-                Ok::<_, Infallible>(answer.await.unwrap_or_else(|_| {
+                let mut response = answer.await.unwrap_or_else(|_| {
                     error(StatusCode::SERVICE_UNAVAILABLE, "the request took too long")
-                }))
+                });
+                if http1 && draining.load(Ordering::Relaxed) {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
             }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
