@@ -188,6 +188,18 @@ async fn rejects_connections_past_the_limit_at_once_and_serves_again_when_they_g
     .await;
 }
 
+/// Waits, with a deadline, until the server no longer accepts connections.
+async fn refused_after_shutdown(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls with a fresh client until one is answered, or fails after a deadline.
 async fn eventually_served(what: &str, s: &Server) {
     let deadline = Instant::now() + Duration::from_secs(10);
