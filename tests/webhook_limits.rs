@@ -190,6 +190,11 @@ async fn rejects_connections_past_the_limit_at_once_and_serves_again_when_they_g
 
 /// Waits, with a deadline, until the server no longer accepts connections.
 async fn refused_after_shutdown(s: &Server) {
+    refused_after_shutdown(&s).await;
+}
+
+/// Waits, with a deadline, until the server no longer accepts connections.
+async fn refused_after_shutdown(s: &Server) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
         .await
@@ -251,14 +256,7 @@ async fn shutdown_drains_a_review_in_flight_and_accepts_no_more() {
     );
     s.stop.take().unwrap().send(()).unwrap();
     // New connections are refused once the listener is gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-        .await
-        .is_ok()
-    {
-        assert!(Instant::now() < deadline, "still accepting after shutdown");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refused_after_shutdown(&s).await;
     tls.write_all(REVIEW.as_bytes()).await.unwrap();
     let text = read_to_close(&mut tls, Duration::from_secs(5)).await;
     assert!(
@@ -300,14 +298,7 @@ async fn a_kept_alive_connection_is_answered_during_the_drain_and_told_to_close(
     first.into_body().collect().await.unwrap();
 
     s.stop.take().unwrap().send(()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-        .await
-        .is_ok()
-    {
-        assert!(Instant::now() < deadline, "still accepting after shutdown");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refused_after_shutdown(&s).await;
     let second = sender
         .send_request(request())
         .await
