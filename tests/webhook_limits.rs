@@ -190,11 +190,6 @@ async fn rejects_connections_past_the_limit_at_once_and_serves_again_when_they_g
 
 /// Waits, with a deadline, until the server no longer accepts connections.
 async fn refused_after_shutdown(s: &Server) {
-    refused_after_shutdown(&s).await;
-}
-
-/// Waits, with a deadline, until the server no longer accepts connections.
-async fn refused_after_shutdown(s: &Server) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
         .await
