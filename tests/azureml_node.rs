@@ -307,7 +307,8 @@ fn managed_identity_logs_through_azure_ml() {
 fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
     case(|sh| async move {
         let ns = team_namespace(sh, "basic").await;
-        let password = format!("pw-{}", random_suffix());
+        // mlflow refuses admin passwords of 12 characters or fewer.
+        let password = format!("trainer-password-{}", random_suffix());
         create_secret(
             sh,
             &ns,
@@ -1031,15 +1032,36 @@ impl Rest {
 /// the Host header clients use.
 async fn server_rest(sh: &Shared, ns: &str, auth: Option<(&str, &str)>) -> Rest {
     let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
-    let pod = pods_when(
-        &pods,
-        "app=mlflow",
-        &format!("the MLflow server in {ns} Ready"),
-        3 * MINUTE,
-        |ps| ps.len() == 1 && is_ready(&ps[0]),
-    )
-    .await
-    .remove(0);
+    let what = format!("the MLflow server in {ns} Ready");
+    let pod = eventually_ok(&what, 3 * MINUTE, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=mlflow"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = list.items.first().ok_or("no pod yet")?.clone();
+        if list.items.len() == 1 && is_ready(&pod) {
+            return Ok(pod);
+        }
+        // Say why: the server's own log, or its previous container's when it restarted.
+        let name = pod.metadata.name.clone().unwrap();
+        let mut log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if log.trim().is_empty() {
+            let previous = LogParams {
+                previous: true,
+                ..Default::default()
+            };
+            log = pods.logs(&name, &previous).await.unwrap_or_default();
+        }
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(format!(
+            "pod {name} not Ready; its log, last line first:\n{}",
+            tail.join("\n")
+        ))
+    })
+    .await;
     let ip = pod.status.unwrap().pod_ip.unwrap();
     Rest {
         base: format!("http://{ip}:5000"),

@@ -699,9 +699,15 @@ fn verify_certificate_assertion(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
     );
     let sha256 = b64url(&sha2::Sha256::digest(der));
+    // MSAL encodes thumbprints base64url with padding; compare without it.
+    let unpadded = |k: &str| {
+        raw_header[k]
+            .as_str()
+            .map(|t| t.trim_end_matches('=').to_string())
+    };
     let thumbprint_ok = match header.alg {
-        Algorithm::RS256 => raw_header["x5t"] == sha1.as_str(),
-        Algorithm::PS256 => raw_header["x5t#S256"] == sha256.as_str(),
+        Algorithm::RS256 => unpadded("x5t") == Some(sha1),
+        Algorithm::PS256 => unpadded("x5t#S256") == Some(sha256),
         other => return Err(format!("algorithm {other:?} is not accepted")),
     };
     if !thumbprint_ok {
