@@ -10,15 +10,13 @@
 //! server's REST API (run FINISHED, in the expected experiment, with its parameter, metric, tag
 //! and artifact) and through the fakes' logs (whose token was exchanged, which client id).
 //!
-//! The cases share one runtime, one set of fakes and one release; the last case to finish
-//! uninstalls the release and removes the namespaces (a run that filters cases leaves them to
-//! the next run's setup, which removes a leftover release first).
+//! The cases share one runtime, one set of fakes and one release, set up by the first case to
+//! start; when the test process exits the release is uninstalled and the namespaces deleted.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -55,8 +53,6 @@ const RESOURCE_GROUP: &str = "ml-rg";
 const WORKSPACE: &str = "ml-ws";
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// Cases in this file; the last one to finish cleans up.
-const CASES: usize = 7;
 
 /// What every case shares: the fakes, the MLflow server behind the fake front door, the release.
 struct Shared {
@@ -73,51 +69,53 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .unwrap()
 });
 static SHARED: tokio::sync::OnceCell<Shared> = tokio::sync::OnceCell::const_new();
-static FINISHED: AtomicUsize = AtomicUsize::new(0);
 static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Runs one case on the shared runtime; counts it finished (also on panic).
+/// Runs one case on the shared runtime (setting up what the cases share, once).
 fn case<F, Fut>(body: F)
 where
     F: FnOnce(&'static Shared) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let _finished = Finished;
     RUNTIME.block_on(async {
-        let shared = SHARED.get_or_init(setup).await;
+        let shared = SHARED
+            .get_or_init(|| async {
+                // However many cases run, and however they end: clean up when the process exits.
+                // SAFETY: registers a plain `extern "C" fn` with the C library.
+                unsafe { libc::atexit(clean_up_at_exit) };
+                setup().await
+            })
+            .await;
         body(shared).await
     });
 }
 
-struct Finished;
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        if FINISHED.fetch_add(1, Ordering::SeqCst) + 1 < CASES {
-            return;
-        }
-        if let Some(shared) = SHARED.get() {
-            println!("----- fake cloud request log -----");
-            for line in shared.cloud.request_log() {
-                println!("{line}");
-            }
-        }
-        let run = |bin: &str, args: &[&str]| {
-            let _ = std::process::Command::new(bin).args(args).output();
-        };
-        run(
-            "helm",
-            &["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"],
-        );
-        for ns in NAMESPACES.lock().unwrap().iter() {
-            run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
-        }
-        run(
-            "kubectl",
-            &["delete", "namespace", RELEASE_NS, "--wait=false"],
-        );
-        unmap_hosts();
+/// Prints the fakes' request log, uninstalls the release, deletes the namespaces, unmaps the
+/// host names and stops the MLflow server.
+extern "C" fn clean_up_at_exit() {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    println!("----- fake cloud request log -----");
+    for line in shared.cloud.request_log() {
+        println!("{line}");
     }
+    let run = |bin: &str, args: &[&str]| {
+        let _ = std::process::Command::new(bin).args(args).output();
+    };
+    run(
+        "helm",
+        &["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"],
+    );
+    for ns in NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
+    }
+    run(
+        "kubectl",
+        &["delete", "namespace", RELEASE_NS, "--wait=false"],
+    );
+    unmap_hosts();
+    shared.server.kill();
 }
 
 // ---------------------------------------------------------------- the cases

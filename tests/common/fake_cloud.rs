@@ -764,7 +764,7 @@ async fn imds_token(
             "invalid_request",
             "Required metadata header not specified".into(),
         )
-    } else if q.get("api-version").is_none() {
+    } else if !q.contains_key("api-version") {
         exchange.status = 400;
         exchange.error = Some("api-version missing".into());
         refuse(

@@ -162,6 +162,14 @@ impl MlflowServer {
         .await;
     }
 
+    /// Kills the server's process group now (for a server held in a static, which is never
+    /// dropped).
+    pub fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
