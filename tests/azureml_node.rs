@@ -48,6 +48,8 @@ const TEAM_CLIENT: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a02";
 const SP_SECRET_CLIENT: &str = "5b2e8f1a-7c3d-4e9f-8a1b-2c3d4e5f6a03";
 const SP_CERT_CLIENT: &str = "6c3f9a2b-8d4e-4fa0-9b2c-3d4e5f6a7b04";
 const MI_CLIENT: &str = "7d4a0b3c-9e5f-4ab1-8c3d-4e5f6a7b8c05";
+/// A service principal whose Secret in the cluster holds a stale client secret.
+const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
 const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const RESOURCE_GROUP: &str = "ml-rg";
 const WORKSPACE: &str = "ml-ws";
@@ -239,6 +241,7 @@ fn service_principal_with_client_secret_logs_through_azure_ml() {
         let run = trained(sh, &ns, "job-name=train").await;
         Rest::local(&sh.server).assert_run(&run, &experiment).await;
         assert_exchanged(sh, "entra", SP_SECRET_CLIENT, "client_secret", None);
+        assert_msal_discovered_the_tenant(sh);
         assert_front_door_saw(sh, &run, SP_SECRET_CLIENT, "client_secret");
     });
 }
@@ -270,6 +273,7 @@ fn service_principal_with_certificate_logs_through_azure_ml() {
         let run = trained(sh, &ns, "job-name=train").await;
         Rest::local(&sh.server).assert_run(&run, &experiment).await;
         assert_exchanged(sh, "entra", SP_CERT_CLIENT, "certificate", None);
+        assert_msal_discovered_the_tenant(sh);
         assert_front_door_saw(sh, &run, SP_CERT_CLIENT, "certificate");
     });
 }
@@ -467,6 +471,97 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
             TEAM_CLIENT,
             "federated",
             Some(&trainer_subject(&ns)),
+        );
+    });
+}
+
+/// The fake Entra ID checks the federation: a pod whose ServiceAccount the application is not
+/// federated with gets AADSTS70021, its run never starts, and the pod fails (rather than hangs).
+#[test]
+fn rejects_a_service_account_the_application_is_not_federated_with() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "unfederated").await;
+        let other = format!("system:serviceaccount:{ns}:someone-else");
+        sh.cloud
+            .register_app(TENANT, TEAM_CLIENT, Credential::Federated(vec![other]));
+        let experiment = format!("fraud-unfederated-{}", random_suffix());
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            sh,
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let log = failed(sh, &ns, "job-name=train").await;
+        assert!(
+            log.contains("AADSTS70021"),
+            "the pod must fail with Entra ID's refusal:\n{log}"
+        );
+        let subject = trainer_subject(&ns);
+        let exchanges = sh.cloud.exchanges();
+        assert!(
+            exchanges.iter().any(|e| e.client_id == TEAM_CLIENT
+                && e.subject.as_deref() == Some(subject.as_str())
+                && e.status == 401),
+            "Entra ID must have refused {subject}: {exchanges:#?}"
+        );
+        assert!(
+            Rest::local(&sh.server)
+                .experiment_id(&experiment)
+                .await
+                .is_none(),
+            "nothing may reach the workspace without a token"
+        );
+    });
+}
+
+/// The fake Entra ID checks client secrets: a stale one gets AADSTS7000215 and the pod fails.
+#[test]
+fn rejects_a_stale_client_secret() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "stale-secret").await;
+        sh.cloud.register_app(
+            TENANT,
+            SP_STALE_CLIENT,
+            Credential::Secret(format!("current-{}", random_suffix())),
+        );
+        create_secret(sh, &ns, "sp-creds", &[("clientSecret", "rotated-away")]).await;
+        let experiment = format!("fraud-stale-{}", random_suffix());
+        let identity = json!({"servicePrincipal": {
+            "clientId": SP_STALE_CLIENT, "tenantId": TENANT,
+            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
+        }});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            sh,
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let log = failed(sh, &ns, "job-name=train").await;
+        assert!(
+            log.contains("AADSTS7000215"),
+            "the pod must fail with Entra ID's refusal:\n{log}"
+        );
+        let exchanges = sh.cloud.exchanges();
+        assert!(
+            exchanges
+                .iter()
+                .any(|e| e.client_id == SP_STALE_CLIENT && e.status == 401),
+            "Entra ID must have refused {SP_STALE_CLIENT}: {exchanges:#?}"
+        );
+        assert!(
+            Rest::local(&sh.server)
+                .experiment_id(&experiment)
+                .await
+                .is_none()
         );
     });
 }
@@ -869,6 +964,46 @@ async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
     println!("{ns}/{pod}: {result}");
     assert_eq!(result["status"], "FINISHED", "{result}");
     result
+}
+
+/// MSAL (service principals) read the tenant's OpenID configuration before its token request.
+fn assert_msal_discovered_the_tenant(sh: &Shared) {
+    let log = sh.cloud.request_log();
+    let wanted =
+        format!("GET login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration 200");
+    assert!(
+        log.iter().any(|l| *l == wanted),
+        "{wanted} missing from {log:#?}"
+    );
+}
+
+/// Waits for the pod matching `selector` to fail; returns its log.
+async fn failed(sh: &Shared, ns: &str, selector: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
+    let what = format!("a pod matching {selector} in {ns} to fail");
+    eventually_ok(&what, 6 * MINUTE, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = list.items.first().ok_or("no pod yet")?.clone();
+        let name = pod.metadata.name.clone().unwrap();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        match phase.as_str() {
+            "Failed" => Ok(log),
+            "Succeeded" => panic!("pod {name} was expected to fail but succeeded:\n{log}"),
+            _ => Err(format!("pod {name} is {phase}")),
+        }
+    })
+    .await
 }
 
 fn assert_exchanged(sh: &Shared, service: &str, client_id: &str, via: &str, subject: Option<&str>) {
