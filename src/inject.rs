@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding};
 
+mod credential;
 mod identity;
 mod patch;
 mod pod;
@@ -62,6 +63,8 @@ pub enum RefusalReason {
     NotReady,
     /// Workload identity without a client id or tenant id.
     Identity,
+    /// An azureml:// tracking URI and no Azure credential for the pod at all.
+    NoCredential,
     /// The object is not a pod the planner can read.
     InvalidPod,
 }
@@ -74,6 +77,7 @@ impl RefusalReason {
             RefusalReason::MissingBinding => "missing-binding",
             RefusalReason::NotReady => "binding-not-ready",
             RefusalReason::Identity => "identity",
+            RefusalReason::NoCredential => "no-azure-credential",
             RefusalReason::InvalidPod => "invalid-pod",
         }
     }
@@ -140,12 +144,17 @@ pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan 
         service_account: view.service_account,
         default_tenant_id: defaults.tenant_id.as_deref(),
     };
+    let name = binding.metadata.name.clone().unwrap_or_default();
     match values::desired(binding, &pod, &ctx) {
-        Ok(desired) => patch_for(binding, &pod, &desired),
-        Err(message) => {
-            let name = binding.metadata.name.clone().unwrap_or_default();
-            Plan::Refuse(Refusal::new(RefusalReason::Identity, message, Some(name)))
-        }
+        Ok(desired) => match credential::missing(binding, &pod, &desired, ns) {
+            None => patch_for(binding, &pod, &desired),
+            Some(message) => Plan::Refuse(Refusal::new(
+                RefusalReason::NoCredential,
+                message,
+                Some(name),
+            )),
+        },
+        Err(message) => Plan::Refuse(Refusal::new(RefusalReason::Identity, message, Some(name))),
     }
 }
 

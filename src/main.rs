@@ -5,7 +5,10 @@ use mlflow_operator::cli::{Cli, Command};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run(_)) {
+        use std::io::IsTerminal;
+        // Colour codes only on a terminal: pod logs and log files get plain text.
         tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "info,kube_runtime=warn".into()),

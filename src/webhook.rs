@@ -29,7 +29,7 @@ pub use answer::{Answer, error_response, outcome_label, review_response};
 pub use caches::Caches;
 pub use events::RefusalEvents;
 pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};
-pub use server::{MAX_BODY, bind, serve};
+pub use server::{Limits, MAX_BODY, bind, serve, serve_with};
 pub use service_accounts::ServiceAccounts;
 
 use crate::binding::MlflowWorkspaceBinding;

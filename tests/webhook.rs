@@ -641,3 +641,25 @@ async fn a_service_account_missing_from_the_cache_is_read_once_from_the_api_serv
     })
     .await;
 }
+
+#[tokio::test]
+async fn rejects_an_azureml_pod_without_any_credential_and_accepts_it_once_identity_is_set() {
+    with_webhook("wh-nocred", async |client, wh| {
+        let ns = &wh.namespace;
+        let azureml = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws";
+        ready_binding(client, ns, "b", json!({"trackingUri": azureml}), azureml).await;
+        wh.wait_binding_ready("b").await;
+        // No identity anywhere: the Azure ML client would sit in a device-code login for 15 minutes.
+        let err = create(client, ns, &pod("stuck", tracked(), json!({}), one_container())).await.unwrap_err();
+        let msg = refusal_message(err);
+        assert!(msg.contains("no Azure identity") && msg.contains("spec.identity"), "{msg}");
+        assert!(msg.contains("container \"train\""), "{msg}");
+        // A container that brings its own credential is admitted, with the cloud of the URI.
+        let own = json!({"containers": [{"name": "train", "image": "x", "env": [
+            {"name": "AZURE_CLIENT_SECRET", "valueFrom": {"secretKeyRef": {"name": "sp", "key": "secret"}}}]}]});
+        let p = create(client, ns, &pod("own", tracked(), json!({}), own)).await.unwrap();
+        assert_eq!(env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(), Some(azureml));
+        assert_eq!(env_value(&p, "train", "AZUREML_CURRENT_CLOUD").as_deref(), Some("AzureCloud"));
+    })
+    .await;
+}

@@ -10,6 +10,7 @@ use super::values::{Desired, env_name};
 use crate::binding::{INJECTED_ANNOTATION, SKIP_CONTAINERS_ANNOTATION};
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
 
 /// A pointer from unescaped tokens; RFC 6901 escaping (`~` -> `~0`, `/` -> `~1`) happens on output.
 pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
@@ -98,6 +99,21 @@ pub(crate) fn self_configured(existing: &[Value], ours: Option<&Value>) -> bool 
         .is_some_and(|e| Some(e) != ours)
 }
 
+/// AZUREML_CURRENT_CLOUD for a container whose own MLFLOW_TRACKING_URI value is azureml://.
+pub(crate) fn own_azureml_cloud(existing: &[Value]) -> Option<Value> {
+    let uri = existing
+        .iter()
+        .find(|e| env_name(e) == Some(TRACKING_URI))?
+        .get("value")?
+        .as_str()
+        .filter(|u| super::credential::is_azureml(u))?;
+    let cloud = super::values::cloud_from_azureml_uri(uri);
+    Some(super::values::env_value(
+        CURRENT_CLOUD,
+        cloud.azureml_current_cloud(),
+    ))
+}
+
 /// The patch operations and warnings for one injected container.
 pub(crate) fn merge_container(
     c: &ContainerView<'_>,
@@ -113,10 +129,14 @@ pub(crate) fn merge_container(
             c.name
         ));
     }
+    // A self-configured container's own azureml:// URI decides its cloud, not the binding's.
+    let own_cloud = self_conf.then(|| own_azureml_cloud(existing_env)).flatten();
     let wanted = d
         .env
         .iter()
-        .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))));
+        .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))))
+        .filter(|e| own_cloud.is_none() || env_name(e) != Some(CURRENT_CLOUD))
+        .chain(own_cloud.iter());
     let env = add_if_absent(&ENV, existing_env, wanted);
     for name in &env.conflicts {
         warnings.push(format!(
@@ -319,6 +339,37 @@ mod tests {
             let added: Vec<Value> = added.into_iter().cloned().collect();
             assert_eq!(m.add, added, "{existing:?}");
             assert_eq!(m.conflicts, conflicts, "{existing:?}");
+        }
+    }
+
+    #[test]
+    fn a_self_configured_containers_own_azureml_uri_decides_its_cloud() {
+        let uri = |v: Value| json!([{"name": "MLFLOW_TRACKING_URI", "value": v}]);
+        for (case, env, want) in [
+            (
+                "china",
+                uri(json!("azureml://chinaeast2.api.ml.azure.cn/mlflow/v1.0/x")),
+                Some("AzureChinaCloud"),
+            ),
+            (
+                "public",
+                uri(json!("azureml://westeurope.api.azureml.ms/mlflow/v1.0/x")),
+                Some("AzureCloud"),
+            ),
+            ("http", uri(json!("http://mlflow:5000")), None),
+            (
+                "from a Secret",
+                json!([{"name": "MLFLOW_TRACKING_URI", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+                None,
+            ),
+            ("unset", json!([]), None),
+        ] {
+            let got = own_azureml_cloud(env.as_array().unwrap());
+            let value = got
+                .as_ref()
+                .and_then(|v| v.get("value"))
+                .and_then(Value::as_str);
+            assert_eq!(value, want, "{case}");
         }
     }
 

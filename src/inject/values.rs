@@ -71,20 +71,23 @@ pub(crate) fn cloud_from_azureml_uri(uri: &str) -> AzureCloud {
     }
 }
 
-/// The Azure cloud of a binding: the azureML workspace's, or inferred from an `azureml://`
-/// trackingUri; None for other MLflow servers.
+/// The Azure cloud of a binding: the azureML workspace's, else that of the first `azureml://`
+/// URI it gives pods (tracking, then registry); None for other MLflow servers.
 pub(crate) fn binding_cloud(b: &MlflowWorkspaceBinding) -> Option<AzureCloud> {
     if let Some(ws) = &b.spec.azure_ml {
         return Some(ws.cloud);
     }
-    b.spec
-        .tracking_uri
-        .as_deref()
-        .filter(|u| {
-            u.get(..10)
-                .is_some_and(|p| p.eq_ignore_ascii_case("azureml://"))
-        })
-        .map(cloud_from_azureml_uri)
+    let status = b.status.as_ref();
+    [
+        status.and_then(|s| s.tracking_uri.as_deref()),
+        b.spec.tracking_uri.as_deref(),
+        b.spec.registry_uri.as_deref(),
+        status.and_then(|s| s.registry_uri.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|u| super::credential::is_azureml(u))
+    .map(cloud_from_azureml_uri)
 }
 
 /// The MLflow experiment: the pod annotation (non-empty), else the binding's.
@@ -171,6 +174,55 @@ fn mlflow(d: &mut Desired, b: &MlflowWorkspaceBinding, pod: &PodView<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_cloud_follows_every_azureml_uri_it_gives_pods() {
+        let binding =
+            |spec: serde_json::Value, status: serde_json::Value| -> MlflowWorkspaceBinding {
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+                    "metadata": {"name": "b"}, "spec": spec, "status": status
+                }))
+                .unwrap()
+            };
+        let cn = "azureml://chinaeast2.api.ml.azure.cn/mlflow/v1.0/x";
+        let ws = serde_json::json!({"subscriptionId": "00000000-0000-0000-0000-000000000000",
+            "resourceGroup": "rg", "workspaceName": "ws", "cloud": "AzureUSGovernment"});
+        for (case, spec, status, want) in [
+            (
+                "azureML: the workspace's cloud",
+                serde_json::json!({"azureML": ws}),
+                serde_json::json!({"trackingUri": cn}),
+                Some(AzureCloud::AzureUSGovernment),
+            ),
+            (
+                "azureml:// trackingUri",
+                serde_json::json!({"trackingUri": cn}),
+                serde_json::json!({}),
+                Some(AzureCloud::AzureChinaCloud),
+            ),
+            (
+                "http tracking, azureml:// registry",
+                serde_json::json!({"trackingUri": "http://m:5000", "registryUri": cn}),
+                serde_json::json!({}),
+                Some(AzureCloud::AzureChinaCloud),
+            ),
+            (
+                "the resolved URI in status",
+                serde_json::json!({"trackingUri": "http://m:5000"}),
+                serde_json::json!({"trackingUri": cn}),
+                Some(AzureCloud::AzureChinaCloud),
+            ),
+            (
+                "no azureml:// at all",
+                serde_json::json!({"trackingUri": "databricks"}),
+                serde_json::json!({}),
+                None,
+            ),
+        ] {
+            assert_eq!(binding_cloud(&binding(spec, status)), want, "{case}");
+        }
+    }
 
     #[test]
     fn cloud_inferred_from_azureml_host() {

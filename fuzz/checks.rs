@@ -1,0 +1,61 @@
+//! What the fuzz targets check, shared with `tests/fuzz_corpus.rs`, which replays the committed
+//! corpus on stable Rust so the targets cannot rot: whatever the input, no panic, and every
+//! patch the planner makes applies to the object it was made for.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::cli::inject::{Offline, load_binding};
+use mlflow_operator::inject::{Defaults, NamespaceView, Plan, plan};
+use serde_json::json;
+
+fn binding() -> MlflowWorkspaceBinding {
+    load_binding(
+        r#"{"apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": "fraud", "namespace": "team-a", "generation": 2},
+            "spec": {"trackingUri": "azureml://westeurope.api.azureml.ms/mlflow/v1.0/x",
+                     "experimentName": "fraud", "auth": {"secretName": "creds"},
+                     "identity": {"workloadIdentity": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}}}}"#,
+    )
+    .expect("the fuzz binding loads")
+}
+
+fn service_account() -> ServiceAccount {
+    serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": "team-a",
+        "annotations": {"azure.workload.identity/client-id": "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01"}}}))
+    .unwrap()
+}
+
+/// AdmissionReview bytes through the webhook's decoding and the planner.
+pub fn admission_review(data: &[u8]) {
+    let Ok(req) = mlflow_operator::webhook::parse_review(data) else {
+        return;
+    };
+    let (b, sa) = (binding(), service_account());
+    let view = NamespaceView {
+        namespace: &req.namespace,
+        bindings: vec![&b],
+        service_account: Some(&sa),
+    };
+    if let Plan::Inject { patch, .. } = plan(&req.object, &view, &Defaults::default()) {
+        let mut object = req.object.clone();
+        json_patch::patch(&mut object, &patch).expect("a planned patch applies to its pod");
+        // Reinvocation: planning the patched pod again changes nothing more.
+        if let Plan::Inject { patch, .. } = plan(&object, &view, &Defaults::default()) {
+            assert!(patch.0.is_empty(), "a second plan is empty, got {patch:?}");
+        }
+    }
+}
+
+/// Text through `mlflow-operator inject`'s multi-document YAML path.
+pub fn inject_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (b, sa) = (binding(), service_account());
+    let offline = Offline {
+        binding: &b,
+        service_account: Some(&sa),
+        defaults: &Defaults::default(),
+    };
+    let _ = offline.documents(text);
+}
