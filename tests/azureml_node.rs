@@ -105,19 +105,31 @@ extern "C" fn clean_up_at_exit() {
     let run = |bin: &str, args: &[&str]| {
         let _ = std::process::Command::new(bin).args(args).output();
     };
+    shared.server.kill();
+    unmap_hosts();
+    // Waits, so the next test binary finds neither the release nor a terminating namespace.
     run(
         "helm",
-        &["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"],
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            RELEASE_NS,
+            "--wait",
+            "--timeout=2m",
+        ],
     );
-    for ns in NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
-    }
-    run(
-        "kubectl",
-        &["delete", "namespace", RELEASE_NS, "--wait=false"],
-    );
-    unmap_hosts();
-    shared.server.kill();
+    let mut namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    namespaces.push(RELEASE_NS.to_string());
+    let mut args = vec![
+        "delete",
+        "namespace",
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=2m",
+    ];
+    args.extend(namespaces.iter().map(String::as_str));
+    run("kubectl", &args);
 }
 
 // ---------------------------------------------------------------- the cases
@@ -566,6 +578,35 @@ fn rejects_a_stale_client_secret() {
     });
 }
 
+/// A pod that would reach the workspace's azureml:// URI with no Azure credential at all (the
+/// real client would end in a 15-minute device-code wait) is refused with what to set.
+#[test]
+fn rejects_a_pod_that_would_reach_azure_ml_with_no_credential() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "no-credential").await;
+        let experiment = format!("fraud-no-credential-{}", random_suffix());
+        azureml_binding(sh, &ns, &experiment, Value::Null).await;
+        let pods: Api<Pod> = Api::namespaced(sh.client.clone(), &ns);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "train", "labels": {TRACK: "true"}},
+            "spec": pod_spec("trainer", "Never", container(json!(null), json!([]))),
+        }))
+        .unwrap();
+        let refused = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect_err("a pod with an azureml:// URI and no credential must be refused");
+        let message = refused.to_string();
+        for needed in ["15 minutes", "spec.identity", "azure.workload.identity/use"] {
+            assert!(
+                message.contains(needed),
+                "the refusal must say {needed:?}: {message}"
+            );
+        }
+        assert!(pods.get_opt("train").await.unwrap().is_none());
+    });
+}
+
 // ---------------------------------------------------------------- setup
 
 async fn setup() -> Shared {
@@ -833,21 +874,20 @@ async fn apply_binding(sh: &Shared, ns: &str, spec: Value) -> String {
     .await
 }
 
+/// An azureML binding of the fake workspace; `identity` null: none.
 async fn azureml_binding(sh: &Shared, ns: &str, experiment: &str, identity: Value) -> String {
-    apply_binding(
-        sh,
-        ns,
-        json!({
-            "azureML": {
-                "subscriptionId": SUBSCRIPTION,
-                "resourceGroup": RESOURCE_GROUP,
-                "workspaceName": WORKSPACE,
-            },
-            "experimentName": experiment,
-            "identity": identity,
-        }),
-    )
-    .await
+    let mut spec = json!({
+        "azureML": {
+            "subscriptionId": SUBSCRIPTION,
+            "resourceGroup": RESOURCE_GROUP,
+            "workspaceName": WORKSPACE,
+        },
+        "experimentName": experiment,
+    });
+    if !identity.is_null() {
+        spec["identity"] = identity;
+    }
+    apply_binding(sh, ns, spec).await
 }
 
 /// The training container: the example image, its own command, plus only the CA bundle.
@@ -971,10 +1011,7 @@ fn assert_msal_discovered_the_tenant(sh: &Shared) {
     let log = sh.cloud.request_log();
     let wanted =
         format!("GET login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration 200");
-    assert!(
-        log.iter().any(|l| *l == wanted),
-        "{wanted} missing from {log:#?}"
-    );
+    assert!(log.contains(&wanted), "{wanted} missing from {log:#?}");
 }
 
 /// Waits for the pod matching `selector` to fail; returns its log.
