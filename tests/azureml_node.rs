@@ -169,7 +169,6 @@ fn workload_identity_deployment_and_job_log_through_azure_ml() {
         });
         kubectl(&["apply", "-f", "-"], &deployment.to_string()).await;
         create_job(
-            sh,
             &ns,
             "train-job",
             json!({}),
@@ -242,7 +241,6 @@ fn service_principal_with_client_secret_logs_through_azure_ml() {
         }});
         azureml_binding(sh, &ns, &experiment, identity).await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -274,7 +272,6 @@ fn service_principal_with_certificate_logs_through_azure_ml() {
         }});
         azureml_binding(sh, &ns, &experiment, identity).await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -300,7 +297,6 @@ fn managed_identity_logs_through_azure_ml() {
         let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
         azureml_binding(sh, &ns, &experiment, identity).await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -343,7 +339,6 @@ fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
         )
         .await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -391,7 +386,6 @@ fn experiment_annotation_overrides_the_binding_and_an_own_tracking_uri_is_kept()
         let own = example_server(sh).await;
 
         create_job(
-            sh,
             &ns,
             "annotated",
             json!({}),
@@ -401,7 +395,6 @@ fn experiment_annotation_overrides_the_binding_and_an_own_tracking_uri_is_kept()
         .await;
         let own_uri = "http://mlflow.mlflow.svc.cluster.local:5000";
         create_job(
-            sh,
             &ns,
             "self-configured",
             json!({}),
@@ -465,7 +458,7 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
                 ]),
             );
             c["name"] = json!("pytorch");
-            create_job(sh, &ns, &format!("mnist-{replica}-0"), labels, json!({}), c).await;
+            create_job(&ns, &format!("mnist-{replica}-0"), labels, json!({}), c).await;
         }
         let rest = Rest::local(&sh.server);
         for replica in ["master", "worker"] {
@@ -500,7 +493,6 @@ fn rejects_a_service_account_the_application_is_not_federated_with() {
         let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
         azureml_binding(sh, &ns, &experiment, identity).await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -549,7 +541,6 @@ fn rejects_a_stale_client_secret() {
         }});
         azureml_binding(sh, &ns, &experiment, identity).await;
         create_job(
-            sh,
             &ns,
             "train",
             json!({}),
@@ -604,6 +595,66 @@ fn rejects_a_pod_that_would_reach_azure_ml_with_no_credential() {
             );
         }
         assert!(pods.get_opt("train").await.unwrap().is_none());
+    });
+}
+
+/// A trackingUri binding that names the workspace's azureml:// URI itself (no ARM lookup) gets
+/// AZUREML_CURRENT_CLOUD too, so the client never asks ARM for cloud metadata, and logs with
+/// the pod's workload identity.
+#[test]
+fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "aml-uri").await;
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&ns)]),
+        );
+        let uri = sh
+            .cloud
+            .add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
+        let experiment = format!("fraud-aml-uri-{}", random_suffix());
+        apply_binding(
+            sh,
+            &ns,
+            json!({
+                "trackingUri": uri,
+                "experimentName": experiment,
+                "identity": {"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}},
+            }),
+        )
+        .await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        let pod = job_pod(sh, &ns, "train").await;
+        let env = &pod["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AZUREML_CURRENT_CLOUD" && e["value"] == "AzureCloud"),
+            "AZUREML_CURRENT_CLOUD=AzureCloud must be injected for an azureml:// trackingUri: {env}"
+        );
+        let log = sh.cloud.request_log();
+        assert!(
+            !log.iter().any(|l| l.contains("/metadata/endpoints")),
+            "no client may ask ARM for cloud metadata: {log:#?}"
+        );
+        assert_exchanged(
+            sh,
+            "entra",
+            TEAM_CLIENT,
+            "federated",
+            Some(&trainer_subject(&ns)),
+        );
     });
 }
 
@@ -917,14 +968,7 @@ fn pod_spec(sa: &str, restart: &str, container: Value) -> Value {
     })
 }
 
-async fn create_job(
-    sh: &Shared,
-    ns: &str,
-    name: &str,
-    labels: Value,
-    annotations: Value,
-    container: Value,
-) {
+async fn create_job(ns: &str, name: &str, labels: Value, annotations: Value, container: Value) {
     let mut all_labels = json!({TRACK: "true"});
     for (k, v) in labels.as_object().into_iter().flatten() {
         all_labels[k] = v.clone();
@@ -941,7 +985,6 @@ async fn create_job(
             },
         },
     });
-    let _ = sh;
     kubectl(&["apply", "-f", "-"], &job.to_string()).await;
 }
 
