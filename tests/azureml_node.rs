@@ -1037,7 +1037,11 @@ async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
             .into_iter()
             .rev()
             .collect();
-        let message = format!("pod {name} is {phase}; log tail:\n{}", tail.join("\n"));
+        let message = format!(
+            "pod {name} is {phase}{}; log tail:\n{}",
+            waiting(&pod),
+            tail.join("\n")
+        );
         if phase == "Failed" {
             panic!("the training pod failed: {message}");
         }
@@ -1055,6 +1059,25 @@ fn assert_msal_discovered_the_tenant(sh: &Shared) {
     let wanted =
         format!("GET login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration 200");
     assert!(log.contains(&wanted), "{wanted} missing from {log:#?}");
+}
+
+/// Why a pod's containers wait, e.g. `ErrImageNeverPull` when the training image was not loaded
+/// into the node (`tests/cluster/images/load training`).
+fn waiting(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .map(|w| {
+            format!(
+                " ({}: {})",
+                w.reason.as_deref().unwrap_or(""),
+                w.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 /// Waits for the pod matching `selector` to fail; returns its log.
@@ -1080,7 +1103,7 @@ async fn failed(sh: &Shared, ns: &str, selector: &str) -> String {
         match phase.as_str() {
             "Failed" => Ok(log),
             "Succeeded" => panic!("pod {name} was expected to fail but succeeded:\n{log}"),
-            _ => Err(format!("pod {name} is {phase}")),
+            _ => Err(format!("pod {name} is {phase}{}", waiting(&pod))),
         }
     })
     .await
