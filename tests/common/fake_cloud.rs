@@ -1174,7 +1174,10 @@ async fn sas_put(
             s.mlflow_url
         );
         match s.http.put(&url).body(body).send().await {
-            Ok(r) if r.status().is_success() => (StatusCode::CREATED, String::new()),
+            Ok(r) if r.status().is_success() => (
+                StatusCode::CREATED,
+                format!("-> mlflow-artifacts/{artifact}"),
+            ),
             Ok(r) => (
                 StatusCode::BAD_GATEWAY,
                 format!("artifact store answered {}", r.status()),
@@ -1187,7 +1190,12 @@ async fn sas_put(
         status.as_u16(),
         if sig_ok { " ok" } else { " bad" }
     ));
-    let mut resp = (status, message).into_response();
+    let body = if status == StatusCode::CREATED {
+        String::new()
+    } else {
+        message
+    };
+    let mut resp = (status, body).into_response();
     if status == StatusCode::CREATED {
         let h = resp.headers_mut();
         h.insert("etag", "\"0x8DC0FAKE0000001\"".parse().unwrap());
