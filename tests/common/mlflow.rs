@@ -55,6 +55,17 @@ impl MlflowServer {
 
     /// With `auth`, the server runs the basic-auth app with those admin credentials.
     pub async fn start_with(auth: Option<BasicAuth>) -> Self {
+        Self::start_opts(auth, false).await
+    }
+
+    /// A server that serves artifacts itself (`--serve-artifacts`): runs get
+    /// `mlflow-artifacts:/<experiment>/<run>/artifacts` URIs, stored under its own directory and
+    /// written through `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`.
+    pub async fn start_serving_artifacts() -> Self {
+        Self::start_opts(None, true).await
+    }
+
+    async fn start_opts(auth: Option<BasicAuth>, serve_artifacts: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -67,8 +78,6 @@ impl MlflowServer {
                 "sqlite:///{}",
                 dir.path().join("mlflow.db").display()
             ))
-            .arg("--default-artifact-root")
-            .arg(dir.path().join("artifacts"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--workers", "1"])
             .current_dir(dir.path())
@@ -80,6 +89,14 @@ impl MlflowServer {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
+        if serve_artifacts {
+            cmd.arg("--serve-artifacts")
+                .arg("--artifacts-destination")
+                .arg(dir.path().join("artifacts"));
+        } else {
+            cmd.arg("--default-artifact-root")
+                .arg(dir.path().join("artifacts"));
+        }
         if let Some(a) = &auth {
             // The basic-auth app reads its admin user and its own database from this file.
             let ini = dir.path().join("basic_auth.ini");
@@ -143,6 +160,14 @@ impl MlflowServer {
             }
         })
         .await;
+    }
+
+    /// Kills the server's process group now (for a server held in a static, which is never
+    /// dropped).
+    pub fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
     }
 
     pub fn log(&self) -> String {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_azure;
+pub mod fake_cloud;
 pub mod helm;
 pub mod mlflow;
 pub mod node;

@@ -1,0 +1,1418 @@
+//! The whole promise on the real node: labelled training pods running the real `mlflow`,
+//! `azureml-mlflow` and `azure-identity` clients (the example training image) log a run with
+//! nothing but what the operator injected, plus the routing and trust a test must add: CoreDNS
+//! maps Azure's real host names to fakes in this process (`common::fake_cloud`), and the pods
+//! trust the fakes' CA through `REQUESTS_CA_BUNDLE` from a mounted ConfigMap.
+//!
+//! The chart is installed once with the operator's own workload identity (a projected token the
+//! fake Entra ID exchanges) and the fakes' CA; the controller resolves every azureML binding
+//! through the fake ARM. Each case runs in its own namespace and is asserted through the MLflow
+//! server's REST API (run FINISHED, in the expected experiment, with its parameter, metric, tag
+//! and artifact) and through the fakes' logs (whose token was exchanged, which client id).
+//!
+//! The cases share one runtime, one set of fakes and one release, set up by the first case to
+//! start; when the test process exits the release is uninstalled and the namespaces deleted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{LogParams, PostParams};
+use kube::{Api, Client};
+use mlflow_operator::binding::MlflowWorkspaceBinding;
+use serde_json::{Value, json};
+
+use common::fake_cloud::{self, Credential, FakeCloud};
+use common::helm::{CHART, helm, helm_ok};
+use common::mlflow::MlflowServer;
+use common::node::{TRACK, is_ready, is_running, pods_when};
+use common::{client, cluster_env, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
+
+const RELEASE: &str = "mlflow-operator";
+const RELEASE_NS: &str = "mlflow-operator";
+const OPERATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
+const TRAINING_IMAGE: &str = "mlflow-training:3.15.0";
+const CA_CONFIGMAP: &str = "fake-cloud-ca";
+const CA_DIR: &str = "/etc/fake-cloud-ca";
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// The operator's own application (workload identity of its ServiceAccount).
+const OPERATOR_CLIENT: &str = "0c7d3a52-1f0e-4d8b-9a64-5e2f1b3c4d01";
+/// The training teams' application, federated with their `trainer` ServiceAccounts.
+const TEAM_CLIENT: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a02";
+const SP_SECRET_CLIENT: &str = "5b2e8f1a-7c3d-4e9f-8a1b-2c3d4e5f6a03";
+const SP_CERT_CLIENT: &str = "6c3f9a2b-8d4e-4fa0-9b2c-3d4e5f6a7b04";
+const MI_CLIENT: &str = "7d4a0b3c-9e5f-4ab1-8c3d-4e5f6a7b8c05";
+/// A service principal whose Secret in the cluster holds a stale client secret.
+const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
+const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
+const RESOURCE_GROUP: &str = "ml-rg";
+const WORKSPACE: &str = "ml-ws";
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// What every case shares: the fakes, the MLflow server behind the fake front door, the release.
+struct Shared {
+    client: Client,
+    cloud: FakeCloud,
+    server: MlflowServer,
+    operator_subject: String,
+}
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+});
+static SHARED: tokio::sync::OnceCell<Shared> = tokio::sync::OnceCell::const_new();
+static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Runs one case on the shared runtime (setting up what the cases share, once).
+fn case<F, Fut>(body: F)
+where
+    F: FnOnce(&'static Shared) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    RUNTIME.block_on(async {
+        let shared = SHARED
+            .get_or_init(|| async {
+                // However many cases run, and however they end: clean up when the process exits.
+                // SAFETY: registers a plain `extern "C" fn` with the C library.
+                unsafe { libc::atexit(clean_up_at_exit) };
+                setup().await
+            })
+            .await;
+        body(shared).await
+    });
+}
+
+/// Prints the fakes' request log, uninstalls the release, deletes the namespaces, unmaps the
+/// host names and stops the MLflow server.
+extern "C" fn clean_up_at_exit() {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    println!("----- fake cloud request log -----");
+    for line in shared.cloud.request_log() {
+        println!("{line}");
+    }
+    let run = |bin: &str, args: &[&str]| {
+        let _ = std::process::Command::new(bin).args(args).output();
+    };
+    shared.server.kill();
+    unmap_hosts();
+    // Waits, so the next test binary finds neither the release nor a terminating namespace.
+    run(
+        "helm",
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            RELEASE_NS,
+            "--wait",
+            "--timeout=2m",
+        ],
+    );
+    let mut namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    namespaces.push(RELEASE_NS.to_string());
+    let mut args = vec![
+        "delete",
+        "namespace",
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=2m",
+    ];
+    args.extend(namespaces.iter().map(String::as_str));
+    run("kubectl", &args);
+}
+
+// ---------------------------------------------------------------- the cases
+
+/// azureML binding + workload identity: a labelled Deployment and a labelled Job log through
+/// Azure ML with the `trainer` ServiceAccount's exchanged token; the operator resolved the
+/// workspace through ARM with its own ServiceAccount's exchanged token.
+#[test]
+fn workload_identity_deployment_and_job_log_through_azure_ml() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "wi").await;
+        let experiment = format!("fraud-wi-{}", random_suffix());
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&ns)]),
+        );
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        let uri = azureml_binding(sh, &ns, &experiment, identity).await;
+        assert!(uri.starts_with("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/"));
+
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "train-deploy", "namespace": ns},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "train-deploy"}},
+                "template": {
+                    "metadata": {"labels": {"app": "train-deploy", TRACK: "true"}},
+                    "spec": pod_spec(
+                        "trainer",
+                        "Always",
+                        container(json!(["sh", "-c", "python /app/train.py && exec sleep 3600"]), json!([])),
+                    ),
+                },
+            },
+        });
+        kubectl(&["apply", "-f", "-"], &deployment.to_string()).await;
+        create_job(
+            &ns,
+            "train-job",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+
+        let from_deployment = trained(sh, &ns, "app=train-deploy").await;
+        let from_job = trained(sh, &ns, "job-name=train-job").await;
+        let rest = Rest::local(&sh.server);
+        for run in [&from_deployment, &from_job] {
+            rest.assert_run(run, &experiment).await;
+            assert!(
+                run["tracking_uri"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("azureml://"),
+                "{run}"
+            );
+        }
+        assert_exchanged(
+            sh,
+            "entra",
+            TEAM_CLIENT,
+            "federated",
+            Some(&trainer_subject(&ns)),
+        );
+        assert_front_door_saw(sh, &from_job, TEAM_CLIENT, "federated");
+        let arm: Vec<_> = sh
+            .cloud
+            .calls()
+            .into_iter()
+            .filter(|c| c.service == "arm" && c.status == 200)
+            .collect();
+        assert!(
+            arm.iter()
+                .any(|c| c.client_id.as_deref() == Some(OPERATOR_CLIENT)
+                    && c.via.as_deref() == Some("federated")
+                    && c.subject.as_deref() == Some(sh.operator_subject.as_str())
+                    && c.path.ends_with(&format!("/workspaces/{WORKSPACE}"))),
+            "ARM must have served the workspace to the operator's own workload identity \
+             ({}); ARM saw: {arm:#?}",
+            sh.operator_subject
+        );
+        assert_exchanged(
+            sh,
+            "entra",
+            OPERATOR_CLIENT,
+            "federated",
+            Some(&sh.operator_subject),
+        );
+    });
+}
+
+/// azureML + a service principal with a client secret from a Secret (MSAL: OpenID
+/// configuration, then the token endpoint with client_id + client_secret).
+#[test]
+fn service_principal_with_client_secret_logs_through_azure_ml() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "sp-secret").await;
+        let secret = format!("s3cr3t~{}", random_suffix());
+        sh.cloud
+            .register_app(TENANT, SP_SECRET_CLIENT, Credential::Secret(secret.clone()));
+        create_secret(sh, &ns, "sp-creds", &[("clientSecret", &secret)]).await;
+        let experiment = format!("fraud-sp-secret-{}", random_suffix());
+        let identity = json!({"servicePrincipal": {
+            "clientId": SP_SECRET_CLIENT, "tenantId": TENANT,
+            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
+        }});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        assert_exchanged(sh, "entra", SP_SECRET_CLIENT, "client_secret", None);
+        assert_msal_discovered_the_tenant(sh);
+        assert_front_door_saw(sh, &run, SP_SECRET_CLIENT, "client_secret");
+    });
+}
+
+/// azureML + a service principal with a certificate Secret (PEM with key): MSAL signs a client
+/// assertion with the certificate's key, which the fake Entra ID verifies.
+#[test]
+fn service_principal_with_certificate_logs_through_azure_ml() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "sp-cert").await;
+        let (pem, credential) = fake_cloud::service_principal_certificate(SP_CERT_CLIENT);
+        sh.cloud.register_app(TENANT, SP_CERT_CLIENT, credential);
+        create_secret(sh, &ns, "sp-cert", &[("tls.pem", &pem)]).await;
+        let experiment = format!("fraud-sp-cert-{}", random_suffix());
+        let identity = json!({"servicePrincipal": {
+            "clientId": SP_CERT_CLIENT, "tenantId": TENANT,
+            "certificateSecretRef": {"name": "sp-cert", "key": "tls.pem"},
+        }});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        assert_exchanged(sh, "entra", SP_CERT_CLIENT, "certificate", None);
+        assert_msal_discovered_the_tenant(sh);
+        assert_front_door_saw(sh, &run, SP_CERT_CLIENT, "certificate");
+    });
+}
+
+/// azureML + a user-assigned managed identity: azure-identity asks IMDS at its real address.
+#[test]
+fn managed_identity_logs_through_azure_ml() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "mi").await;
+        sh.cloud.register_managed_identity(TENANT, MI_CLIENT);
+        let experiment = format!("fraud-mi-{}", random_suffix());
+        let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        assert_exchanged(sh, "imds", MI_CLIENT, "managed_identity", None);
+        assert_front_door_saw(sh, &run, MI_CLIENT, "managed_identity");
+    });
+}
+
+/// A trackingUri binding to an in-cluster `mlflow server --app-name basic-auth` behind a
+/// Service, with credentials from a Secret the webhook references (never copies).
+#[test]
+fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "basic").await;
+        // mlflow refuses admin passwords of 12 characters or fewer.
+        let password = format!("trainer-password-{}", random_suffix());
+        create_secret(
+            sh,
+            &ns,
+            "mlflow-creds",
+            &[("username", "trainer-admin"), ("password", &password)],
+        )
+        .await;
+        let server = in_cluster_server(sh, &ns, Some(("trainer-admin", &password))).await;
+        let experiment = format!("fraud-basic-{}", random_suffix());
+        apply_binding(
+            sh,
+            &ns,
+            json!({
+                "trackingUri": format!("http://mlflow.{ns}.svc.cluster.local:5000"),
+                "experimentName": experiment,
+                "auth": {"secretName": "mlflow-creds"},
+            }),
+        )
+        .await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        server.assert_run(&run, &experiment).await;
+        let pod = job_pod(sh, &ns, "train").await;
+        let env = &pod["spec"]["containers"][0]["env"];
+        let password_env = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "MLFLOW_TRACKING_PASSWORD")
+            .unwrap_or_else(|| panic!("no MLFLOW_TRACKING_PASSWORD injected: {env}"));
+        assert_eq!(
+            password_env["valueFrom"]["secretKeyRef"]["name"], "mlflow-creds",
+            "{password_env}"
+        );
+        assert!(
+            password_env.get("value").is_none(),
+            "the Secret's value is never copied"
+        );
+    });
+}
+
+/// The experiment annotation overrides the binding's experiment; a container that sets its own
+/// MLFLOW_TRACKING_URI logs where it said (an in-cluster server: examples/mlflow-server.yaml),
+/// not to the binding's workspace.
+#[test]
+fn experiment_annotation_overrides_the_binding_and_an_own_tracking_uri_is_kept() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "override").await;
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&ns)]),
+        );
+        let binding_experiment = format!("fraud-binding-{}", random_suffix());
+        let annotated = format!("fraud-annotated-{}", random_suffix());
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        azureml_binding(sh, &ns, &binding_experiment, identity).await;
+        let own = example_server(sh).await;
+
+        create_job(
+            &ns,
+            "annotated",
+            json!({}),
+            json!({"mlflow-operator.io/experiment-name": annotated}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let own_uri = "http://mlflow.mlflow.svc.cluster.local:5000";
+        create_job(
+            &ns,
+            "self-configured",
+            json!({}),
+            json!({}),
+            container(
+                json!(null),
+                json!([{"name": "MLFLOW_TRACKING_URI", "value": own_uri}]),
+            ),
+        )
+        .await;
+
+        let run = trained(sh, &ns, "job-name=annotated").await;
+        let rest = Rest::local(&sh.server);
+        rest.assert_run(&run, &annotated).await;
+        assert!(
+            rest.experiment_id(&binding_experiment).await.is_none(),
+            "nothing may land in the binding's experiment {binding_experiment} when the pod names another"
+        );
+
+        let own_run = trained(sh, &ns, "job-name=self-configured").await;
+        assert_eq!(own_run["tracking_uri"], own_uri, "{own_run}");
+        own.assert_run(&own_run, "Default").await;
+        assert!(
+            rest.run(own_run["run_id"].as_str().unwrap())
+                .await
+                .is_none(),
+            "the self-configured pod's run must not be in the binding's workspace"
+        );
+    });
+}
+
+/// A training-operator shaped workload: master and worker pods labelled like a PyTorchJob's,
+/// each injected and each logging its run.
+#[test]
+fn pytorchjob_shaped_master_and_worker_both_log() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "pytorch").await;
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&ns)]),
+        );
+        let experiment = format!("fraud-pytorch-{}", random_suffix());
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        for (rank, replica) in ["master", "worker"].iter().enumerate() {
+            let labels = json!({
+                "training.kubeflow.org/job-name": "mnist",
+                "training.kubeflow.org/operator-name": "pytorchjob-controller",
+                "training.kubeflow.org/replica-type": replica,
+                "training.kubeflow.org/replica-index": "0",
+                "training.kubeflow.org/job-role": if rank == 0 { "master" } else { "worker" },
+            });
+            let mut c = container(
+                json!(null),
+                json!([
+                    {"name": "MASTER_ADDR", "value": "mnist-master-0"},
+                    {"name": "MASTER_PORT", "value": "23456"},
+                    {"name": "WORLD_SIZE", "value": "2"},
+                    {"name": "RANK", "value": rank.to_string()},
+                ]),
+            );
+            c["name"] = json!("pytorch");
+            create_job(&ns, &format!("mnist-{replica}-0"), labels, json!({}), c).await;
+        }
+        let rest = Rest::local(&sh.server);
+        for replica in ["master", "worker"] {
+            let run = trained(
+                sh,
+                &ns,
+                &format!("training.kubeflow.org/replica-type={replica}"),
+            )
+            .await;
+            rest.assert_run(&run, &experiment).await;
+        }
+        assert_exchanged(
+            sh,
+            "entra",
+            TEAM_CLIENT,
+            "federated",
+            Some(&trainer_subject(&ns)),
+        );
+    });
+}
+
+/// The fake Entra ID checks the federation: a pod whose ServiceAccount the application is not
+/// federated with gets AADSTS70021, its run never starts, and the pod fails (rather than hangs).
+#[test]
+fn rejects_a_service_account_the_application_is_not_federated_with() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "unfederated").await;
+        let other = format!("system:serviceaccount:{ns}:someone-else");
+        sh.cloud
+            .register_app(TENANT, TEAM_CLIENT, Credential::Federated(vec![other]));
+        let experiment = format!("fraud-unfederated-{}", random_suffix());
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let log = failed(sh, &ns, "job-name=train").await;
+        assert!(
+            log.contains("AADSTS70021"),
+            "the pod must fail with Entra ID's refusal:\n{log}"
+        );
+        let subject = trainer_subject(&ns);
+        let exchanges = sh.cloud.exchanges();
+        assert!(
+            exchanges.iter().any(|e| e.client_id == TEAM_CLIENT
+                && e.subject.as_deref() == Some(subject.as_str())
+                && e.status == 401),
+            "Entra ID must have refused {subject}: {exchanges:#?}"
+        );
+        assert!(
+            Rest::local(&sh.server)
+                .experiment_id(&experiment)
+                .await
+                .is_none(),
+            "nothing may reach the workspace without a token"
+        );
+    });
+}
+
+/// The fake Entra ID checks client secrets: a stale one gets AADSTS7000215 and the pod fails.
+#[test]
+fn rejects_a_stale_client_secret() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "stale-secret").await;
+        sh.cloud.register_app(
+            TENANT,
+            SP_STALE_CLIENT,
+            Credential::Secret(format!("current-{}", random_suffix())),
+        );
+        create_secret(sh, &ns, "sp-creds", &[("clientSecret", "rotated-away")]).await;
+        let experiment = format!("fraud-stale-{}", random_suffix());
+        let identity = json!({"servicePrincipal": {
+            "clientId": SP_STALE_CLIENT, "tenantId": TENANT,
+            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
+        }});
+        azureml_binding(sh, &ns, &experiment, identity).await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let log = failed(sh, &ns, "job-name=train").await;
+        assert!(
+            log.contains("AADSTS7000215"),
+            "the pod must fail with Entra ID's refusal:\n{log}"
+        );
+        let exchanges = sh.cloud.exchanges();
+        assert!(
+            exchanges
+                .iter()
+                .any(|e| e.client_id == SP_STALE_CLIENT && e.status == 401),
+            "Entra ID must have refused {SP_STALE_CLIENT}: {exchanges:#?}"
+        );
+        assert!(
+            Rest::local(&sh.server)
+                .experiment_id(&experiment)
+                .await
+                .is_none()
+        );
+    });
+}
+
+/// A pod that would reach the workspace's azureml:// URI with no Azure credential at all (the
+/// real client would end in a 15-minute device-code wait) is refused with what to set.
+#[test]
+fn rejects_a_pod_that_would_reach_azure_ml_with_no_credential() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "no-credential").await;
+        let experiment = format!("fraud-no-credential-{}", random_suffix());
+        azureml_binding(sh, &ns, &experiment, Value::Null).await;
+        let pods: Api<Pod> = Api::namespaced(sh.client.clone(), &ns);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "train", "labels": {TRACK: "true"}},
+            "spec": pod_spec("trainer", "Never", container(json!(null), json!([]))),
+        }))
+        .unwrap();
+        let refused = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect_err("a pod with an azureml:// URI and no credential must be refused");
+        let message = refused.to_string();
+        for needed in ["15 minutes", "spec.identity", "azure.workload.identity/use"] {
+            assert!(
+                message.contains(needed),
+                "the refusal must say {needed:?}: {message}"
+            );
+        }
+        assert!(pods.get_opt("train").await.unwrap().is_none());
+    });
+}
+
+/// A trackingUri binding that names the workspace's azureml:// URI itself (no ARM lookup) gets
+/// AZUREML_CURRENT_CLOUD too, so the client never asks ARM for cloud metadata, and logs with
+/// the pod's workload identity.
+#[test]
+fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
+    case(|sh| async move {
+        let ns = team_namespace(sh, "aml-uri").await;
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&ns)]),
+        );
+        let uri = sh
+            .cloud
+            .add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
+        let experiment = format!("fraud-aml-uri-{}", random_suffix());
+        apply_binding(
+            sh,
+            &ns,
+            json!({
+                "trackingUri": uri,
+                "experimentName": experiment,
+                "identity": {"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}},
+            }),
+        )
+        .await;
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), json!([])),
+        )
+        .await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        let pod = job_pod(sh, &ns, "train").await;
+        let env = &pod["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AZUREML_CURRENT_CLOUD" && e["value"] == "AzureCloud"),
+            "AZUREML_CURRENT_CLOUD=AzureCloud must be injected for an azureml:// trackingUri: {env}"
+        );
+        let log = sh.cloud.request_log();
+        assert!(
+            !log.iter().any(|l| l.contains("/metadata/endpoints")),
+            "no client may ask ARM for cloud metadata: {log:#?}"
+        );
+        assert_exchanged(
+            sh,
+            "entra",
+            TEAM_CLIENT,
+            "federated",
+            Some(&trainer_subject(&ns)),
+        );
+    });
+}
+
+// ---------------------------------------------------------------- setup
+
+async fn setup() -> Shared {
+    let client = client().await;
+    ensure_crd(&client).await;
+    // A release an interrupted run left behind.
+    let _ = helm(&["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"]).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(RELEASE_NS, &Default::default()).await;
+    eventually(
+        "the previous release namespace to be gone",
+        2 * MINUTE,
+        || async {
+            namespaces
+                .get_opt(RELEASE_NS)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    let server = MlflowServer::start_serving_artifacts().await;
+    let cloud = FakeCloud::start(client.clone(), &server.url).await;
+    map_hosts().await;
+    cloud.add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
+
+    // The operator's ServiceAccount is federated with its own application.
+    let operator_subject = format!("system:serviceaccount:{RELEASE_NS}:{RELEASE}");
+    cloud.register_app(
+        TENANT,
+        OPERATOR_CLIENT,
+        Credential::Federated(vec![operator_subject.clone()]),
+    );
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": RELEASE_NS}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create the release namespace");
+    ca_configmap(&client, RELEASE_NS, &cloud.ca_pem).await;
+    let client_id = format!("azure.workloadIdentity.clientId={OPERATOR_CLIENT}");
+    let tenant = format!("azure.workloadIdentity.tenantId={TENANT}");
+    let ca = format!("azure.caConfigMap.name={CA_CONFIGMAP}");
+    helm_ok(&[
+        "install",
+        RELEASE,
+        CHART,
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &client_id,
+        "--set",
+        &tenant,
+        "--set",
+        &ca,
+        "--set",
+        "azure.caConfigMap.key=ca.crt",
+    ])
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let ready = pods_when(
+        &pods,
+        OPERATOR_SELECTOR,
+        "two Ready operator pods",
+        3 * MINUTE,
+        |ps| ps.len() == 2 && ps.iter().all(|p| is_running(p) && is_ready(p)),
+    )
+    .await;
+    let sa = ready[0].spec.as_ref().unwrap().service_account_name.clone();
+    assert_eq!(
+        format!(
+            "system:serviceaccount:{RELEASE_NS}:{}",
+            sa.unwrap_or_default()
+        ),
+        operator_subject,
+        "the operator runs as the ServiceAccount its application is federated with"
+    );
+    Shared {
+        client,
+        cloud,
+        server,
+        operator_subject,
+    }
+}
+
+fn hosts_file() -> String {
+    cluster_env("CLUSTER_HOSTS_FILE")
+}
+
+fn unmap_hosts() {
+    let path = hosts_file();
+    let kept: String = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("# fake-cloud"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let _ = std::fs::write(&path, kept);
+}
+
+/// Maps the real host names to the fakes in the hosts file CoreDNS serves to pods, and waits
+/// until CoreDNS answers them.
+async fn map_hosts() {
+    unmap_hosts();
+    let path = hosts_file();
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    for line in FakeCloud::hosts_lines().lines() {
+        text.push_str(&format!("{line} # fake-cloud\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    for (name, ip) in [
+        (fake_cloud::ENTRA_HOST, fake_cloud::ENTRA_IP),
+        (fake_cloud::ARM_HOST, fake_cloud::ARM_IP),
+        (fake_cloud::AML_HOST, fake_cloud::AML_IP),
+    ] {
+        eventually_ok(
+            &format!("CoreDNS to answer {name} with {ip}"),
+            MINUTE,
+            || resolve(name),
+        )
+        .await
+        .iter()
+        .find(|a| *a == ip)
+        .unwrap_or_else(|| panic!("CoreDNS answers {name} but not with {ip}"));
+    }
+}
+
+/// The A records CoreDNS (on the node address) answers for `name`.
+async fn resolve(name: &str) -> Result<Vec<String>, String> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, "10.250.0.1:53")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf))
+        .await
+        .map_err(|_| "no DNS answer within 1 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let r = &buf[..n];
+    let rcode = r[3] & 0x0f;
+    if rcode != 0 {
+        return Err(format!("rcode {rcode}"));
+    }
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    let mut i = q.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // Name: a pointer or labels.
+        if r[i] & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while r[i] != 0 {
+                i += r[i] as usize + 1;
+            }
+            i += 1;
+        }
+        let rtype = u16::from_be_bytes([r[i], r[i + 1]]);
+        let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+        i += 10;
+        if rtype == 1 && len == 4 {
+            out.push(format!("{}.{}.{}.{}", r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += len;
+    }
+    if out.is_empty() {
+        return Err("no A record".into());
+    }
+    Ok(out)
+}
+
+async fn ca_configmap(client: &Client, ns: &str, pem: &str) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": CA_CONFIGMAP},
+        "data": {"ca.crt": pem},
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create the CA ConfigMap");
+}
+
+/// A team namespace with the fakes' CA and a `trainer` ServiceAccount.
+async fn team_namespace(sh: &Shared, prefix: &str) -> String {
+    let name = format!("aml-{prefix}-{}", random_suffix());
+    NAMESPACES.lock().unwrap().push(name.clone());
+    let namespaces: Api<Namespace> = Api::all(sh.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create the team namespace");
+    ca_configmap(&sh.client, &name, &sh.cloud.ca_pem).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(sh.client.clone(), &name);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    eventually("the default ServiceAccount", MINUTE, || async {
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+    name
+}
+
+fn trainer_subject(ns: &str) -> String {
+    format!("system:serviceaccount:{ns}:trainer")
+}
+
+async fn create_secret(sh: &Shared, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let secrets: Api<Secret> = Api::namespaced(sh.client.clone(), ns);
+    let string_data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": string_data,
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// Applies binding `train` with `spec` and waits until it is Ready; returns its tracking URI.
+async fn apply_binding(sh: &Shared, ns: &str, spec: Value) -> String {
+    let binding = json!({
+        "apiVersion": "mlflow-operator.io/v1alpha1",
+        "kind": "MlflowWorkspaceBinding",
+        "metadata": {"name": "train", "namespace": ns},
+        "spec": spec,
+    });
+    kubectl(&["apply", "-f", "-"], &binding.to_string()).await;
+    let api: Api<MlflowWorkspaceBinding> = Api::namespaced(sh.client.clone(), ns);
+    eventually_ok(
+        &format!("binding {ns}/train to be Ready"),
+        2 * MINUTE,
+        || async {
+            let b = api.get("train").await.map_err(|e| e.to_string())?;
+            let status = serde_json::to_value(&b.status).unwrap();
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            match status["trackingUri"].as_str() {
+                Some(uri) if ready => Ok(uri.to_string()),
+                _ => Err(format!("status: {status}")),
+            }
+        },
+    )
+    .await
+}
+
+/// An azureML binding of the fake workspace; `identity` null: none.
+async fn azureml_binding(sh: &Shared, ns: &str, experiment: &str, identity: Value) -> String {
+    let mut spec = json!({
+        "azureML": {
+            "subscriptionId": SUBSCRIPTION,
+            "resourceGroup": RESOURCE_GROUP,
+            "workspaceName": WORKSPACE,
+        },
+        "experimentName": experiment,
+    });
+    if !identity.is_null() {
+        spec["identity"] = identity;
+    }
+    apply_binding(sh, ns, spec).await
+}
+
+/// The training container: the example image, its own command, plus only the CA bundle.
+fn container(command: Value, env: Value) -> Value {
+    let mut env_list =
+        vec![json!({"name": "REQUESTS_CA_BUNDLE", "value": format!("{CA_DIR}/ca.crt")})];
+    env_list.extend(env.as_array().cloned().unwrap_or_default());
+    let mut c = json!({
+        "name": "train",
+        "image": TRAINING_IMAGE,
+        "imagePullPolicy": "Never",
+        "env": env_list,
+        "volumeMounts": [{"name": CA_CONFIGMAP, "mountPath": CA_DIR, "readOnly": true}],
+    });
+    if !command.is_null() {
+        c["command"] = command;
+    }
+    c
+}
+
+fn pod_spec(sa: &str, restart: &str, container: Value) -> Value {
+    json!({
+        "serviceAccountName": sa,
+        "restartPolicy": restart,
+        "containers": [container],
+        "volumes": [{"name": CA_CONFIGMAP, "configMap": {"name": CA_CONFIGMAP}}],
+    })
+}
+
+async fn create_job(ns: &str, name: &str, labels: Value, annotations: Value, container: Value) {
+    let mut all_labels = json!({TRACK: "true"});
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        all_labels[k] = v.clone();
+    }
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 600,
+            "template": {
+                "metadata": {"labels": all_labels, "annotations": annotations},
+                "spec": pod_spec("trainer", "Never", container),
+            },
+        },
+    });
+    kubectl(&["apply", "-f", "-"], &job.to_string()).await;
+}
+
+async fn job_pod(sh: &Shared, ns: &str, job: &str) -> Value {
+    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
+    let list = pods_when(
+        &pods,
+        &format!("job-name={job}"),
+        "the Job's pod",
+        MINUTE,
+        |ps| !ps.is_empty(),
+    )
+    .await;
+    serde_json::to_value(&list[0]).unwrap()
+}
+
+/// Waits for the pod matching `selector` to print train.py's result line; returns it. Fails
+/// with the pod's log when the pod fails or the deadline passes.
+async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
+    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
+    let what = format!("a pod matching {selector} in {ns} to log its run");
+    let (pod, result) = eventually_ok(&what, 6 * MINUTE, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = list.items.first().ok_or("no pod yet")?.clone();
+        let name = pod.metadata.name.clone().unwrap();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"tracking_uri\""))
+        {
+            return Ok((name, serde_json::from_str::<Value>(line).unwrap()));
+        }
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let message = format!(
+            "pod {name} is {phase}{}; log tail:\n{}",
+            waiting(&pod),
+            tail.join("\n")
+        );
+        if phase == "Failed" {
+            panic!("the training pod failed: {message}");
+        }
+        Err(message)
+    })
+    .await;
+    println!("{ns}/{pod}: {result}");
+    assert_eq!(result["status"], "FINISHED", "{result}");
+    result
+}
+
+/// MSAL (service principals) read the tenant's OpenID configuration before its token request.
+fn assert_msal_discovered_the_tenant(sh: &Shared) {
+    let log = sh.cloud.request_log();
+    let wanted =
+        format!("GET login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration 200");
+    assert!(log.contains(&wanted), "{wanted} missing from {log:#?}");
+}
+
+/// Why a pod's containers wait, e.g. `ErrImageNeverPull` when the training image was not loaded
+/// into the node (`tests/cluster/images/load training`).
+fn waiting(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .map(|w| {
+            format!(
+                " ({}: {})",
+                w.reason.as_deref().unwrap_or(""),
+                w.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Waits for the pod matching `selector` to fail; returns its log.
+async fn failed(sh: &Shared, ns: &str, selector: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
+    let what = format!("a pod matching {selector} in {ns} to fail");
+    eventually_ok(&what, 6 * MINUTE, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = list.items.first().ok_or("no pod yet")?.clone();
+        let name = pod.metadata.name.clone().unwrap();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        match phase.as_str() {
+            "Failed" => Ok(log),
+            "Succeeded" => panic!("pod {name} was expected to fail but succeeded:\n{log}"),
+            _ => Err(format!("pod {name} is {phase}{}", waiting(&pod))),
+        }
+    })
+    .await
+}
+
+fn assert_exchanged(sh: &Shared, service: &str, client_id: &str, via: &str, subject: Option<&str>) {
+    let exchanges = sh.cloud.exchanges();
+    assert!(
+        exchanges.iter().any(|e| e.service == service
+            && e.client_id == client_id
+            && e.via == via
+            && e.status == 200
+            && e.tenant == TENANT
+            && (subject.is_none() || e.subject.as_deref() == subject)),
+        "{service} must have issued a token to {client_id} via {via} (subject {subject:?}); it saw: {exchanges:#?}"
+    );
+}
+
+/// The front door served this run's requests to the given caller, including its artifact
+/// metadata (the upload URL).
+fn assert_front_door_saw(sh: &Shared, run: &Value, client_id: &str, via: &str) {
+    let run_id = run["run_id"].as_str().unwrap();
+    let calls = sh.cloud.calls();
+    let ours: Vec<_> = calls
+        .iter()
+        .filter(|c| c.service == "aml" && c.client_id.as_deref() == Some(client_id))
+        .collect();
+    assert!(
+        ours.iter().all(|c| c.via.as_deref() == Some(via)),
+        "{ours:#?}"
+    );
+    assert!(
+        ours.iter().any(|c| c.status == 200
+            && c.path
+                .contains(&format!("/runs/{run_id}/artifacts/batch/metadata"))),
+        "the front door must have given {client_id} an upload URL for run {run_id}; it saw: {ours:#?}"
+    );
+    let log = sh.cloud.request_log();
+    assert!(
+        log.iter().any(|l| l.starts_with("PUT ")
+            && l.contains(&format!("/{run_id}/artifacts/model.txt"))
+            && l.contains(" 201 ")),
+        "the SAS upload of model.txt for run {run_id} must have reached the artifact store: {log:#?}"
+    );
+}
+
+// ---------------------------------------------------------------- MLflow servers
+
+/// An MLflow server's REST API, as the test reads it.
+struct Rest {
+    base: String,
+    host: Option<String>,
+    auth: Option<(String, String)>,
+}
+
+impl Rest {
+    fn local(server: &MlflowServer) -> Self {
+        Self {
+            base: server.url.clone(),
+            host: None,
+            auth: None,
+        }
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .get(reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query).unwrap())
+            .timeout(Duration::from_secs(30));
+        if let Some(h) = &self.host {
+            req = req.header(http::header::HOST, h);
+        }
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn experiment_id(&self, name: &str) -> Option<String> {
+        let (status, body) = self
+            .get(
+                "/api/2.0/mlflow/experiments/get-by-name",
+                &[("experiment_name", name)],
+            )
+            .await;
+        match status {
+            404 => None,
+            200 => Some(
+                body["experiment"]["experiment_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            s => panic!("get-by-name {name}: {s} {body}"),
+        }
+    }
+
+    async fn run(&self, run_id: &str) -> Option<Value> {
+        let (status, body) = self
+            .get("/api/2.0/mlflow/runs/get", &[("run_id", run_id)])
+            .await;
+        match status {
+            200 => Some(body["run"].clone()),
+            404 => None,
+            s => panic!("runs/get {run_id}: {s} {body}"),
+        }
+    }
+
+    /// The run is FINISHED in `experiment`, with param `epochs`, metric `loss`, tag
+    /// `trained-by` and artifact `model.txt`.
+    async fn assert_run(&self, result: &Value, experiment: &str) {
+        let run_id = result["run_id"].as_str().unwrap();
+        let experiment_id = self
+            .experiment_id(experiment)
+            .await
+            .unwrap_or_else(|| panic!("the server has no experiment {experiment}"));
+        let run = self
+            .run(run_id)
+            .await
+            .unwrap_or_else(|| panic!("the server has no run {run_id}"));
+        let info = &run["info"];
+        assert_eq!(info["status"], "FINISHED", "{run}");
+        assert_eq!(
+            info["experiment_id"],
+            experiment_id.as_str(),
+            "run in experiment {experiment}: {run}"
+        );
+        let has = |kind: &str, key: &str| {
+            run["data"][kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["key"] == key)
+        };
+        assert!(has("params", "epochs"), "param epochs: {run}");
+        assert!(has("metrics", "loss"), "metric loss: {run}");
+        assert!(has("tags", "trained-by"), "tag trained-by: {run}");
+        let (status, listing) = self
+            .get("/api/2.0/mlflow/artifacts/list", &[("run_id", run_id)])
+            .await;
+        assert_eq!(status, 200, "{listing}");
+        assert!(
+            listing["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["path"] == "model.txt"),
+            "artifact model.txt of run {run_id}: {listing}"
+        );
+    }
+}
+
+/// Waits for the Ready pod of `app=mlflow` in `ns`; the REST API through its pod address with
+/// the Host header clients use.
+async fn server_rest(sh: &Shared, ns: &str, auth: Option<(&str, &str)>) -> Rest {
+    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
+    let what = format!("the MLflow server in {ns} Ready");
+    let pod = eventually_ok(&what, 3 * MINUTE, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=mlflow"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = list.items.first().ok_or("no pod yet")?.clone();
+        if list.items.len() == 1 && is_ready(&pod) {
+            return Ok(pod);
+        }
+        // Say why: the server's own log, or its previous container's when it restarted.
+        let name = pod.metadata.name.clone().unwrap();
+        let mut log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if log.trim().is_empty() {
+            let previous = LogParams {
+                previous: true,
+                ..Default::default()
+            };
+            log = pods.logs(&name, &previous).await.unwrap_or_default();
+        }
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(format!(
+            "pod {name} not Ready; its log, last line first:\n{}",
+            tail.join("\n")
+        ))
+    })
+    .await;
+    let ip = pod.status.unwrap().pod_ip.unwrap();
+    Rest {
+        base: format!("http://{ip}:5000"),
+        host: Some(format!("mlflow.{ns}.svc.cluster.local:5000")),
+        auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+    }
+}
+
+/// An in-cluster `mlflow server --app-name basic-auth` (the example image) behind Service
+/// `mlflow`, whose admin is the Secret's user.
+async fn in_cluster_server(sh: &Shared, ns: &str, admin: Option<(&str, &str)>) -> Rest {
+    let (user, password) = admin.unwrap();
+    let ini = format!(
+        "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:////data/basic_auth.db\n\
+         admin_username = {user}\nadmin_password = {password}\n\
+         authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    );
+    create_secret(sh, ns, "mlflow-auth-config", &[("basic_auth.ini", &ini)]).await;
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            {
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "mlflow", "namespace": ns},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "mlflow"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "mlflow"}},
+                        "spec": {
+                            "containers": [{
+                                "name": "mlflow",
+                                "image": TRAINING_IMAGE,
+                                "imagePullPolicy": "Never",
+                                "command": [
+                                    "mlflow", "server", "--host=0.0.0.0", "--port=5000", "--workers=1",
+                                    "--backend-store-uri=sqlite:////data/mlflow.db",
+                                    "--artifacts-destination=/data/artifacts", "--serve-artifacts",
+                                    "--app-name=basic-auth",
+                                    format!("--allowed-hosts=mlflow.{ns}.svc.cluster.local:5000,mlflow.{ns}.svc:5000,localhost:5000"),
+                                ],
+                                "env": [
+                                    {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"},
+                                    {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/etc/mlflow-auth/basic_auth.ini"},
+                                    {"name": "MLFLOW_FLASK_SERVER_SECRET_KEY", "value": "mlflow-operator-node-test"},
+                                ],
+                                "ports": [{"name": "http", "containerPort": 5000}],
+                                "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
+                                "volumeMounts": [
+                                    {"name": "data", "mountPath": "/data"},
+                                    {"name": "auth", "mountPath": "/etc/mlflow-auth", "readOnly": true},
+                                ],
+                            }],
+                            "volumes": [
+                                {"name": "data", "emptyDir": {}},
+                                {"name": "auth", "secret": {"secretName": "mlflow-auth-config"}},
+                            ],
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "mlflow", "namespace": ns},
+                "spec": {"selector": {"app": "mlflow"}, "ports": [{"name": "http", "port": 5000, "targetPort": "http"}]},
+            },
+        ],
+    });
+    kubectl(&["apply", "-f", "-"], &manifest.to_string()).await;
+    let rest = server_rest(sh, ns, admin).await;
+    // The port opens before the app answers.
+    eventually_ok(
+        "the basic-auth MLflow server to answer",
+        2 * MINUTE,
+        || async {
+            let (status, body) = rest
+                .get(
+                    "/api/2.0/mlflow/experiments/get-by-name",
+                    &[("experiment_name", "Default")],
+                )
+                .await;
+            (status == 200)
+                .then_some(())
+                .ok_or(format!("{status} {body}"))
+        },
+    )
+    .await;
+    rest
+}
+
+/// examples/mlflow-server.yaml applied as a user would: a plain server in namespace `mlflow`.
+async fn example_server(sh: &Shared) -> Rest {
+    NAMESPACES.lock().unwrap().push("mlflow".into());
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/mlflow-server.yaml"
+    ))
+    .unwrap();
+    kubectl(&["apply", "-f", "-"], &manifest).await;
+    let rest = server_rest(sh, "mlflow", None).await;
+    eventually_ok(
+        "the example MLflow server to answer",
+        2 * MINUTE,
+        || async {
+            let (status, body) = rest
+                .get(
+                    "/api/2.0/mlflow/experiments/get-by-name",
+                    &[("experiment_name", "Default")],
+                )
+                .await;
+            (status == 200)
+                .then_some(())
+                .ok_or(format!("{status} {body}"))
+        },
+    )
+    .await;
+    rest
+}
