@@ -190,7 +190,8 @@ impl FakeAzure {
     }
 }
 
-fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
+/// Workspaces are matched case-insensitively, as ARM does (also used by `fake_cloud`).
+pub fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
     (sub.to_lowercase(), rg.to_lowercase(), ws.to_lowercase())
 }
 
@@ -257,11 +258,13 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-async fn serve(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
+/// Serves `router` over TLS on `tcp` (also used by `fake_cloud`).
+pub async fn serve(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
     let _ = axum::serve(TlsListener { tcp, acceptor }, router).await;
 }
 
-fn entra_error(status: StatusCode, error: &str, description: &str) -> Response {
+/// An Entra ID error answer, AADSTS code included (also used by `fake_cloud`).
+pub fn entra_error(status: StatusCode, error: &str, description: &str) -> Response {
     (
         status,
         axum::Json(json!({
@@ -415,8 +418,18 @@ async fn check_token_request(
 
 /// Verifies a ServiceAccount token against the API server's JWKS.
 async fn verify_assertion(s: &Inner, token: &str) -> Result<Value, String> {
-    let jwks_raw = s
-        .kube
+    verify_service_account_token(&s.kube, &s.sa_issuer, token).await
+}
+
+/// A projected ServiceAccount token checked as Entra ID checks a federated assertion: signed by
+/// one of the API server's keys (its JWKS), issuer, audience `api://AzureADTokenExchange`,
+/// expiry; returns its claims (also used by `fake_cloud`).
+pub async fn verify_service_account_token(
+    kube: &kube::Client,
+    issuer: &str,
+    token: &str,
+) -> Result<Value, String> {
+    let jwks_raw = kube
         .request_text(
             http::Request::get("/openid/v1/jwks")
                 .body(Vec::new())
@@ -433,7 +446,7 @@ async fn verify_assertion(s: &Inner, token: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("key {kid} is not one of the issuer's keys"))?;
     let mut validation = Validation::new(header.alg);
     validation.set_audience(&[TOKEN_EXCHANGE_AUDIENCE]);
-    validation.set_issuer(&[s.sa_issuer.as_str()]);
+    validation.set_issuer(&[issuer]);
     validation.leeway = 0;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
     jsonwebtoken::decode::<Value>(token, &key, &validation)
@@ -441,7 +454,8 @@ async fn verify_assertion(s: &Inner, token: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
-fn arm_error(status: StatusCode, code: &str, message: String) -> Response {
+/// An ARM error answer (also used by `fake_cloud`).
+pub fn arm_error(status: StatusCode, code: &str, message: String) -> Response {
     (
         status,
         axum::Json(json!({"error": {"code": code, "message": message}})),

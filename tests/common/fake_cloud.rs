@@ -22,7 +22,6 @@
 //! and the front door log who called. Each service keeps a request log.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -34,8 +33,12 @@ use axum::routing::{get, post};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+use super::fake_azure::{
+    arm_error, entra_error, serve as serve_tls, verify_service_account_token, ws_key,
+};
 
 pub const ENTRA_HOST: &str = "login.microsoftonline.com";
 pub const ARM_HOST: &str = "management.azure.com";
@@ -278,10 +281,6 @@ fn scope(sub: &str, rg: &str, ws: &str) -> String {
     )
 }
 
-fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
-    (sub.to_lowercase(), rg.to_lowercase(), ws.to_lowercase())
-}
-
 /// A CA and one leaf for `names`; returns the CA PEM and the server config.
 fn tls_config(names: &[&str]) -> (String, rustls::ServerConfig) {
     use rcgen::{
@@ -335,35 +334,6 @@ pub fn service_principal_certificate(client_id: &str) -> (String, Credential) {
             public_key_der: key.public_key_raw().to_vec(),
         },
     )
-}
-
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-async fn serve_tls(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
-    let _ = axum::serve(TlsListener { tcp, acceptor }, router).await;
 }
 
 async fn not_found_logged(State(s): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {
@@ -446,24 +416,6 @@ async fn openid_configuration(State(s): State<Arc<Inner>>, Path(tenant): Path<St
     .into_response()
 }
 
-fn entra_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({
-            "error": error,
-            "error_description": description,
-            "error_codes": [description
-                .strip_prefix("AADSTS")
-                .and_then(|s| s.split(':').next())
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)],
-            "timestamp": jiff::Timestamp::now().to_string(),
-        })),
-    )
-        .into_response()
-}
-
-/// A signed access token for ARM naming the caller.
 fn access_token(
     s: &Inner,
     tenant: &str,
@@ -651,30 +603,7 @@ async fn check_token_request(
 
 /// A ServiceAccount token checked against the API server's JWKS.
 async fn verify_federated(s: &Inner, token: &str) -> Result<Value, String> {
-    let jwks_raw = s
-        .kube
-        .request_text(
-            http::Request::get("/openid/v1/jwks")
-                .body(Vec::new())
-                .unwrap(),
-        )
-        .await
-        .map_err(|e| format!("reading the issuer's keys: {e}"))?;
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&jwks_raw).map_err(|e| format!("issuer keys: {e}"))?;
-    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
-    let kid = header.kid.as_deref().ok_or("the assertion has no kid")?;
-    let jwk = jwks
-        .find(kid)
-        .ok_or_else(|| format!("key {kid} is not one of the issuer's keys"))?;
-    let mut validation = Validation::new(header.alg);
-    validation.set_audience(&[TOKEN_EXCHANGE_AUDIENCE]);
-    validation.set_issuer(&[s.sa_issuer.as_str()]);
-    validation.leeway = 0;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .map(|d| d.claims)
-        .map_err(|e| e.to_string())
+    verify_service_account_token(&s.kube, &s.sa_issuer, token).await
 }
 
 /// The assertion MSAL signs with the certificate's key: RS256 with `x5t` (SHA-1 thumbprint) or
@@ -873,14 +802,6 @@ fn record_call(
 }
 
 // ---------------------------------------------------------------- ARM
-
-fn arm_error(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
 
 async fn arm_workspace(
     State(s): State<Arc<Inner>>,
