@@ -30,7 +30,9 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 pub struct Limits {
     /// TLS handshake.
     pub handshake: Duration,
-    /// HTTP/1 request headers, also the idle time between keep-alive requests.
+    /// HTTP/1 request headers, also the idle time between keep-alive requests. Longer than the
+    /// API server's 90 s idle timeout for pooled connections: the client closes an idle one
+    /// first, never the server under a request the client is about to send.
     pub header_read: Duration,
     /// The request body, once the headers are in.
     pub body_read: Duration,
@@ -49,7 +51,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             handshake: Duration::from_secs(10),
-            header_read: Duration::from_secs(30),
+            header_read: Duration::from_secs(120),
             body_read: Duration::from_secs(10),
             request: Duration::from_secs(30),
             max_connections: 1024,
