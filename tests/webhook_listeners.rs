@@ -167,13 +167,15 @@ async fn rejects_tls_1_0_1_1_and_plain_http_and_no_other_listener_admits() {
         "the process listens on the webhook and metrics ports only"
     );
     for p in &ports {
-        let answer =
-            String::from_utf8_lossy(&exchange(*p, plain_post().as_bytes()).await).into_owned();
-        println!(
-            "plain POST /mutate to port {p} ({}): {:?}",
-            if *p == port { "webhook" } else { "metrics" },
-            answer.lines().next().unwrap_or("(closed, no answer)")
-        );
+        let raw = exchange(*p, plain_post().as_bytes()).await;
+        let answer = String::from_utf8_lossy(&raw).into_owned();
+        let first = match raw.first() {
+            Some(&ALERT) => format!("a TLS alert, description {}", raw.get(6).unwrap_or(&0)),
+            Some(_) => answer.lines().next().unwrap_or_default().to_string(),
+            None => "closed, no answer".into(),
+        };
+        let role = if *p == port { "webhook" } else { "metrics" };
+        println!("plain POST /mutate to port {p} ({role}): {first}");
         assert!(
             !answer.contains("AdmissionReview") && !answer.contains("\"allowed\""),
             "port {p} admitted in plain HTTP: {answer}"
