@@ -196,6 +196,9 @@ impl Conn {
         let builder = builder(&self.limits);
         let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
+        // hyper-util's GracefulShutdown tells every connection at once and cannot be aimed at
+        // one (its connection trait is sealed), and eviction needs exactly that: so each
+        // connection waits on its own signal and then asks hyper itself to finish gracefully.
         let ended = tokio::select! {
             ended = conn.as_mut() => ended,
             _ = close.notified() => {
