@@ -10,6 +10,9 @@
 //! server's REST API (run FINISHED, in the expected experiment, with its parameter, metric, tag
 //! and artifact) and through the fakes' logs (whose token was exchanged, which client id).
 //!
+//! One case runs every identity mode at once and then searches every log of the cluster for the
+//! credentials that crossed the fakes (`common::log_sweep`).
+//!
 //! The cases share one runtime, one set of fakes and one release, set up by the first case to
 //! start; when the test process exits the release is uninstalled and the namespaces deleted.
 
