@@ -10,6 +10,9 @@
 //! server's REST API (run FINISHED, in the expected experiment, with its parameter, metric, tag
 //! and artifact) and through the fakes' logs (whose token was exchanged, which client id).
 //!
+//! One case runs every identity mode at once and then searches every log of the cluster for the
+//! credentials that crossed the fakes (`common::log_sweep`).
+//!
 //! The cases share one runtime, one set of fakes and one release, set up by the first case to
 //! start; when the test process exits the release is uninstalled and the namespaces deleted.
 
@@ -48,6 +51,8 @@ const TEAM_CLIENT: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a02";
 const SP_SECRET_CLIENT: &str = "5b2e8f1a-7c3d-4e9f-8a1b-2c3d4e5f6a03";
 const SP_CERT_CLIENT: &str = "6c3f9a2b-8d4e-4fa0-9b2c-3d4e5f6a7b04";
 const MI_CLIENT: &str = "7d4a0b3c-9e5f-4ab1-8c3d-4e5f6a7b8c05";
+/// The service principal of the log sweep, whose secret no other case knows.
+const SP_SWEEP_CLIENT: &str = "9f6c2d5e-1a7b-4cd3-8e5f-6a7b8c9d0e07";
 /// A service principal whose Secret in the cluster holds a stale client secret.
 const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
 const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
@@ -655,6 +660,153 @@ fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
             "federated",
             Some(&trainer_subject(&ns)),
         );
+    });
+}
+
+/// Nothing secret reaches a log. Labelled pods of every identity mode (workload identity,
+/// managed identity, a service principal whose Secret holds a known client secret) log their
+/// runs at once; then every log of every component is searched (`common::log_sweep`: the
+/// plane, etcd's log, the kubelet, containerd, kube-proxy, CoreDNS, every container on the node
+/// current and previous, and `kubectl logs` of both operator pods) for every credential that
+/// crossed the fakes: each access token they issued (the operator's own included), each
+/// ServiceAccount token (the projected token the pods and the operator read from their files)
+/// and certificate assertion they were sent, each client secret, in the forms of
+/// `log_sweep::forms`. The fakes' own request logs see tokens by design and are not searched.
+/// The service principal's pod gets its secret by `secretKeyRef` only.
+#[test]
+fn no_token_secret_or_assertion_reaches_any_log() {
+    case(|sh| async move {
+        let wi = team_namespace(sh, "sweep-wi").await;
+        sh.cloud.register_app(
+            TENANT,
+            TEAM_CLIENT,
+            Credential::Federated(vec![trainer_subject(&wi)]),
+        );
+        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        azureml_binding(sh, &wi, &format!("sweep-wi-{}", random_suffix()), identity).await;
+
+        let mi = team_namespace(sh, "sweep-mi").await;
+        sh.cloud.register_managed_identity(TENANT, MI_CLIENT);
+        let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
+        azureml_binding(sh, &mi, &format!("sweep-mi-{}", random_suffix()), identity).await;
+
+        let sp = team_namespace(sh, "sweep-sp").await;
+        let client_secret = format!(
+            "sweep-client-secret-{}-{}",
+            random_suffix(),
+            random_suffix()
+        );
+        sh.cloud.register_app(
+            TENANT,
+            SP_SWEEP_CLIENT,
+            Credential::Secret(client_secret.clone()),
+        );
+        create_secret(sh, &sp, "sp-creds", &[("clientSecret", &client_secret)]).await;
+        let identity = json!({"servicePrincipal": {
+            "clientId": SP_SWEEP_CLIENT, "tenantId": TENANT,
+            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
+        }});
+        azureml_binding(sh, &sp, &format!("sweep-sp-{}", random_suffix()), identity).await;
+
+        for ns in [&wi, &mi, &sp] {
+            create_job(
+                ns,
+                "train",
+                json!({}),
+                json!({}),
+                container(json!(null), json!([])),
+            )
+            .await;
+        }
+        let (a, b, c) = futures::join!(
+            trained(sh, &wi, "job-name=train"),
+            trained(sh, &mi, "job-name=train"),
+            trained(sh, &sp, "job-name=train"),
+        );
+        let runs: Vec<String> = [a, b, c]
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_string())
+            .collect();
+        let pod = job_pod(sh, &sp, "train").await;
+        let secret_env = pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "AZURE_CLIENT_SECRET")
+            .cloned()
+            .expect("AZURE_CLIENT_SECRET injected");
+        assert_eq!(
+            secret_env,
+            json!({"name": "AZURE_CLIENT_SECRET", "valueFrom": {"secretKeyRef": {"name": "sp-creds", "key": "clientSecret"}}}),
+            "the webhook references the Secret, never copies its value"
+        );
+
+        let seen = sh.cloud.secrets_seen();
+        let mut secrets: Vec<(String, String)> = seen
+            .iter()
+            .map(|s| (s.what.clone(), s.value.clone()))
+            .collect();
+        secrets.push((
+            "the service principal's Secret".into(),
+            client_secret.clone(),
+        ));
+        let has = |what: &str| seen.iter().any(|s| s.what.starts_with(what));
+        for what in [
+            &format!("client_secret of {SP_SWEEP_CLIENT}"),
+            &format!("access token of {SP_SWEEP_CLIENT}"),
+            &format!("client_assertion of {TEAM_CLIENT}"),
+            &format!("access token of {TEAM_CLIENT}"),
+            &format!("access token of {MI_CLIENT} via IMDS"),
+            &format!("client_assertion of {OPERATOR_CLIENT}"),
+            &format!("access token of {OPERATOR_CLIENT}"),
+        ] {
+            assert!(has(what), "the flow never produced a {what}: {seen:#?}");
+        }
+
+        let mut logs = common::log_sweep::cluster_logs();
+        logs.extend(common::log_sweep::pod_logs(&sh.client, RELEASE_NS, OPERATOR_SELECTOR).await);
+        // The sweep reads what it claims to: each run's pod log and the plane's logs are in it.
+        for run in &runs {
+            assert!(
+                logs.iter()
+                    .any(|l| l.source.contains("/var/log/pods/") && l.text.contains(run.as_str())),
+                "the training pod log with run {run} was not swept"
+            );
+        }
+        for part in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "etcd",
+            "kubelet",
+            "containerd",
+            "kube-proxy",
+            "coredns",
+        ] {
+            assert!(
+                logs.iter()
+                    .any(|l| l.source.ends_with(&format!("/logs/{part}.log"))),
+                "{part}'s log was not swept"
+            );
+        }
+        let operator_logs = logs
+            .iter()
+            .filter(|l| l.source.starts_with("kubectl logs"))
+            .count();
+        assert!(operator_logs >= 2, "both operator pods' logs");
+        let lines: usize = logs.iter().map(|l| l.text.lines().count()).sum();
+        let leaks = common::log_sweep::leaks(&logs, &secrets);
+        let forms: usize = secrets
+            .iter()
+            .map(|(_, v)| common::log_sweep::forms(v).len())
+            .sum();
+        println!(
+            "log sweep: {} credentials ({forms} strings with their encoded forms) searched in {} logs, {lines} lines: {} found",
+            secrets.len(),
+            logs.len(),
+            leaks.len()
+        );
+        assert!(leaks.is_empty(), "credentials in logs: {leaks:#?}");
     });
 }
 

@@ -435,6 +435,79 @@ async fn a_binding_in_another_namespace_is_never_applied() {
     .await;
 }
 
+/// A pod that names another namespace's binding by its annotation (plainly, or as
+/// `namespace/name`) is refused as naming a missing binding, even when its own namespace has a
+/// Ready binding; it never gets the other binding's values. A ServiceAccount of the same name in
+/// the other namespace lends no workload-identity annotations either.
+#[tokio::test]
+async fn a_pod_naming_another_namespaces_binding_is_refused_and_never_gets_its_values() {
+    with_temp_ns("wh-theirs", |client, theirs| async move {
+        with_webhook("wh-ours", async |_, wh| {
+            let ours = &wh.namespace;
+            let their_uri = "https://theirs.example.invalid/mlflow";
+            let their_spec = json!({
+                "trackingUri": their_uri,
+                "experimentName": "their-experiment",
+                "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}},
+            });
+            ready_binding(&client, &theirs, "theirs", their_spec, their_uri).await;
+            wh.wait_binding_ready_in(&theirs, "theirs").await;
+            for name in ["theirs".to_string(), format!("{theirs}/theirs")] {
+                let annotations = json!({"mlflow-operator.io/binding": name});
+                let p = pod("p", tracked(), annotations, one_container());
+                let msg = refusal_message(create(&client, ours, &p).await.unwrap_err());
+                assert!(
+                    msg.contains(&format!("namespace \"{ours}\" has no binding of that name")),
+                    "{name}: {msg}"
+                );
+                assert!(
+                    !msg.contains(their_uri) && !msg.contains(CLIENT_ID),
+                    "{msg}"
+                );
+            }
+
+            // With a Ready binding of our own (workload identity, client id from the pod's
+            // ServiceAccount), naming theirs still refuses rather than falling back to ours.
+            let sa = |ns: &str, client_id: &str| -> ServiceAccount {
+                serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": ns,
+                    "annotations": {"azure.workload.identity/client-id": client_id}}}))
+                .unwrap()
+            };
+            Api::<ServiceAccount>::namespaced(client.clone(), &theirs)
+                .create(&PostParams::default(), &sa(&theirs, CLIENT_ID))
+                .await
+                .unwrap();
+            // Ours exists (ServiceAccount admission requires it) but names no client id.
+            let mut own = sa(ours, CLIENT_ID);
+            own.metadata.annotations = None;
+            Api::<ServiceAccount>::namespaced(client.clone(), ours)
+                .create(&PostParams::default(), &own)
+                .await
+                .unwrap();
+            bind(&client, wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"tenantId": TENANT_ID}}})).await;
+            let annotated = pod(
+                "named",
+                tracked(),
+                json!({"mlflow-operator.io/binding": "theirs"}),
+                json!({"serviceAccountName": "trainer", "containers": [{"name": "train", "image": "python:3.11"}]}),
+            );
+            let msg = refusal_message(create(&client, ours, &annotated).await.unwrap_err());
+            assert!(msg.contains("has no binding of that name"), "{msg}");
+            // Our binding applies, but the other namespace's `trainer` lends no client id.
+            let plain = pod(
+                "plain",
+                tracked(),
+                json!({}),
+                json!({"serviceAccountName": "trainer", "containers": [{"name": "train", "image": "python:3.11"}]}),
+            );
+            let msg = refusal_message(create(&client, ours, &plain).await.unwrap_err());
+            assert!(msg.contains("client id") && !msg.contains(CLIENT_ID), "{msg}");
+        })
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_native_sidecar_is_preserved_and_injected() {
     with_webhook("wh-sidecar", async |client, wh| {

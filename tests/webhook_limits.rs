@@ -152,12 +152,22 @@ async fn rejects_a_stalled_body_with_408() {
     assert!(text.contains("did not arrive within"), "{text}");
 }
 
+/// Whether the server closed `c` (end of stream or reset) within `within`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(c: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, c.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
 #[tokio::test]
-async fn rejects_connections_past_the_limit_at_once_and_serves_again_when_they_go() {
+async fn idle_connections_past_the_limit_make_room_for_new_ones_and_clients_are_served() {
     let limits = short_limits();
     let max = limits.max_connections;
     let s = serve(limits).await;
-    // Idle TCP connections that never start TLS hold a slot until the handshake deadline.
+    // Idle TCP connections that never start TLS: past the limit, each new one takes the place
+    // of the longest idle one, so the limit holds and the newest are kept.
     let mut idle = Vec::new();
     for _ in 0..max * 4 {
         idle.push(
@@ -166,23 +176,55 @@ async fn rejects_connections_past_the_limit_at_once_and_serves_again_when_they_g
                 .unwrap(),
         );
     }
-    // Those past the limit are closed by the server straight away.
-    let mut closed = 0;
-    for c in idle.iter_mut() {
-        let mut buf = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await
-        {
-            closed += 1;
-        }
-    }
-    assert!(
-        closed >= max * 3 - 1,
-        "{closed} of {} closed at once (limit {max})",
-        max * 4
+    assert_eq!(
+        answered(&s).await,
+        "HTTP/1.1 200 OK",
+        "a client is served while the idle connections are held"
     );
-    drop(idle);
+    let outcomes = futures::future::join_all(
+        idle.iter_mut()
+            .map(|c| closed_within(c, Duration::from_millis(300))),
+    )
+    .await;
+    let closed = outcomes.iter().filter(|c| **c).count();
+    // The client above took one more idle connection's place.
+    assert_eq!(closed, max * 3 + 1, "closed of {} (limit {max})", max * 4);
+    assert!(
+        outcomes[..max * 3].iter().all(|c| *c),
+        "the oldest are the ones closed"
+    );
+}
+
+#[tokio::test]
+async fn rejects_a_connection_at_once_when_every_connection_is_busy() {
+    let limits = short_limits();
+    let max = limits.max_connections;
+    let s = serve(limits).await;
+    // Requests whose bodies stall are in progress: their connections cannot make room.
+    let mut busy = Vec::new();
+    for _ in 0..max {
+        let mut tls = connect(&s).await;
+        let head = "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\nexpect: 100-continue\r\n\r\n";
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let mut cont = [0u8; 25];
+        tls.read_exact(&mut cont).await.unwrap();
+        assert!(cont.starts_with(b"HTTP/1.1 100 Continue"));
+        busy.push(tls);
+    }
+    let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)).await,
+        "a connection past the limit with every connection busy is closed at once"
+    );
+    // The stalled bodies time out (408) and service resumes.
+    for tls in busy.iter_mut() {
+        let text = read_to_close(tls, Duration::from_secs(10)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
     eventually_served(
-        "a client to be served once the idle connections are gone",
+        "a client to be served once the stalled requests are cut",
         &s,
     )
     .await;

@@ -1,7 +1,10 @@
 //! The HTTPS side: the TLS accept loop (certificate chosen per handshake from the store) and
 //! the one route, `POST /mutate`.
 
+mod connections;
+
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +15,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use self::connections::{Activity, Admitted, Connections, Ticket};
 use super::Webhook;
 use crate::certs::CertStore;
 
@@ -38,7 +41,8 @@ pub struct Limits {
     pub body_read: Duration,
     /// A whole request, from headers to the answer being ready.
     pub request: Duration,
-    /// Open connections; past it new ones are closed at once.
+    /// Open connections; past it a new one takes the place of an idle one (see
+    /// `connections`), or is closed at once when every connection is busy.
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_streams: u32,
@@ -80,7 +84,8 @@ pub async fn serve(
 /// [`serve`] within `limits`. At shutdown it stops accepting and drains: for `limits.drain`
 /// every answer closes its HTTP/1 connection after it (the API server speaks HTTP/1.1 to
 /// webhooks, and a pooled connection closed under it while idle may fail a request), then what
-/// is still open is told to finish (HTTP/2 GOAWAY, idle HTTP/1 closed) and given one second.
+/// is still open is told to finish (hyper's graceful shutdown: HTTP/2 GOAWAY, idle HTTP/1
+/// closed) and given one second.
 pub async fn serve_with(
     listener: TcpListener,
     webhook: Arc<Webhook>,
@@ -89,8 +94,8 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::new(limits.max_connections);
+    let mut tasks = JoinSet::new();
     let limits = Arc::new(limits);
     let draining = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
@@ -105,37 +110,49 @@ pub async fn serve_with(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            webhook.metrics.admission("error-too-many-connections");
-            tracing::debug!(%peer, "connection limit reached: closed");
-            continue;
+        while tasks.try_join_next().is_some() {}
+        let ticket = match connections.admit() {
+            Admitted::Room(t) => t,
+            Admitted::Evicted(t) => {
+                tracing::debug!(%peer, "connection limit reached: an idle connection closed for it");
+                t
+            }
+            Admitted::Full => {
+                webhook.metrics.admission("error-too-many-connections");
+                tracing::debug!(%peer, "connection limit reached, every connection busy: closed");
+                continue;
+            }
         };
         let conn = Conn {
             acceptor: acceptor.clone(),
             webhook: webhook.clone(),
             limits: limits.clone(),
-            watcher: graceful.watcher(),
             draining: draining.clone(),
+            ticket,
         };
-        tokio::spawn(async move {
-            conn.serve(stream, peer).await;
-            drop(slot);
-        });
+        tasks.spawn(conn.serve(stream, peer));
     }
     drop(listener);
     draining.store(true, Ordering::Relaxed);
-    // Every connection holds a slot: all slots free means every connection has closed.
-    let all_closed = slots.acquire_many(limits.max_connections as u32);
-    if tokio::time::timeout(limits.drain, all_closed)
+    drain(tasks, &connections, &limits).await;
+}
+
+/// Waits for the connections to close by themselves for the drain period, then tells the rest
+/// to finish and gives them a second; what is left after that is cut when `tasks` drops.
+async fn drain(mut tasks: JoinSet<()>, connections: &Connections, limits: &Limits) {
+    let mut all_closed = async || while tasks.join_next().await.is_some() {};
+    if tokio::time::timeout(limits.drain, all_closed())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::info!(
-            open = graceful.count(),
-            "drain period over: closing the remaining connections"
-        );
+        return;
     }
-    if tokio::time::timeout(Duration::from_secs(1), graceful.shutdown())
+    tracing::info!(
+        open = connections.count(),
+        "drain period over: closing the remaining connections"
+    );
+    connections.close_all();
+    if tokio::time::timeout(Duration::from_secs(1), all_closed())
         .await
         .is_err()
     {
@@ -148,57 +165,103 @@ struct Conn {
     acceptor: tokio_rustls::TlsAcceptor,
     webhook: Arc<Webhook>,
     limits: Arc<Limits>,
-    watcher: Watcher,
     draining: Arc<AtomicBool>,
+    /// Its place among the open connections, given up when the connection ends.
+    ticket: Ticket,
 }
 
 impl Conn {
+    /// Serves the connection until the client closes it, a deadline passes, or it is told to
+    /// close (evicted, or shutdown): then hyper finishes what is in progress and closes.
     async fn serve(self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let accept = self.acceptor.accept(stream);
-        let tls = match tokio::time::timeout(self.limits.handshake, accept).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        };
-        let (webhook, limits, draining) = (self.webhook, self.limits.clone(), self.draining);
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (webhook, limits, draining) = (webhook.clone(), limits.clone(), draining.clone());
-            async move {
-                let http1 = req.version() <= http::Version::HTTP_11;
-                let answer = tokio::time::timeout(limits.request, handle(webhook, &limits, req));
-                let mut response = answer.await.unwrap_or_else(|_| {
-                    error(StatusCode::SERVICE_UNAVAILABLE, "the request took too long")
-                });
-                if http1 && draining.load(Ordering::Relaxed) {
-                    response.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
+        let close = self.ticket.close.clone();
+        let accept = tokio::time::timeout(self.limits.handshake, self.acceptor.accept(stream));
+        let tls = tokio::select! {
+            accepted = accept => match accepted {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
                 }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read)
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.limits.h2_max_streams)
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Some(self.limits.header_read))
-            .keep_alive_timeout(self.limits.handshake);
+                Err(_) => return,
+            },
+            _ = close.notified() => return,
+        };
+        let service = service(
+            self.webhook,
+            self.limits.clone(),
+            self.draining,
+            self.ticket.activity(),
+        );
+        let builder = builder(&self.limits);
         let conn = builder.serve_connection(TokioIo::new(tls), service);
-        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+        tokio::pin!(conn);
+        // hyper-util's GracefulShutdown tells every connection at once and cannot be aimed at
+        // one (its connection trait is sealed), and eviction needs exactly that: so each
+        // connection waits on its own signal and then asks hyper itself to finish gracefully.
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = close.notified() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// HTTP/1 and HTTP/2 within `limits`.
+fn builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(limits.header_read))
+        .keep_alive_timeout(limits.handshake);
+    builder
+}
+
+/// Answers each request within the request deadline, marking the connection busy meanwhile;
+/// while draining, HTTP/1 answers say `Connection: close`.
+fn service(
+    webhook: Arc<Webhook>,
+    limits: Arc<Limits>,
+    draining: Arc<AtomicBool>,
+    activity: Activity,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (webhook, limits, draining) = (webhook.clone(), limits.clone(), draining.clone());
+        let busy = activity.busy();
+        async move {
+            let http1 = req.version() <= http::Version::HTTP_11;
+            let answer = tokio::time::timeout(limits.request, handle(webhook, &limits, req));
+            let mut response = answer.await.unwrap_or_else(|_| {
+                error(StatusCode::SERVICE_UNAVAILABLE, "the request took too long")
+            });
+            if http1 && draining.load(Ordering::Relaxed) {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -19,7 +19,8 @@
 //!
 //! Every access token is an HS256 JWT of this fake (audience `https://management.azure.com`,
 //! issuer `https://sts.windows.net/{tenant}/`), naming the app and how it authenticated, so ARM
-//! and the front door log who called. Each service keeps a request log.
+//! and the front door log who called. Each service keeps a request log, and every credential
+//! that crossed the fakes is kept for the log sweep (`secrets_seen`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,16 @@ struct Logs {
     lines: Vec<String>,
     exchanges: Vec<Exchange>,
     calls: Vec<Call>,
+    secrets: Vec<Seen>,
+}
+
+/// A credential that crossed the fakes: an access token they issued, or a client assertion or
+/// client secret they were sent. None of them may ever appear in a log outside the fakes.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// What it is, e.g. `access token of <client id> via federated`.
+    pub what: String,
+    pub value: String,
 }
 
 struct Inner {
@@ -118,6 +129,11 @@ struct Inner {
 }
 
 impl Inner {
+    fn seen(&self, what: String, value: &str) {
+        let value = value.to_string();
+        self.logs.lock().unwrap().secrets.push(Seen { what, value });
+    }
+
     fn line(&self, line: String) {
         eprintln!("fake cloud: {line}");
         self.logs.lock().unwrap().lines.push(line);
@@ -267,6 +283,11 @@ impl FakeCloud {
 
     pub fn calls(&self) -> Vec<Call> {
         self.inner.logs.lock().unwrap().calls.clone()
+    }
+
+    /// Every access token issued and every client assertion and client secret received.
+    pub fn secrets_seen(&self) -> Vec<Seen> {
+        self.inner.logs.lock().unwrap().secrets.clone()
     }
 
     /// Every request every service saw, in order, one line each.
@@ -458,15 +479,33 @@ async fn entra_token(
         status: 200,
         error: None,
     };
+    for key in ["client_assertion", "client_secret"] {
+        if let Some(v) = form.get(key) {
+            s.seen(format!("{key} of {client_id}"), v);
+        }
+    }
     let outcome = check_token_request(&s, &tenant, &form, &mut exchange).await;
     let response = match outcome {
-        Ok(()) => axum::Json(json!({
-            "token_type": "Bearer",
-            "expires_in": 3599,
-            "ext_expires_in": 3599,
-            "access_token": access_token(&s, &tenant, &client_id, &exchange.via, exchange.subject.as_deref()),
-        }))
-        .into_response(),
+        Ok(()) => {
+            let token = access_token(
+                &s,
+                &tenant,
+                &client_id,
+                &exchange.via,
+                exchange.subject.as_deref(),
+            );
+            s.seen(
+                format!("access token of {client_id} via {}", exchange.via),
+                &token,
+            );
+            axum::Json(json!({
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": token,
+            }))
+            .into_response()
+        }
         Err((status, error, description)) => {
             exchange.status = status.as_u16();
             exchange.error = Some(description.clone());
@@ -712,8 +751,10 @@ async fn imds_token(
     } else if let Some(tenant) = tenant {
         exchange.tenant = tenant.clone();
         let exp = now() + 3600;
+        let token = access_token(&s, &tenant, &client_id, "managed_identity", None);
+        s.seen(format!("access token of {client_id} via IMDS"), &token);
         axum::Json(json!({
-            "access_token": access_token(&s, &tenant, &client_id, "managed_identity", None),
+            "access_token": token,
             "client_id": client_id,
             "expires_in": "3599",
             "expires_on": exp.to_string(),

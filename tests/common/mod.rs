@@ -7,6 +7,7 @@
 pub mod fake_azure;
 pub mod fake_cloud;
 pub mod helm;
+pub mod log_sweep;
 pub mod mlflow;
 pub mod node;
 pub mod operator;

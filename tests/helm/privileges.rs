@@ -1,120 +1,333 @@
 //! What the installed operator may and may not do, as the API server judges it: Pod Security
-//! "restricted" for its pod, and RBAC checked with `kubectl auth can-i` as its ServiceAccount.
+//! "restricted" for its pod, and RBAC checked with SubjectAccessReviews for its ServiceAccount.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use super::release::Installed;
 
-/// Least privilege, as the API server's authorizer sees the ServiceAccount.
+/// One question to the API server's authorizer: may the subject `verb` this resource?
+#[derive(Debug)]
+struct Ask<'a> {
+    verb: &'a str,
+    group: &'a str,
+    /// `resource` or `resource/subresource`.
+    resource: &'a str,
+    /// Empty: any name.
+    name: &'a str,
+    /// Empty: every namespace (or a cluster-scoped resource).
+    namespace: &'a str,
+}
+
+fn ask<'a>(
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+) -> Ask<'a> {
+    Ask {
+        verb,
+        group,
+        resource,
+        name,
+        namespace,
+    }
+}
+
+/// Least privilege, as the API server's authorizer answers SubjectAccessReviews for the chart's
+/// ServiceAccount: every verb of every rule the installed ClusterRole and Role grant is allowed
+/// (the cluster-wide ones in any namespace), and a list of what the operator must never do is
+/// denied, Secrets outside its own above all.
 pub async fn assert_least_privilege(installed: &Installed) {
     let Installed {
+        client,
         test_ns,
         release_ns,
         fullname,
         ..
     } = installed;
     let (test_ns, release_ns) = (test_ns.as_str(), release_ns.as_str());
-    let sa = format!("system:serviceaccount:{release_ns}:{fullname}");
-    let other_mwc = format!("mutatingwebhookconfigurations/{fullname}-other");
-    let own_mwc = format!("mutatingwebhookconfigurations/{fullname}");
-    let own_secret = format!("secrets/{}", installed.flag("--cert-secret"));
-    let lease = format!(
-        "leases.coordination.k8s.io/{}",
-        installed.flag("--lease-name")
-    );
-    let denied: Vec<Vec<&str>> = vec![
-        vec!["delete", "pods", "-n", test_ns],
-        vec!["create", "pods", "-n", test_ns],
-        vec!["patch", "pods", "-n", test_ns],
-        vec!["get", "secrets", "-n", test_ns],
-        vec!["list", "secrets", "-n", release_ns],
-        vec!["get", "secrets/other", "-n", release_ns],
-        vec!["delete", &own_secret, "-n", release_ns],
-        vec!["patch", &other_mwc],
-        vec!["list", "mutatingwebhookconfigurations"],
-        vec!["delete", &own_mwc],
-        vec![
-            "create",
-            "mlflowworkspacebindings.mlflow-operator.io",
-            "-n",
-            test_ns,
-        ],
-        vec![
+    let cluster_role = Api::<ClusterRole>::all(client.clone())
+        .get(fullname)
+        .await
+        .unwrap();
+    let role = Api::<Role>::namespaced(client.clone(), release_ns)
+        .get(fullname)
+        .await
+        .unwrap();
+    let mut granted = Vec::new();
+    for (rules, namespaces) in [
+        (cluster_role.rules.unwrap_or_default(), vec![test_ns, ""]),
+        (role.rules.unwrap_or_default(), vec![release_ns]),
+    ] {
+        for rule in rules {
+            let names = rule
+                .resource_names
+                .clone()
+                .unwrap_or_else(|| vec![String::new()]);
+            for (group, resource, verb, name, ns) in granted_by(&rule, &names, &namespaces) {
+                granted.push((verb, group, resource, name, ns));
+            }
+        }
+    }
+    for (verb, group, resource, name, ns) in &granted {
+        let a = ask(verb, group, resource, name, ns);
+        assert!(
+            authorized(installed, &a).await,
+            "the chart grants {a:?} but the API server denies it"
+        );
+    }
+
+    let own_secret = installed.flag("--cert-secret");
+    let lease = installed.flag("--lease-name");
+    let own_mwc = fullname.as_str();
+    let other_mwc = format!("{fullname}-other");
+    let bindings = "mlflowworkspacebindings";
+    let crd = "mlflowworkspacebindings.mlflow-operator.io";
+    let mut denied = vec![
+        // Secrets: never outside its own namespace, never listed, only its own by name.
+        ask("get", "", "secrets", "", test_ns),
+        ask("list", "", "secrets", "", test_ns),
+        ask("watch", "", "secrets", "", test_ns),
+        ask("get", "", "secrets", "", ""),
+        ask("list", "", "secrets", "", ""),
+        ask("watch", "", "secrets", "", ""),
+        ask("get", "", "secrets", "sp-creds", test_ns),
+        ask("create", "", "secrets", "", test_ns),
+        ask("list", "", "secrets", "", release_ns),
+        ask("watch", "", "secrets", "", release_ns),
+        ask("get", "", "secrets", "other", release_ns),
+        ask("patch", "", "secrets", own_secret, release_ns),
+        ask("delete", "", "secrets", own_secret, release_ns),
+        // Pods are only ever answered about, never touched.
+        ask("get", "", "pods", "", test_ns),
+        ask("list", "", "pods", "", test_ns),
+        ask("create", "", "pods", "", test_ns),
+        ask("update", "", "pods", "", test_ns),
+        ask("patch", "", "pods", "", test_ns),
+        ask("delete", "", "pods", "", test_ns),
+        ask("create", "", "pods/exec", "", test_ns),
+        ask("get", "", "pods/log", "", test_ns),
+        ask("create", "", "pods/eviction", "", test_ns),
+        // ServiceAccounts are read for their annotations; no tokens are minted.
+        ask("create", "", "serviceaccounts/token", "", test_ns),
+        ask("create", "", "serviceaccounts/token", "", release_ns),
+        ask("create", "", "serviceaccounts", "", test_ns),
+        ask("update", "", "serviceaccounts", "", test_ns),
+        ask("patch", "", "serviceaccounts", "", test_ns),
+        ask("delete", "", "serviceaccounts", "", test_ns),
+        // Its own MutatingWebhookConfiguration's caBundle only.
+        ask(
+            "get",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            &other_mwc,
+            "",
+        ),
+        ask(
+            "patch",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            &other_mwc,
+            "",
+        ),
+        ask(
             "update",
-            "mlflowworkspacebindings.mlflow-operator.io",
-            "-n",
-            test_ns,
-        ],
-        vec![
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            own_mwc,
+            "",
+        ),
+        ask(
             "delete",
-            "mlflowworkspacebindings.mlflow-operator.io",
-            "-n",
-            test_ns,
-        ],
-        vec!["patch", "serviceaccounts", "-n", test_ns],
-        vec!["create", "serviceaccounts/token", "-n", test_ns],
-        vec!["create", "leases.coordination.k8s.io", "-n", test_ns],
-        vec!["delete", &lease, "-n", release_ns],
-        vec![
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            own_mwc,
+            "",
+        ),
+        ask(
+            "list",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        ask(
+            "watch",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        ask(
+            "create",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        ask(
             "patch",
-            "leases.coordination.k8s.io/other",
-            "-n",
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            own_mwc,
+            "",
+        ),
+        // Bindings are the teams': read, and only their status written.
+        ask("create", "mlflow-operator.io", bindings, "", test_ns),
+        ask("update", "mlflow-operator.io", bindings, "", test_ns),
+        ask("patch", "mlflow-operator.io", bindings, "", test_ns),
+        ask("delete", "mlflow-operator.io", bindings, "", test_ns),
+        ask(
+            "update",
+            "mlflow-operator.io",
+            "mlflowworkspacebindings/status",
+            "",
+            test_ns,
+        ),
+        ask(
+            "update",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            crd,
+            "",
+        ),
+        ask(
+            "delete",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            crd,
+            "",
+        ),
+        // Its own Lease only, in its own namespace.
+        ask("get", "coordination.k8s.io", "leases", "other", release_ns),
+        ask(
+            "patch",
+            "coordination.k8s.io",
+            "leases",
+            "other",
             release_ns,
-        ],
-        vec!["delete", "events.events.k8s.io", "-n", test_ns],
-        vec!["create", "clusterrolebindings"],
-        vec!["escalate", "clusterroles"],
-        vec!["impersonate", "serviceaccounts"],
+        ),
+        ask("list", "coordination.k8s.io", "leases", "", release_ns),
+        ask("update", "coordination.k8s.io", "leases", lease, release_ns),
+        ask("delete", "coordination.k8s.io", "leases", lease, release_ns),
+        ask("create", "coordination.k8s.io", "leases", "", test_ns),
+        ask("get", "coordination.k8s.io", "leases", lease, test_ns),
+        // Nothing else of the cluster.
+        ask("get", "", "configmaps", "", test_ns),
+        ask("list", "", "configmaps", "", release_ns),
+        ask("get", "", "nodes", "", ""),
+        ask("list", "", "nodes", "", ""),
+        ask("list", "", "namespaces", "", ""),
+        ask("create", "", "events", "", test_ns),
+        ask("delete", "events.k8s.io", "events", "", test_ns),
+        ask("update", "apps", "deployments", fullname, release_ns),
+        ask(
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "",
+            "",
+        ),
+        ask(
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "",
+            "",
+        ),
+        ask("bind", "rbac.authorization.k8s.io", "clusterroles", "", ""),
+        ask("impersonate", "", "serviceaccounts", "", test_ns),
+        ask("impersonate", "", "users", "", ""),
     ];
-    for check in &denied {
+    // The operator reads bindings through watches only: not one by one.
+    denied.push(ask("get", "mlflow-operator.io", bindings, "", test_ns));
+    for a in &denied {
         assert!(
-            !can_i(&sa, check).await,
-            "the operator must not be able to {check:?}"
+            !authorized(installed, a).await,
+            "the operator must not be allowed {a:?}"
         );
     }
-    let allowed: Vec<Vec<&str>> = vec![
-        vec!["patch", &own_mwc],
-        vec!["get", &own_secret, "-n", release_ns],
-        vec!["update", &own_secret, "-n", release_ns],
-        vec!["patch", &lease, "-n", release_ns],
-        vec![
-            "patch",
-            "mlflowworkspacebindings.mlflow-operator.io",
-            "--subresource=status",
-            "-n",
-            test_ns,
-        ],
-        vec!["watch", "serviceaccounts", "--all-namespaces"],
-    ];
-    for check in &allowed {
-        assert!(
-            can_i(&sa, check).await,
-            "the operator must be able to {check:?}"
-        );
-    }
+    println!(
+        "SubjectAccessReview for {}: {} granted verbs allowed, {} others denied",
+        service_account(installed),
+        granted.len(),
+        denied.len()
+    );
 }
 
-/// `kubectl auth can-i` as the ServiceAccount: true for "yes".
-async fn can_i(sa: &str, args: &[&str]) -> bool {
-    let out = tokio::process::Command::new("kubectl")
-        .args(["auth", "can-i", &format!("--as={sa}")])
-        .args(args)
-        .output()
+/// Every (group, resource, verb, name, namespace) a rule grants.
+fn granted_by<'r>(
+    rule: &'r k8s_openapi::api::rbac::v1::PolicyRule,
+    names: &'r [String],
+    namespaces: &'r [&'r str],
+) -> impl Iterator<Item = (String, String, String, String, String)> + 'r {
+    let groups = rule.api_groups.as_deref().unwrap_or_default();
+    let resources = rule.resources.as_deref().unwrap_or_default();
+    groups.iter().flat_map(move |g| {
+        resources.iter().flat_map(move |r| {
+            rule.verbs.iter().flat_map(move |v| {
+                names.iter().flat_map(move |n| {
+                    namespaces
+                        .iter()
+                        .map(move |ns| (g.clone(), r.clone(), v.clone(), n.clone(), ns.to_string()))
+                })
+            })
+        })
+    })
+}
+
+fn service_account(installed: &Installed) -> String {
+    format!(
+        "system:serviceaccount:{}:{}",
+        installed.release_ns, installed.fullname
+    )
+}
+
+/// The authorizer's answer for the chart's ServiceAccount (with the groups every
+/// ServiceAccount token carries).
+async fn authorized(installed: &Installed, a: &Ask<'_>) -> bool {
+    let (resource, subresource) = match a.resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (a.resource, None),
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(service_account(installed)),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", installed.release_ns),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(a.verb.to_string()),
+                group: Some(a.group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                name: some(a.name),
+                namespace: some(a.namespace),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(installed.client.clone())
+        .create(&PostParams::default(), &review)
         .await
-        .expect("kubectl on PATH");
-    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        answer == "yes" || answer == "no",
-        "kubectl auth can-i {args:?}: {answer} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    answer == "yes"
+        .expect("create a SubjectAccessReview");
+    answer.status.expect("the authorizer's status").allowed
 }
 
 /// Server-side dry-run of a Pod with the Deployment's template in a namespace that enforces

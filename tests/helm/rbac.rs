@@ -21,7 +21,7 @@ async fn rbac_grants_exactly_the_documented_rules() {
                 &["mlflow-operator.io"],
                 &["mlflowworkspacebindings"],
                 &[],
-                &["get", "list", "watch"]
+                &["list", "watch"]
             ),
             rule(
                 &["mlflow-operator.io"],
