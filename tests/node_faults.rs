@@ -99,6 +99,9 @@ where
             .await;
         let _alone = ONE_AT_A_TIME.lock().await;
         operators_ready(&shared.client).await;
+        // Ready pods are not yet endpoints kube-proxy routes to: the load starts once the
+        // webhook answers through the Service.
+        answers_in_a_row(shared, "fraud", CLIENT_ID).await;
         body(shared).await
     });
 }
@@ -649,6 +652,20 @@ async fn operators_ready(client: &Client) -> Vec<Pod> {
         },
     )
     .await
+}
+
+/// Ten dry-run pods in a row, spread by the Service over both replicas, injected from `binding`
+/// with `client_id` (so both replicas' caches hold them).
+async fn answers_in_a_row(sh: &Shared, binding: &str, client_id: &str) {
+    let in_a_row = std::cell::Cell::new(0);
+    let what =
+        format!("the webhook to inject from {binding} with client id {client_id}, 10 in a row");
+    eventually(&what, MINUTE, || async {
+        let ok = dry_run_uses(sh, binding, client_id).await;
+        in_a_row.set(if ok { in_a_row.get() + 1 } else { 0 });
+        (in_a_row.get() >= 10).then_some(())
+    })
+    .await;
 }
 
 /// Whether a dry-run pod naming `binding` gets the binding and `client_id`.

@@ -339,6 +339,11 @@ async fn apply(
     // Until the configuration exists with our CA, look again soon rather than at the (long)
     // rotation interval: pods are refused while caBundle is missing.
     let soon = cfg.check_every.min(Duration::from_secs(5));
+    let name = cfg.names.first().map_or("", String::as_str);
+    if let Err(e) = super::verify_chain(pems, name) {
+        tracing::error!(secret = %cfg.secret, error = %e, "not serving the Secret's certificate; keeping the current one");
+        return soon;
+    }
     let want = serving.want(&pems.ca_cert, Instant::now());
     let next = match sync_ca_bundle_to(client, &cfg.webhook_config, &want).await {
         Ok(CaBundle::Updated) if serving.changes_ca(&pems.ca_cert) => {
@@ -386,7 +391,12 @@ pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-managed certificate not ready; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                // Never later than the next regular check: a failure (the API server
+                // restarting, say) must not delay a rotation the Secret already asks for.
+                let cap = cfg
+                    .check_every
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                backoff = (backoff * 2).min(cap);
                 backoff
             }
         };

@@ -18,8 +18,17 @@ use super::node::{TRACK, Tally, admission_load, after_more_attempts};
 pub struct Load {
     pub tally: Arc<Tally>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     pods: Api<k8s_openapi::api::core::v1::Pod>,
+}
+
+/// A case that fails mid-load must not leave the load running into the next case.
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Load {
@@ -29,7 +38,7 @@ impl Load {
         Self {
             tally,
             stop,
-            task,
+            task: Some(task),
             pods: Api::namespaced(client.clone(), namespace),
         }
     }
@@ -41,15 +50,17 @@ impl Load {
 
     /// Stops creating pods, deletes those it made (they never run: scheduling gates) and
     /// returns the count.
-    pub async fn finish(self) -> Arc<Tally> {
+    pub async fn finish(mut self) -> Arc<Tally> {
         self.stop.send(true).unwrap();
-        self.task.await.unwrap();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
         let labelled = ListParams::default().labels(&format!("{TRACK}=true"));
         let _ = self
             .pods
             .delete_collection(&DeleteParams::background(), &labelled)
             .await;
-        self.tally
+        self.tally.clone()
     }
 }
 
