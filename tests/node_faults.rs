@@ -385,7 +385,7 @@ fn arm_failing_for_minutes_keeps_the_last_good_uri_and_backs_off() {
         let bindings: Api<MlflowWorkspaceBinding> = Api::namespaced(sh.client.clone(), &sh.aml);
         let good = wait_ready(&bindings, "aml", "Resolved").await;
         let since = good.ready_condition().unwrap().last_transition_time.clone();
-        let seen = watch_statuses(&bindings, "aml");
+        let (seen, watching) = watch_statuses(&bindings, "aml");
         let events_before = events_for(&sh.client, &sh.aml, "aml").await;
         let load = Load::start(&sh.client, &sh.aml, "trainer");
         load.after(20).await;
@@ -427,6 +427,7 @@ fn arm_failing_for_minutes_keeps_the_last_good_uri_and_backs_off() {
         let recovery = answering.elapsed();
         load.after(20).await;
         let tally = load.finish().await;
+        watching.abort();
         let statuses = seen.lock().unwrap().clone();
         let events_after = events_for(&sh.client, &sh.aml, "aml").await;
 
@@ -724,8 +725,7 @@ async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Every status of binding `name` the API server reports from now on, as (Ready status,
-/// tracking URI, Ready lastTransitionTime, Ready reason).
+/// One status of a binding: (Ready status, tracking URI, Ready lastTransitionTime, Ready reason).
 type Seen = (
     String,
     String,
@@ -733,16 +733,20 @@ type Seen = (
     String,
 );
 
+/// Every status of binding `name` the API server reports from now on (abort the task to stop).
 fn watch_statuses(
     api: &Api<MlflowWorkspaceBinding>,
     name: &str,
-) -> std::sync::Arc<Mutex<Vec<Seen>>> {
+) -> (
+    std::sync::Arc<Mutex<Vec<Seen>>>,
+    tokio::task::JoinHandle<()>,
+) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
     let (into, api) = (seen.clone(), api.clone());
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
         while let Some(Ok(b)) = stream.next().await {
             let Some(c) = b.ready_condition().cloned() else {
@@ -754,7 +758,7 @@ fn watch_statuses(
                 .push((c.status, uri, c.last_transition_time, c.reason));
         }
     });
-    seen
+    (seen, task)
 }
 
 fn arm_calls(cloud: &FakeCloud) -> usize {
