@@ -366,7 +366,9 @@ pub struct MlflowWorkspaceBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
-    /// Kubernetes conditions; Ready says whether pods can be injected.
+    /// Kubernetes conditions; Ready says whether pods can be injected. While Azure Resource
+    /// Manager throttles, fails or does not answer, Ready stays True with the last good URI
+    /// and reason RefreshFailing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

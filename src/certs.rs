@@ -36,6 +36,8 @@ pub enum CertError {
     Mismatch(String),
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("the serving certificate does not chain to ca.crt {0}")]
+    Chain(String),
 }
 
 /// Builds a rustls certified key from PEM, checking that key and certificate belong together.
@@ -203,9 +205,9 @@ pub fn issue(
     now: i64,
 ) -> Result<Pems, CertError> {
     let ca_key = rcgen::KeyPair::from_pem(ca_key_pem)?;
-    // The issuer is rebuilt from the same name and key, so the leaf chains to the stored CA
-    // without parsing it back (that would need rcgen's x509-parser feature).
-    let issuer = rcgen::Issuer::new(ca_params(), ca_key);
+    // Subject and key identifier from the CA certificate itself: a CA written into the Secret
+    // by someone else has its own, and a leaf naming another issuer would not chain to it.
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
@@ -227,6 +229,38 @@ pub fn issue(
         key: key.serialize_pem(),
         not_after,
     })
+}
+
+/// Checks that the serving certificate of `pems` chains to its CA for `name`, as a TLS client
+/// trusting only that CA would: a pair that does not is never served.
+pub fn verify_chain(pems: &Pems, name: &str) -> Result<(), CertError> {
+    use rustls::client::danger::ServerCertVerifier;
+    let bad = |e: String| CertError::Chain(e);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pems.ca_cert.as_bytes()) {
+        roots
+            .add(ca.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(aws_lc_rs::default_provider()),
+    )
+    .build()
+    .map_err(|e| bad(e.to_string()))?;
+    let mut chain = CertificateDer::pem_slice_iter(pems.cert.as_bytes());
+    let leaf = chain
+        .next()
+        .ok_or(CertError::NoCertificate)?
+        .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let intermediates: Vec<_> = chain.filter_map(Result::ok).collect();
+    let server = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| bad(e.to_string()))?;
+    let now = rustls::pki_types::UnixTime::now();
+    verifier
+        .verify_server_cert(&leaf, &intermediates, &server, &[], now)
+        .map(|_| ())
+        .map_err(|e| bad(format!("for {name}: {e}")))
 }
 
 fn at(unix: i64) -> time::OffsetDateTime {
@@ -281,6 +315,31 @@ mod tests {
             assert!(err.contains(what), "{err}");
             assert!(store.is_loaded());
         }
+    }
+
+    /// A CA made elsewhere (another subject, a SHA-1 key identifier): a re-issued leaf used to
+    /// name the operator's own CA as issuer and not chain to it.
+    #[test]
+    fn a_leaf_reissued_from_a_ca_made_elsewhere_chains_to_it() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "platform team CA");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![7; 20]);
+        let ca = p.self_signed(&key).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let names = ["svc.ns.svc".to_string()];
+        let pems = issue(&ca.pem(), &key.serialize_pem(), &names, 30, now).unwrap();
+        verify_chain(&pems, "svc.ns.svc").expect("chains to the CA it was issued from");
+        let other = generate(&names, 10, 5, now).unwrap();
+        let mixed = Pems {
+            ca_cert: other.ca_cert,
+            ..pems
+        };
+        let err = verify_chain(&mixed, "svc.ns.svc").unwrap_err().to_string();
+        assert!(err.contains("does not chain"), "{err}");
     }
 
     #[test]

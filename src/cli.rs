@@ -95,6 +95,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub cert_dns_names: Vec<String>,
 
+    /// How often the self-managed certificate Secret is read: how soon a rotation, or a
+    /// certificate written into the Secret, is served and its CA put in the caBundle.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub cert_check_interval: Duration,
+
     /// Service name the webhook is reached through (for the default certificate names).
     #[arg(long, default_value = "mlflow-operator-webhook")]
     pub service_name: String,
@@ -122,6 +127,12 @@ pub struct RunArgs {
     /// How often each Azure ML workspace's tracking URI is re-resolved.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub refresh_interval: Duration,
+
+    /// How soon a binding whose workspace could not be resolved is tried again (at most the
+    /// refresh interval): how long a fixed role assignment or an ARM outage that ended takes to
+    /// show.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub error_retry: Duration,
 
     /// Lease used for leader election of the controller.
     #[arg(long, default_value = "mlflow-operator-controller")]

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{LogParams, PostParams};
 use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
@@ -33,7 +33,7 @@ use common::fake_cloud::{self, Credential, FakeCloud};
 use common::helm::{CHART, helm, helm_ok};
 use common::mlflow::MlflowServer;
 use common::node::{TRACK, is_ready, is_running, pods_when};
-use common::{client, cluster_env, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
+use common::{client, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
 
 const RELEASE: &str = "mlflow-operator";
 const RELEASE_NS: &str = "mlflow-operator";
@@ -111,7 +111,7 @@ extern "C" fn clean_up_at_exit() {
         let _ = std::process::Command::new(bin).args(args).output();
     };
     shared.server.kill();
-    unmap_hosts();
+    fake_cloud::unmap_hosts();
     // Waits, so the next test binary finds neither the release nor a terminating namespace.
     run(
         "helm",
@@ -835,7 +835,7 @@ async fn setup() -> Shared {
 
     let server = MlflowServer::start_serving_artifacts().await;
     let cloud = FakeCloud::start(client.clone(), &server.url).await;
-    map_hosts().await;
+    fake_cloud::map_hosts().await;
     cloud.add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
 
     // The operator's ServiceAccount is federated with its own application.
@@ -850,7 +850,7 @@ async fn setup() -> Shared {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create the release namespace");
-    ca_configmap(&client, RELEASE_NS, &cloud.ca_pem).await;
+    fake_cloud::ca_configmap(&client, RELEASE_NS, CA_CONFIGMAP, &cloud.ca_pem).await;
     let client_id = format!("azure.workloadIdentity.clientId={OPERATOR_CLIENT}");
     let tenant = format!("azure.workloadIdentity.tenantId={TENANT}");
     let ca = format!("azure.caConfigMap.name={CA_CONFIGMAP}");
@@ -899,111 +899,6 @@ async fn setup() -> Shared {
     }
 }
 
-fn hosts_file() -> String {
-    cluster_env("CLUSTER_HOSTS_FILE")
-}
-
-fn unmap_hosts() {
-    let path = hosts_file();
-    let kept: String = std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.contains("# fake-cloud"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let _ = std::fs::write(&path, kept);
-}
-
-/// Maps the real host names to the fakes in the hosts file CoreDNS serves to pods, and waits
-/// until CoreDNS answers them.
-async fn map_hosts() {
-    unmap_hosts();
-    let path = hosts_file();
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    for line in FakeCloud::hosts_lines().lines() {
-        text.push_str(&format!("{line} # fake-cloud\n"));
-    }
-    std::fs::write(&path, text).unwrap();
-    for (name, ip) in [
-        (fake_cloud::ENTRA_HOST, fake_cloud::ENTRA_IP),
-        (fake_cloud::ARM_HOST, fake_cloud::ARM_IP),
-        (fake_cloud::AML_HOST, fake_cloud::AML_IP),
-    ] {
-        eventually_ok(
-            &format!("CoreDNS to answer {name} with {ip}"),
-            MINUTE,
-            || resolve(name),
-        )
-        .await
-        .iter()
-        .find(|a| *a == ip)
-        .unwrap_or_else(|| panic!("CoreDNS answers {name} but not with {ip}"));
-    }
-}
-
-/// The A records CoreDNS (on the node address) answers for `name`.
-async fn resolve(name: &str) -> Result<Vec<String>, String> {
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    sock.send_to(&q, "10.250.0.1:53")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf))
-        .await
-        .map_err(|_| "no DNS answer within 1 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let r = &buf[..n];
-    let rcode = r[3] & 0x0f;
-    if rcode != 0 {
-        return Err(format!("rcode {rcode}"));
-    }
-    let answers = u16::from_be_bytes([r[6], r[7]]);
-    let mut i = q.len();
-    let mut out = Vec::new();
-    for _ in 0..answers {
-        // Name: a pointer or labels.
-        if r[i] & 0xc0 == 0xc0 {
-            i += 2;
-        } else {
-            while r[i] != 0 {
-                i += r[i] as usize + 1;
-            }
-            i += 1;
-        }
-        let rtype = u16::from_be_bytes([r[i], r[i + 1]]);
-        let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
-        i += 10;
-        if rtype == 1 && len == 4 {
-            out.push(format!("{}.{}.{}.{}", r[i], r[i + 1], r[i + 2], r[i + 3]));
-        }
-        i += len;
-    }
-    if out.is_empty() {
-        return Err("no A record".into());
-    }
-    Ok(out)
-}
-
-async fn ca_configmap(client: &Client, ns: &str, pem: &str) {
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": CA_CONFIGMAP},
-        "data": {"ca.crt": pem},
-    }))
-    .unwrap();
-    cms.create(&PostParams::default(), &cm)
-        .await
-        .expect("create the CA ConfigMap");
-}
-
 /// A team namespace with the fakes' CA and a `trainer` ServiceAccount.
 async fn team_namespace(sh: &Shared, prefix: &str) -> String {
     let name = format!("aml-{prefix}-{}", random_suffix());
@@ -1017,7 +912,7 @@ async fn team_namespace(sh: &Shared, prefix: &str) -> String {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create the team namespace");
-    ca_configmap(&sh.client, &name, &sh.cloud.ca_pem).await;
+    fake_cloud::ca_configmap(&sh.client, &name, CA_CONFIGMAP, &sh.cloud.ca_pem).await;
     let sas: Api<ServiceAccount> = Api::namespaced(sh.client.clone(), &name);
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap();

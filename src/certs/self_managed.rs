@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use tokio::time::Instant;
 
 use super::{CertStore, Pems, generate, issue};
 
@@ -127,13 +128,13 @@ fn from_secret(s: &Secret) -> Option<Pems> {
         ca_key: get("ca.key")?,
         cert: get("tls.crt")?,
         key: get("tls.key")?,
+        // A pair written in by hand has no expiry annotation: re-issued at once from its CA.
         not_after: s
             .metadata
             .annotations
-            .as_ref()?
-            .get(NOT_AFTER)?
-            .parse()
-            .ok()?,
+            .as_ref()
+            .and_then(|a| a.get(NOT_AFTER)?.parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -204,25 +205,61 @@ pub enum CaBundle {
     NoConfiguration,
 }
 
-/// Sets caBundle on every webhook of the configuration that does not carry `ca_pem` yet.
+/// The caBundle a replica needs: these CAs (PEM), and either exactly them or at least them
+/// (leaving CAs another replica still needs in place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub cas: Vec<String>,
+    pub exact: bool,
+}
+
+impl Want {
+    fn pem(&self) -> String {
+        self.cas.iter().map(|c| format!("{}\n", c.trim())).collect()
+    }
+
+    fn satisfied_by(&self, current: Option<&[u8]>) -> bool {
+        let current = String::from_utf8_lossy(current.unwrap_or_default());
+        if self.exact {
+            current.trim() == self.pem().trim()
+        } else {
+            self.cas.iter().all(|c| current.contains(c.trim()))
+        }
+    }
+}
+
+/// Sets caBundle to `ca_pem` on every webhook of the configuration that does not carry it yet.
 pub async fn sync_ca_bundle(
     client: &Client,
     name: &str,
     ca_pem: &str,
+) -> Result<CaBundle, kube::Error> {
+    let want = Want {
+        cas: vec![ca_pem.to_string()],
+        exact: true,
+    };
+    sync_ca_bundle_to(client, name, &want).await
+}
+
+/// Sets caBundle to what `want` asks on every webhook of the configuration that lacks it.
+pub async fn sync_ca_bundle_to(
+    client: &Client,
+    name: &str,
+    want: &Want,
 ) -> Result<CaBundle, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(mwc) = api.get_opt(name).await? else {
         tracing::warn!(webhook_config = %name, "MutatingWebhookConfiguration not found; caBundle not set yet");
         return Ok(CaBundle::NoConfiguration);
     };
-    let want = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let value = base64::engine::general_purpose::STANDARD.encode(want.pem());
     let ops: Vec<serde_json::Value> = mwc
         .webhooks
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .filter(|(_, w)| w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes()))
-        .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}))
+        .filter(|(_, w)| !want.satisfied_by(w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())))
+        .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": value}))
         .collect();
     if ops.is_empty() {
         return Ok(CaBundle::Current);
@@ -231,36 +268,135 @@ pub async fn sync_ca_bundle(
         serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch");
     api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await?;
-    tracing::info!(webhook_config = %name, "caBundle updated");
+    tracing::info!(webhook_config = %name, cas = want.cas.len(), "caBundle updated");
     Ok(CaBundle::Updated)
+}
+
+/// How long the API server may take to use a caBundle it was given (its informer's lag) before
+/// a replica serves a certificate only the new CA in it verifies.
+const CA_PROPAGATION: Duration = Duration::from_secs(5);
+
+/// The CA this replica serves a certificate of, and the one it served before a CA change, kept
+/// in the caBundle until every replica has moved on.
+#[derive(Debug, Default)]
+pub struct Serving {
+    ca: Option<String>,
+    previous: Option<(String, Instant)>,
+}
+
+impl Serving {
+    /// The caBundle needed to serve a certificate of `ca` now.
+    pub fn want(&self, ca: &str, now: Instant) -> Want {
+        let previous = match (&self.ca, &self.previous) {
+            (Some(served), _) if served != ca => Some(served.clone()),
+            (_, Some((old, until))) if now < *until => Some(old.clone()),
+            _ => None,
+        };
+        match previous {
+            Some(old) => Want {
+                cas: vec![ca.to_string(), old],
+                exact: false,
+            },
+            // A replica just through a CA change drops the old CA; any other only makes sure
+            // the CA is there (a replica starting mid-change must not drop the old one).
+            None => Want {
+                cas: vec![ca.to_string()],
+                exact: self.previous.is_some(),
+            },
+        }
+    }
+
+    /// Whether serving `ca` is a change of CA (the new one must reach the API server first).
+    pub fn changes_ca(&self, ca: &str) -> bool {
+        self.ca.as_deref().is_some_and(|served| served != ca)
+    }
+
+    /// Now serving `ca`; a previous CA stays wanted for `keep`.
+    pub fn serve(&mut self, ca: &str, now: Instant, keep: Duration) {
+        match self.ca.replace(ca.to_string()) {
+            Some(old) if old != ca => self.previous = Some((old, now + keep)),
+            _ if self
+                .previous
+                .as_ref()
+                .is_some_and(|(_, until)| now >= *until) =>
+            {
+                self.previous = None
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Serves the Secret's certificate, after its CA is in the caBundle (beside the CA served so
+/// far while they differ); returns when to look again.
+async fn apply(
+    client: &Client,
+    cfg: &Config,
+    store: &CertStore,
+    pems: &Pems,
+    serving: &mut Serving,
+) -> Duration {
+    // Until the configuration exists with our CA, look again soon rather than at the (long)
+    // rotation interval: pods are refused while caBundle is missing.
+    let soon = cfg.check_every.min(Duration::from_secs(5));
+    let name = cfg.names.first().map_or("", String::as_str);
+    if let Err(e) = super::verify_chain(pems, name) {
+        tracing::error!(secret = %cfg.secret, error = %e, "not serving the Secret's certificate; keeping the current one");
+        return soon;
+    }
+    let want = serving.want(&pems.ca_cert, Instant::now());
+    let next = match sync_ca_bundle_to(client, &cfg.webhook_config, &want).await {
+        Ok(CaBundle::Updated) if serving.changes_ca(&pems.ca_cert) => {
+            tokio::time::sleep(CA_PROPAGATION).await;
+            cfg.check_every
+        }
+        Ok(CaBundle::Updated | CaBundle::Current) => cfg.check_every,
+        Ok(CaBundle::NoConfiguration) => soon,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not update caBundle");
+            // Serving a new CA's certificate before the API server trusts it fails admissions;
+            // the same CA's is safe.
+            if serving.changes_ca(&pems.ca_cert) {
+                return soon;
+            }
+            soon
+        }
+    };
+    match store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
+        Ok(true) => {
+            tracing::info!(secret = %cfg.secret, "serving the webhook certificate of the Secret")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "self-managed certificate unusable");
+            return next;
+        }
+    }
+    // Every replica reads the Secret within check_every of a change, and switches at most
+    // CA_PROPAGATION later: by then none serves the old CA.
+    let keep = cfg.check_every * 2 + CA_PROPAGATION * 2;
+    serving.serve(&pems.ca_cert, Instant::now(), keep);
+    next
 }
 
 /// Keeps the store serving the Secret's certificate and the caBundle current, forever.
 pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
     let mut backoff = Duration::from_secs(1);
+    let mut serving = Serving::default();
     loop {
         let wait = match ensure(&client, &cfg).await {
             Ok(pems) => {
-                if let Err(e) = store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
-                    tracing::error!(error = %e, "self-managed certificate unusable");
-                }
-                // Until the configuration exists with our CA, look again soon rather than at the
-                // (long) rotation interval: pods are refused while caBundle is missing.
-                let soon = cfg.check_every.min(Duration::from_secs(5));
-                let next = match sync_ca_bundle(&client, &cfg.webhook_config, &pems.ca_cert).await {
-                    Ok(CaBundle::Updated | CaBundle::Current) => cfg.check_every,
-                    Ok(CaBundle::NoConfiguration) => soon,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not update caBundle");
-                        soon
-                    }
-                };
                 backoff = Duration::from_secs(1);
-                next
+                apply(&client, &cfg, &store, &pems, &mut serving).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-managed certificate not ready; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                // Never later than the next regular check: a failure (the API server
+                // restarting, say) must not delay a rotation the Secret already asks for.
+                let cap = cfg
+                    .check_every
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                backoff = (backoff * 2).min(cap);
                 backoff
             }
         };
@@ -298,6 +434,60 @@ mod tests {
             async move { Ok::<_, std::convert::Infallible>(response) }
         });
         (Client::new(service, "ns"), creates)
+    }
+
+    #[test]
+    fn a_new_ca_is_trusted_beside_the_old_one_until_every_replica_moved() {
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(30);
+        let mut s = Serving::default();
+        // A replica starting makes sure its CA is there, dropping nothing.
+        let w = s.want("A", t0);
+        assert_eq!((w.cas.clone(), w.exact), (vec!["A".to_string()], false));
+        assert!(!s.changes_ca("A"));
+        s.serve("A", t0, keep);
+        assert!(s.changes_ca("B"));
+        // The Secret now holds CA B: both are wanted before B's certificate is served.
+        let w = s.want("B", t0);
+        assert_eq!(w.cas, ["B", "A"]);
+        assert!(!w.exact);
+        s.serve("B", t0, keep);
+        assert!(!s.changes_ca("B"));
+        assert_eq!(s.want("B", t0 + keep / 2).cas, ["B", "A"], "A still kept");
+        // Once every replica has moved on, A is dropped, once.
+        let w = s.want("B", t0 + keep);
+        assert_eq!((w.cas.clone(), w.exact), (vec!["B".to_string()], true));
+        s.serve("B", t0 + keep, keep);
+        let w = s.want("B", t0 + keep);
+        assert_eq!((w.cas, w.exact), (vec!["B".to_string()], false));
+    }
+
+    #[test]
+    fn bundles_are_matched_by_their_cas() {
+        let exact = Want {
+            cas: vec!["CA-B\n".into()],
+            exact: true,
+        };
+        let both = Want {
+            cas: vec!["CA-B".into(), "CA-A".into()],
+            exact: false,
+        };
+        assert_eq!(both.pem(), "CA-B\nCA-A\n");
+        assert!(exact.satisfied_by(Some(b"CA-B\n")));
+        assert!(!exact.satisfied_by(Some(b"CA-B\nCA-A\n")));
+        assert!(!exact.satisfied_by(None));
+        assert!(both.satisfied_by(Some(b"CA-A\nCA-B\n")));
+        assert!(!both.satisfied_by(Some(b"CA-B\n")));
+    }
+
+    #[test]
+    fn a_pair_written_without_the_expiry_annotation_is_reissued() {
+        let pems = super::super::generate(&["svc".into()], 10, 5, 1_800_000_000).unwrap();
+        let cfg = Config::new("ns", "cert", "mwc", "svc", &[]);
+        let mut secret = to_secret(&cfg, &pems);
+        assert_eq!(from_secret(&secret).unwrap().not_after, pems.not_after);
+        secret.metadata.annotations = None;
+        assert_eq!(from_secret(&secret).unwrap().not_after, 0);
     }
 
     /// Five lost races used to be reported as a Secret that lacks its keys, with the advice to

@@ -183,6 +183,12 @@ impl ArmError {
             ArmError::ArmUnavailable(_) => "ArmUnavailable",
         }
     }
+
+    /// ARM (or the way to it) failed, not the workspace or the operator's access to it: a later
+    /// refresh may succeed, and a last good URI is still good meanwhile.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ArmError::ArmUnavailable(_))
+    }
 }
 
 /// What one ARM response means.

@@ -103,6 +103,7 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         let res = Resolution::Failed {
             reason: "InvalidSpec",
             message,
+            transient: false,
         };
         return (res, cfg.refresh_interval);
     };
@@ -133,6 +134,7 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         Err(e) => Resolution::Failed {
             reason: e.reason(),
             message: e.to_string(),
+            transient: e.is_transient(),
         },
     };
     (res, requeue)
@@ -142,7 +144,10 @@ async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Acti
     let metrics = &ctx.shared.metrics;
     metrics.reconciles.inc();
     let (res, requeue) = resolve(&b, &ctx).await;
-    if let Resolution::Failed { reason, message } = &res {
+    if let Resolution::Failed {
+        reason, message, ..
+    } = &res
+    {
         count_error(metrics, reason);
         tracing::info!(binding = %b.name_any(), namespace = ?b.namespace(), %reason, %message, "not resolved");
     }
@@ -186,9 +191,9 @@ async fn publish_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, res: &Resolution) 
             status::RESOLVED.to_string(),
             format!("tracking URI {tracking_uri}"),
         ),
-        Resolution::Failed { reason, message } => {
-            (EventType::Warning, reason.to_string(), message.clone())
-        }
+        Resolution::Failed {
+            reason, message, ..
+        } => (EventType::Warning, reason.to_string(), message.clone()),
     };
     let ev = Event {
         type_,

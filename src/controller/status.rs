@@ -14,13 +14,30 @@ pub enum Resolution {
     Failed {
         reason: &'static str,
         message: String,
+        /// The source may answer again (ARM throttling, 5xx, timeouts): a last good URI of the
+        /// same spec stays in use.
+        transient: bool,
     },
 }
 
 pub const RESOLVED: &str = "Resolved";
+/// Ready stays True with the last good URI, but its refresh is failing.
+pub const REFRESH_FAILING: &str = "RefreshFailing";
+
+/// The URI pods keep getting while a transient failure lasts: the last good one, when the
+/// binding was Ready with it for the spec it has now.
+fn last_good_uri(binding: &MlflowWorkspaceBinding) -> Option<&str> {
+    let old = binding.status.as_ref()?;
+    let same_spec = old.observed_generation == binding.metadata.generation;
+    let ready = old.ready().is_some_and(|c| c.status == "True");
+    old.tracking_uri.as_deref().filter(|_| same_spec && ready)
+}
 
 /// The status for `binding` after `res`. Keeps the last good tracking URI while a refresh
-/// fails, and the Ready condition's lastTransitionTime while its status does not change.
+/// fails, and the Ready condition's lastTransitionTime while its status does not change. A
+/// transient failure leaves a Ready binding Ready (pods keep the last good URI: refusing them
+/// because ARM throttles would stop training for nothing), with reason RefreshFailing and a
+/// message that says why; a definitive one (403, 404, ...) makes it not Ready.
 pub fn desired_status(
     binding: &MlflowWorkspaceBinding,
     res: &Resolution,
@@ -38,9 +55,20 @@ pub fn desired_status(
             message.clone(),
             Some(tracking_uri.clone()),
         ),
-        Resolution::Failed { reason, message } => {
-            ("False", *reason, message.clone(), old.tracking_uri.clone())
+        Resolution::Failed {
+            transient: true,
+            message,
+            ..
+        } if last_good_uri(binding).is_some() => {
+            let uri = last_good_uri(binding).unwrap_or_default().to_string();
+            let message = format!(
+                "pods get the last good tracking URI {uri}; refreshing it is failing and is retried: {message}"
+            );
+            ("True", REFRESH_FAILING, message, Some(uri))
         }
+        Resolution::Failed {
+            reason, message, ..
+        } => ("False", *reason, message.clone(), old.tracking_uri.clone()),
     };
     let last_transition_time = match old.ready() {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -113,6 +141,15 @@ mod tests {
         Resolution::Failed {
             reason: "Forbidden",
             message: "grant Reader".into(),
+            transient: false,
+        }
+    }
+
+    fn throttled(message: &str) -> Resolution {
+        Resolution::Failed {
+            reason: "ArmUnavailable",
+            message: message.into(),
+            transient: true,
         }
     }
 
@@ -160,17 +197,53 @@ mod tests {
             Some((Some("True"), "False"))
         );
         // Still failing, with another message: no transition, same time.
-        let bad2 = desired_status(
-            &binding(1, Some(bad.clone())),
-            &Resolution::Failed {
-                reason: "ArmUnavailable",
-                message: "503".into(),
-            },
-            t(300),
-        );
+        let bad2 = desired_status(&binding(1, Some(bad.clone())), &throttled("503"), t(300));
         assert_eq!(bad2.conditions[0].last_transition_time.0, t(200));
         assert_eq!(bad2.conditions[0].reason, "ArmUnavailable");
         assert_eq!(ready_transition(Some(&bad), &bad2), None);
+    }
+
+    #[test]
+    fn transient_failure_keeps_ready_with_the_last_good_uri_and_says_so() {
+        let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
+        let stale = desired_status(&binding(1, Some(good.clone())), &throttled("429"), t(200));
+        assert_eq!(stale.tracking_uri.as_deref(), Some("azureml://a"));
+        let c = &stale.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", REFRESH_FAILING)
+        );
+        assert!(
+            c.message.contains("azureml://a") && c.message.contains("429"),
+            "{}",
+            c.message
+        );
+        assert_eq!(c.last_transition_time.0, t(100), "Ready never flipped");
+        assert_eq!(ready_transition(Some(&good), &stale), None);
+        // The same failure again is the same status: no write.
+        let again = desired_status(&binding(1, Some(stale.clone())), &throttled("429"), t(300));
+        assert_eq!(again, stale);
+        // Recovery: Resolved again, with the new URI, still no transition.
+        let back = desired_status(&binding(1, Some(stale.clone())), &ok("azureml://b"), t(400));
+        assert_eq!(back.conditions[0].reason, RESOLVED);
+        assert_eq!(back.tracking_uri.as_deref(), Some("azureml://b"));
+        assert_eq!(back.conditions[0].last_transition_time.0, t(100));
+    }
+
+    #[test]
+    fn transient_failure_without_a_good_uri_of_this_spec_is_not_ready() {
+        // Never resolved.
+        let s = desired_status(&binding(1, None), &throttled("500"), t(100));
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].reason, "ArmUnavailable");
+        // Resolved for generation 1; the spec changed since: that URI is another workspace's.
+        let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
+        let s = desired_status(&binding(2, Some(good)), &throttled("500"), t(200));
+        assert_eq!(s.conditions[0].status, "False");
+        // A definitive failure is not Ready even with a good URI.
+        let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
+        let s = desired_status(&binding(1, Some(good)), &failed(), t(200));
+        assert_eq!(s.conditions[0].status, "False");
     }
 
     #[test]

@@ -12,8 +12,6 @@ use crate::controller::credential::AzureEnv;
 use crate::controller::{self, Config};
 use crate::inject::{Defaults, OnMissingBinding};
 
-/// How long a failed resolve is served before a binding retries (capped by the refresh).
-const ERROR_RETRY: Duration = Duration::from_secs(30);
 /// A binding whose spec changed accepts a cached URI only when it is younger than this.
 const SPEC_CHANGE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -88,13 +86,17 @@ fn webhook(
             cert: cert.clone(),
             key: key.clone(),
         },
-        (None, None, true) => Certificates::SelfManaged(self_managed::Config::new(
-            &args.namespace,
-            &args.cert_secret,
-            &args.webhook_config,
-            &args.service_name,
-            &args.cert_dns_names,
-        )),
+        (None, None, true) => {
+            let mut cfg = self_managed::Config::new(
+                &args.namespace,
+                &args.cert_secret,
+                &args.webhook_config,
+                &args.service_name,
+                &args.cert_dns_names,
+            );
+            cfg.check_every = args.cert_check_interval;
+            Certificates::SelfManaged(cfg)
+        }
         _ => anyhow::bail!(
             "the webhook needs a certificate: pass --tls-cert-file and --tls-key-file, or --self-signed (or --no-webhook)"
         ),
@@ -135,7 +137,7 @@ fn controller(
         lease_name: args.lease_name.clone(),
         lease_duration: args.lease_duration,
         refresh_interval: args.refresh_interval,
-        error_retry: ERROR_RETRY,
+        error_retry: args.error_retry,
         spec_change_window: SPEC_CHANGE_WINDOW,
         watch_namespace: args.watch_namespace.clone().filter(|s| !s.is_empty()),
         azure: AzureConfig {
@@ -187,6 +189,7 @@ mod tests {
             "--arm-endpoint=https://arm.example",
             "--authority-host=https://login.example/",
             "--refresh-interval=2m",
+            "--error-retry=5s",
             "--lease-name=l",
             "--lease-duration=20s",
             "--identity=pod-1",
@@ -197,6 +200,7 @@ mod tests {
             .controller
             .unwrap();
         assert_eq!(cfg.refresh_interval, Duration::from_secs(120));
+        assert_eq!(cfg.error_retry, Duration::from_secs(5));
         assert_eq!(cfg.lease_name, "l");
         assert_eq!(cfg.lease_duration, Duration::from_secs(20));
         assert_eq!(cfg.identity, "pod-1");
@@ -243,6 +247,11 @@ mod tests {
         assert_eq!(w.defaults.tenant_id.as_deref(), Some("t"));
         assert_eq!(w.defaults.on_missing_binding, OnMissingBinding::Allow);
         assert!(matches!(w.certificates, Certificates::SelfManaged(_)));
+        let s = settings(&args(&["--cert-check-interval=2s"]), &[]).unwrap();
+        match s.webhook.unwrap().certificates {
+            Certificates::SelfManaged(cfg) => assert_eq!(cfg.check_every, Duration::from_secs(2)),
+            other => panic!("{other:?}"),
+        }
 
         let s = settings(
             &args(&["--default-tenant-id=flag"]),

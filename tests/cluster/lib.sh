@@ -47,9 +47,9 @@ start() {
   local name=$1 exe; shift
   exe=$(readlink -f "$1")
   if [ "${START_IN_NETNS:-1}" = 1 ]; then
-    setsid nsenter --net="$NETNS_PATH" -- "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+    setsid nsenter --net="$NETNS_PATH" -- "$@" >>"$STATE/logs/$name.log" 2>&1 < /dev/null &
   else
-    setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+    setsid "$@" >>"$STATE/logs/$name.log" 2>&1 < /dev/null &
   fi
   local pid=$! deadline=$((SECONDS + 5))
   until [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$exe" ]; do
@@ -58,6 +58,28 @@ start() {
     sleep 0.05
   done
   echo "$name $pid $exe" >> "$STATE/pids"
+}
+
+# start_apiserver BIN ISSUER: kube-apiserver as `up` runs it (and `restart` again).
+start_apiserver() {
+  local bin=$1 issuer=$2 pki=$STATE/pki
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$NODE_IP" \
+    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
+    --authorization-mode=Node,RBAC \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --service-account-issuer="$issuer" \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --allow-privileged=true --profiling=false -v=1
+}
+
+apiserver_ready() {
+  in_netns curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
+    --key "$STATE/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz"
 }
 
 pid_of() { awk -v n="$1" '$1==n {print $2}' "$STATE/pids" 2>/dev/null; }

@@ -39,6 +39,8 @@ pub enum Reply {
     NotFound,
     /// Wait, then answer normally.
     Delay(Duration),
+    /// Take the request and never answer it (within the 10 minutes a test may run).
+    Hang,
 }
 
 /// How the fake Entra ID knows the operator's identity.
@@ -549,37 +551,20 @@ async fn workspace(
         .get_mut(&name)
         .and_then(VecDeque::pop_front)
         .or_else(|| s.always.lock().unwrap().get(&name).cloned());
+    let scope = format!(
+        "subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
+    );
+    if let Some(r) = scripted
+        .as_ref()
+        .and_then(|r| scripted_error(r, &s.identity.client_id, &scope))
+    {
+        return r;
+    }
     match scripted {
-        Some(Reply::Throttled { retry_after_secs }) => {
-            let mut r = arm_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "The request is being throttled.".into(),
-            );
-            r.headers_mut()
-                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
-            return r;
-        }
-        Some(Reply::ServerError) => {
-            return arm_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalServerError",
-                "Encountered internal server error.".into(),
-            );
-        }
-        Some(Reply::Forbidden) => {
-            return arm_error(
-                StatusCode::FORBIDDEN,
-                "AuthorizationFailed",
-                format!(
-                    "The client '{}' with object id '{}' does not have authorization to perform action 'Microsoft.MachineLearningServices/workspaces/read' over scope '/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}' or the scope is invalid.",
-                    s.identity.client_id, s.identity.client_id
-                ),
-            );
-        }
         Some(Reply::NotFound) => return not_found(&rg, &ws),
         Some(Reply::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(Reply::Hang) => return hang().await,
+        _ => {}
     }
     let uri = s
         .workspaces
@@ -602,6 +587,42 @@ async fn workspace(
         }))
         .into_response(),
         None => not_found(&rg, &ws),
+    }
+}
+
+/// A request that gets no answer: the caller's timeout ends it (also used by `fake_cloud`).
+pub async fn hang() -> Response {
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    StatusCode::GATEWAY_TIMEOUT.into_response()
+}
+
+/// ARM's answer to a scripted failure (also used by `fake_cloud`); None for `Reply::Delay`,
+/// `Reply::Hang` and `Reply::NotFound`, which the caller handles.
+pub fn scripted_error(reply: &Reply, client_id: &str, scope: &str) -> Option<Response> {
+    match reply {
+        Reply::Throttled { retry_after_secs } => {
+            let mut r = arm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "The request is being throttled.".into(),
+            );
+            r.headers_mut()
+                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            Some(r)
+        }
+        Reply::ServerError => Some(arm_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "Encountered internal server error.".into(),
+        )),
+        Reply::Forbidden => Some(arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            format!(
+                "The client '{client_id}' with object id '{client_id}' does not have authorization to perform action 'Microsoft.MachineLearningServices/workspaces/read' over scope '/{scope}' or the scope is invalid."
+            ),
+        )),
+        Reply::NotFound | Reply::Delay(_) | Reply::Hang => None,
     }
 }
 

@@ -38,7 +38,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::fake_azure::{
-    arm_error, entra_error, serve as serve_tls, verify_service_account_token, ws_key,
+    Reply, arm_error, entra_error, hang, scripted_error, serve as serve_tls,
+    verify_service_account_token, ws_key,
 };
 
 pub const ENTRA_HOST: &str = "login.microsoftonline.com";
@@ -125,6 +126,8 @@ struct Inner {
     apps: Mutex<HashMap<String, (String, Credential)>>,
     managed: Mutex<HashMap<String, String>>,
     workspaces: Mutex<HashMap<(String, String, String), String>>,
+    /// What ARM answers every workspace GET with, while set.
+    arm_reply: Mutex<Option<Reply>>,
     logs: Mutex<Logs>,
 }
 
@@ -177,6 +180,7 @@ impl FakeCloud {
             apps: Mutex::default(),
             managed: Mutex::default(),
             workspaces: Mutex::default(),
+            arm_reply: Mutex::default(),
             logs: Mutex::default(),
         });
         let entra = Router::new()
@@ -275,6 +279,21 @@ impl FakeCloud {
             .unwrap()
             .insert(ws_key(sub, rg, ws), uri.clone());
         uri
+    }
+
+    /// Changes the `mlFlowTrackingUri` ARM answers for a workspace.
+    pub fn set_workspace_uri(&self, sub: &str, rg: &str, ws: &str, uri: &str) {
+        self.inner
+            .workspaces
+            .lock()
+            .unwrap()
+            .insert(ws_key(sub, rg, ws), uri.to_string());
+    }
+
+    /// Answers every ARM workspace GET (after its bearer and api-version checks) with `reply`;
+    /// None: normal answers again.
+    pub fn set_arm_reply(&self, reply: Option<Reply>) {
+        *self.inner.arm_reply.lock().unwrap() = reply;
     }
 
     pub fn exchanges(&self) -> Vec<Exchange> {
@@ -868,6 +887,26 @@ async fn arm_workspace(
             format!("The api-version '{api_version:?}' is invalid."),
         );
     }
+    let reply = s.arm_reply.lock().unwrap().clone();
+    if let Some(reply) = reply {
+        let client_id = claims["appid"].as_str().unwrap_or_default().to_string();
+        if let Some(r) = scripted_error(&reply, &client_id, &scope(&sub, &rg, &ws)) {
+            record_call(
+                &s,
+                "arm",
+                &Method::GET,
+                &path,
+                r.status().as_u16(),
+                Some(&claims),
+            );
+            return r;
+        }
+        if let Reply::Hang = reply {
+            // Status 0: taken, never answered.
+            record_call(&s, "arm", &Method::GET, &path, 0, Some(&claims));
+            return hang().await;
+        }
+    }
     let found = s
         .workspaces
         .lock()
@@ -1176,4 +1215,115 @@ fn percent_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- names and trust in the cluster
+
+fn hosts_file() -> String {
+    super::cluster_env("CLUSTER_HOSTS_FILE")
+}
+
+/// Removes the real host names' mapping to the fakes from the hosts file CoreDNS serves.
+pub fn unmap_hosts() {
+    let path = hosts_file();
+    let kept: String = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("# fake-cloud"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let _ = std::fs::write(&path, kept);
+}
+
+/// Maps the real host names to the fakes in the hosts file CoreDNS serves to pods, and waits
+/// until CoreDNS answers them.
+pub async fn map_hosts() {
+    unmap_hosts();
+    let path = hosts_file();
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    for line in FakeCloud::hosts_lines().lines() {
+        text.push_str(&format!("{line} # fake-cloud\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    for (name, ip) in [
+        (ENTRA_HOST, ENTRA_IP),
+        (ARM_HOST, ARM_IP),
+        (AML_HOST, AML_IP),
+    ] {
+        super::eventually_ok(
+            &format!("CoreDNS to answer {name} with {ip}"),
+            std::time::Duration::from_secs(60),
+            || resolve(name),
+        )
+        .await
+        .iter()
+        .find(|a| *a == ip)
+        .unwrap_or_else(|| panic!("CoreDNS answers {name} but not with {ip}"));
+    }
+}
+
+/// The A records CoreDNS (on the node address) answers for `name`.
+async fn resolve(name: &str) -> Result<Vec<String>, String> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, "10.250.0.1:53")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(1), sock.recv(&mut buf))
+        .await
+        .map_err(|_| "no DNS answer within 1 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let r = &buf[..n];
+    let rcode = r[3] & 0x0f;
+    if rcode != 0 {
+        return Err(format!("rcode {rcode}"));
+    }
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    let mut i = q.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // Name: a pointer or labels.
+        if r[i] & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while r[i] != 0 {
+                i += r[i] as usize + 1;
+            }
+            i += 1;
+        }
+        let rtype = u16::from_be_bytes([r[i], r[i + 1]]);
+        let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+        i += 10;
+        if rtype == 1 && len == 4 {
+            out.push(format!("{}.{}.{}.{}", r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += len;
+    }
+    if out.is_empty() {
+        return Err("no A record".into());
+    }
+    Ok(out)
+}
+
+/// A ConfigMap `name` in `ns` holding the fakes' CA (`ca.crt`), for pods and the operator to
+/// trust.
+pub async fn ca_configmap(client: &kube::Client, ns: &str, name: &str, pem: &str) {
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), ns);
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "data": {"ca.crt": pem},
+    }))
+    .unwrap();
+    cms.create(&Default::default(), &cm)
+        .await
+        .expect("create the CA ConfigMap");
 }

@@ -71,6 +71,8 @@ pub struct Tally {
     /// Refused or failed at admission (the API server's error), counted and kept.
     pub refused: AtomicUsize,
     pub errors: std::sync::Mutex<Vec<String>>,
+    /// How many admitted pods got each MLFLOW_TRACKING_URI value.
+    pub uris: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 impl Tally {
@@ -108,7 +110,11 @@ pub fn admission_load(
                 }
             }))
             .unwrap();
-            match pods.create(&PostParams::default(), &pod).await {
+            let created = pods.create(&PostParams::default(), &pod).await;
+            if let Ok(p) = &created {
+                *t.uris.lock().unwrap().entry(tracking_uri(p)).or_default() += 1;
+            }
+            match created {
                 Ok(p) if has_tracking_uri(&p) => t.injected.fetch_add(1, Ordering::SeqCst),
                 Ok(_) => t.not_injected.fetch_add(1, Ordering::SeqCst),
                 Err(e) => {
@@ -119,6 +125,16 @@ pub fn admission_load(
         }
     });
     (tally, task)
+}
+
+/// The first container's MLFLOW_TRACKING_URI value ("" when it has none).
+fn tracking_uri(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers[0].env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "MLFLOW_TRACKING_URI"))
+        .and_then(|e| e.value.clone())
+        .unwrap_or_default()
 }
 
 fn has_tracking_uri(pod: &Pod) -> bool {
@@ -146,21 +162,7 @@ pub async fn after_more_attempts(tally: &Tally, more: usize, timeout: Duration) 
 /// Memory and CPU of a running container, read from its cgroup (cgroup v1, as on this machine)
 /// and its process: (working set bytes, RSS bytes, CPU seconds used so far).
 pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .unwrap()[0]
-        .container_id
-        .clone()
-        .unwrap();
-    let id = id.rsplit('/').next().unwrap();
-    let find = |hierarchy: &str| -> std::path::PathBuf {
-        let root = format!("/sys/fs/cgroup/{hierarchy}");
-        walk(std::path::Path::new(&root), id)
-            .unwrap_or_else(|| panic!("no {hierarchy} cgroup for container {id}"))
-    };
-    let mem = find("memory");
+    let mem = container_cgroup(pod, "memory");
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
     let usage: u64 = read(mem.join("memory.usage_in_bytes"))
         .trim()
@@ -171,17 +173,13 @@ pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
         .lines()
         .find_map(|l| l.strip_prefix("total_inactive_file "))
         .map_or(0, |v| v.trim().parse().unwrap());
-    let pid = read(mem.join("cgroup.procs"))
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let pid = container_pid(pod);
     let rss_kb: u64 = read(std::path::PathBuf::from(format!("/proc/{pid}/status")))
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
         .unwrap();
-    let cpu_ns: u64 = read(find("cpuacct").join("cpuacct.usage"))
+    let cpu_ns: u64 = read(container_cgroup(pod, "cpuacct").join("cpuacct.usage"))
         .trim()
         .parse()
         .unwrap();
@@ -190,6 +188,35 @@ pub fn container_usage(pod: &Pod) -> (u64, u64, f64) {
         rss_kb * 1024,
         cpu_ns as f64 / 1e9,
     )
+}
+
+/// The cgroup directory (v1 `hierarchy`, as on this machine) of the pod's first container as
+/// it runs now.
+fn container_cgroup(pod: &Pod, hierarchy: &str) -> std::path::PathBuf {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let id = id.rsplit('/').next().unwrap();
+    let root = format!("/sys/fs/cgroup/{hierarchy}");
+    walk(std::path::Path::new(&root), id)
+        .unwrap_or_else(|| panic!("no {hierarchy} cgroup for container {id}"))
+}
+
+/// The host pid of the first container's main process (the node's processes are the host's).
+pub fn container_pid(pod: &Pod) -> i32 {
+    std::fs::read_to_string(container_cgroup(pod, "memory").join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .next()
+        .expect("the container runs a process")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {

@@ -189,6 +189,8 @@ async fn deployment_is_pss_restricted_and_highly_available() {
     assert_eq!(flag(&args, "--webhook-addr"), Some("0.0.0.0:9443"));
     assert_eq!(flag(&args, "--on-missing-binding"), Some("refuse"));
     assert_eq!(flag(&args, "--refresh-interval"), Some("5m"));
+    assert_eq!(flag(&args, "--error-retry"), Some("30s"));
+    assert_eq!(flag(&args, "--cert-check-interval"), Some("5m"));
 }
 
 #[tokio::test]
@@ -201,6 +203,8 @@ async fn values_reach_the_operator() {
         "azure.workloadIdentity.enabled=true",
         "serviceAccount.annotations.azure\\.workload\\.identity/client-id=abc",
         "controller.refreshInterval=2m",
+        "controller.errorRetry=5s",
+        "webhook.certificates.selfManaged.checkInterval=2s",
         "controller.watchNamespace=team-a",
         "image.repository=example/mlflow-operator",
         "image.tag=1.2.3",
@@ -223,6 +227,8 @@ async fn values_reach_the_operator() {
         Some("https://login.example/")
     );
     assert_eq!(flag(&args, "--refresh-interval"), Some("2m"));
+    assert_eq!(flag(&args, "--error-retry"), Some("5s"));
+    assert_eq!(flag(&args, "--cert-check-interval"), Some("2s"));
     assert_eq!(flag(&args, "--watch-namespace"), Some("team-a"));
     assert_eq!(flag(&args, "--cert-dns-names"), Some("a.example,127.0.0.1"));
     assert_eq!(args.last().unwrap(), "--azure-ca-file=/etc/azure-ca/ca.pem");
