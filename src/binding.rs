@@ -367,8 +367,8 @@ pub struct MlflowWorkspaceBindingStatus {
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
     /// Kubernetes conditions; Ready says whether pods can be injected. While Azure Resource
-    /// Manager throttles, fails or does not answer, Ready stays True with the last good URI
-    /// and reason RefreshFailing.
+    /// Manager or Entra ID throttles, fails or does not answer, Ready stays True with the last
+    /// good URI and reason RefreshFailing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

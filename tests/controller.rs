@@ -658,3 +658,37 @@ async fn a_wrong_federated_subject_is_authentication_failed() {
     })
     .await;
 }
+
+/// Entra ID failing (503) is an outage to wait out, not a refused credential: a binding with a
+/// last good URI would keep it (RefreshFailing), and one without says AuthorityUnavailable.
+#[tokio::test]
+async fn an_entra_outage_is_authority_unavailable_until_it_ends() {
+    with_temp_ns("ctl-entra", |client, ns| async move {
+        let (env, subject, _token_file) = workload_identity(&client, &ns).await;
+        let fake = fake_for_workload_identity(&client, &subject).await;
+        fake.set_workspace(SUB, "ml-rg", "ws-e", &tracking_uri_for("ws-e"));
+        fake.entra_down(true);
+        let mut cfg = config(&ns, "lease-entra", Some(&fake), env);
+        cfg.error_retry = Duration::from_secs(2);
+        let op = Operator::start(&client, cfg);
+        let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+        create_azureml(&api, "e", "ws-e").await;
+        let b = wait_ready(&api, "e", "False", "AuthorityUnavailable").await;
+        let m = &b.ready_condition().unwrap().message;
+        // azure_identity retries the 503 itself, so the bound on the exchange may end it first.
+        assert!(
+            m.contains("could not get a token")
+                && (m.contains("AADSTS90033") || m.contains("no answer within")),
+            "{m}"
+        );
+        assert_eq!(fake.arm_calls("ws-e"), 0);
+        fake.entra_down(false);
+        let b = wait_ready(&api, "e", "True", "Resolved").await;
+        assert_eq!(
+            b.status.unwrap().tracking_uri.as_deref(),
+            Some(tracking_uri_for("ws-e").as_str())
+        );
+        op.stop().await;
+    })
+    .await;
+}

@@ -158,6 +158,9 @@ pub enum ArmError {
     CredentialUnavailable(String),
     #[error("{0}")]
     AuthenticationFailed(String),
+    /// Entra ID (or IMDS) did not answer, or answered 408/429/5xx: try again later.
+    #[error("{0}")]
+    AuthorityUnavailable(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -176,6 +179,7 @@ impl ArmError {
         match self {
             ArmError::CredentialUnavailable(_) => "CredentialUnavailable",
             ArmError::AuthenticationFailed(_) => "AuthenticationFailed",
+            ArmError::AuthorityUnavailable(_) => "AuthorityUnavailable",
             ArmError::Unauthorized(_) => "Unauthorized",
             ArmError::Forbidden(_) => "Forbidden",
             ArmError::WorkspaceNotFound(_) => "WorkspaceNotFound",
@@ -184,11 +188,33 @@ impl ArmError {
         }
     }
 
-    /// ARM (or the way to it) failed, not the workspace or the operator's access to it: a later
-    /// refresh may succeed, and a last good URI is still good meanwhile.
+    /// ARM or Entra ID (or the way to them) failed, not the workspace or the operator's access
+    /// to it: a later refresh may succeed, and a last good URI is still good meanwhile.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ArmError::ArmUnavailable(_))
+        matches!(
+            self,
+            ArmError::ArmUnavailable(_) | ArmError::AuthorityUnavailable(_)
+        )
     }
+}
+
+/// Whether a token error says the authority was unreachable or overloaded (no answer, 408,
+/// 429, 5xx) rather than that it refused the credential. azure_identity wraps the HTTP error of
+/// the token endpoint in a `Credential` error, so the wrapped one is looked at too.
+pub fn authority_unavailable(e: &azure_core::Error) -> bool {
+    use azure_core::error::ErrorKind;
+    let inner = e.downcast_ref::<azure_core::Error>();
+    [Some(e), inner]
+        .into_iter()
+        .flatten()
+        .any(|e| match e.kind() {
+            ErrorKind::Connection | ErrorKind::Io => true,
+            ErrorKind::HttpResponse { status, .. } => {
+                let code = u16::from(*status);
+                code == 408 || code == 429 || code >= 500
+            }
+            _ => false,
+        })
 }
 
 /// What one ARM response means.
@@ -362,10 +388,10 @@ impl ArmClient {
         // The identity pipeline retries on its own; bound the whole exchange.
         let limit = self.cfg.retry.request_timeout * self.cfg.retry.attempts.max(1);
         let res = tokio::time::timeout(limit, cred.get_token(&[scope.as_str()], None)).await;
-        let err = match res {
+        let (err, unavailable) = match res {
             Ok(Ok(token)) => return Ok(token.token.secret().to_string()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {limit:?}"),
+            Ok(Err(e)) => (e.to_string(), authority_unavailable(&e)),
+            Err(_) => (format!("no answer within {limit:?}"), true),
         };
         if kind == CredentialKind::ManagedIdentity && self.cfg.env.is_empty() {
             return Err(ArmError::CredentialUnavailable(format!(
@@ -373,11 +399,16 @@ impl ArmClient {
                  and managed identity failed ({err}); {ENV_HINT}"
             )));
         }
-        Err(ArmError::AuthenticationFailed(format!(
+        let message = format!(
             "the operator's {} credential could not get a token for {scope} from {}: {err}",
             kind.as_str(),
             self.cfg.authority_host(cloud)
-        )))
+        );
+        Err(if unavailable {
+            ArmError::AuthorityUnavailable(message)
+        } else {
+            ArmError::AuthenticationFailed(message)
+        })
     }
 
     /// Reads `properties.mlFlowTrackingUri` of one workspace, retrying transient failures.
@@ -620,5 +651,43 @@ mod tests {
             .expect_err("must not resolve");
         assert_eq!(err.reason(), "CredentialUnavailable");
         assert!(err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"));
+    }
+
+    /// An Entra ID outage must not read as a refused credential: the binding would lose its
+    /// last good URI and every labelled pod would be refused.
+    #[test]
+    fn token_errors_that_mean_the_authority_is_unavailable() {
+        use azure_core::error::{Error, ErrorKind};
+        use azure_core::http::StatusCode;
+        let http = |code: u16| ErrorKind::HttpResponse {
+            status: StatusCode::from(code),
+            error_code: None,
+            raw_response: None,
+        };
+        // As azure_identity reports the token endpoint's answer: wrapped in a Credential error.
+        let wrapped = |kind: ErrorKind| {
+            Error::with_error(
+                ErrorKind::Credential,
+                kind.into_error(),
+                "authentication failed",
+            )
+        };
+        for (error, unavailable) in [
+            (wrapped(http(500)), true),
+            (wrapped(http(503)), true),
+            (wrapped(http(429)), true),
+            (wrapped(http(408)), true),
+            (wrapped(ErrorKind::Connection), true),
+            (ErrorKind::Io.into_error(), true),
+            (wrapped(http(400)), false),
+            (wrapped(http(401)), false),
+            (wrapped(http(403)), false),
+            (ErrorKind::Credential.into_error(), false),
+            (ErrorKind::DataConversion.into_error(), false),
+        ] {
+            assert_eq!(authority_unavailable(&error), unavailable, "{error:?}");
+        }
+        assert!(ArmError::AuthorityUnavailable(String::new()).is_transient());
+        assert!(!ArmError::AuthenticationFailed(String::new()).is_transient());
     }
 }

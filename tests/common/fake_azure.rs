@@ -66,6 +66,8 @@ struct Inner {
     arm_calls: Mutex<HashMap<String, usize>>,
     tokens_issued: Mutex<usize>,
     token_errors: Mutex<Vec<String>>,
+    /// Entra ID answers every token request 503 (an outage).
+    entra_down: std::sync::atomic::AtomicBool,
 }
 
 pub struct FakeAzure {
@@ -118,6 +120,7 @@ impl FakeAzure {
             arm_calls: Mutex::default(),
             tokens_issued: Mutex::default(),
             token_errors: Mutex::default(),
+            entra_down: Default::default(),
         });
         let entra = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -180,6 +183,12 @@ impl FakeAzure {
             .unwrap()
             .get(&ws.to_lowercase())
             .unwrap_or(&0)
+    }
+
+    /// Entra ID answers 503 to every token request while `down`.
+    pub fn entra_down(&self, down: bool) {
+        use std::sync::atomic::Ordering;
+        self.inner.entra_down.store(down, Ordering::SeqCst);
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -288,6 +297,13 @@ async fn token(
     Path(tenant): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if s.entra_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return entra_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "AADSTS90033: A transient error has occurred. Please try again.",
+        );
+    }
     let res = check_token_request(&s, &tenant, &form).await;
     match res {
         Ok(()) => {
