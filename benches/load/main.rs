@@ -49,9 +49,15 @@ pub struct Config {
     /// azure-workload-identity's webhook binary; without it azwi is skipped.
     #[arg(long, env = "MLFLOW_OPERATOR_AZWI_WEBHOOK")]
     azwi: Option<PathBuf>,
+    /// Another build of ours to measure (before/after comparisons); default: this build's.
+    #[arg(long, env = "MLFLOW_OPERATOR_LOADGEN_OURS")]
+    ours: Option<PathBuf>,
     /// Client (generator) tokio worker threads.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// Print when, within each open-loop run, reviews took over 5 ms (grouped into bursts).
+    #[arg(long)]
+    show_stalls: bool,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,

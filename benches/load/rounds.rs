@@ -98,6 +98,7 @@ async fn launch(
         our_ca: Vec::new(),
         cert_dir,
         ca: pems.ca_cert.into_bytes(),
+        ours: (config.ours.clone()).unwrap_or_else(|| env!("CARGO_BIN_EXE_mlflow-operator").into()),
         azwi: config.azwi.clone(),
         logs,
     };
@@ -145,6 +146,9 @@ async fn one_round(
                     payload.name,
                     describe(scenario, &m)
                 );
+                if config.show_stalls && !m.slow.is_empty() {
+                    eprintln!("  slow reviews: {}", bursts(&m.slow));
+                }
                 results
                     .runs
                     .entry((server.kind, p, scenario))
@@ -204,6 +208,23 @@ fn describe(scenario: Scenario, m: &Measured) -> String {
             )
         }
     }
+}
+
+/// Slow reviews less than 20 ms apart as one burst: `at <ms>: <count> up to <ms>`.
+fn bursts(slow: &[(f64, f64)]) -> String {
+    let mut out: Vec<(f64, f64, usize, f64)> = Vec::new();
+    for &(at, ms) in slow {
+        match out.last_mut() {
+            Some((_, last, n, max)) if at - *last < 20.0 => {
+                (*last, *n, *max) = (at, *n + 1, max.max(ms));
+            }
+            _ => out.push((at, at, 1, ms)),
+        }
+    }
+    out.iter()
+        .map(|(at, _, n, max)| format!("at {at:.0} ms: {n} up to {max:.1} ms"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Every answer carried a patch, and every run produced its numbers.

@@ -42,7 +42,12 @@ pub struct Measured {
     pub latency: Histogram<u64>,
     /// Open loop: how late the pacer itself released each review (the generator's own stalls).
     pub pacer_lag: Histogram<u64>,
+    /// Open loop: (ms since the first scheduled review, latency ms) of every review slower
+    /// than [`SLOW_MS`], to see whether slow answers come together (a stall) or alone.
+    pub slow: Vec<(f64, f64)>,
 }
+
+pub const SLOW_MS: f64 = 5.0;
 
 impl Measured {
     pub fn per_sec(&self) -> f64 {
@@ -112,6 +117,7 @@ impl Window {
             steal_pct: Machine::now()?.steal_pct_since(&self.machine),
             latency,
             pacer_lag: lag,
+            slow: Vec::new(),
         })
     }
 }
@@ -177,16 +183,20 @@ pub async fn open_loop(
         .into_iter()
         .map(|conn| {
             let (counts, body, rx) = (counts.clone(), body.clone(), rx.clone());
-            tokio::spawn(serve_schedule(conn, body, rx, counts, end))
+            tokio::spawn(serve_schedule(conn, body, rx, counts, (first, end)))
         })
         .collect();
-    let mut latency = histogram();
+    let (mut latency, mut slow) = (histogram(), Vec::new());
     for t in tasks {
-        latency.add(t.await?)?;
+        let (l, s) = t.await?;
+        latency.add(l)?;
+        slow.extend(s);
     }
+    slow.sort_by(|a: &(f64, f64), b| a.0.total_cmp(&b.0));
     let lag = pacer.join().expect("the pacer does not panic");
     let counts = Arc::into_inner(counts).expect("every task ended");
     let mut measured = window.close(counts, latency, lag)?;
+    measured.slow = slow;
     measured.unanswered = total.saturating_sub(measured.answered + measured.failed);
     measured.secs = secs;
     Ok(measured)
@@ -223,9 +233,9 @@ async fn serve_schedule(
     body: Bytes,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>,
     counts: Arc<Counts>,
-    end: tokio::time::Instant,
-) -> Histogram<u64> {
-    let mut latency = histogram();
+    (first, end): (Instant, tokio::time::Instant),
+) -> (Histogram<u64>, Vec<(f64, f64)>) {
+    let (mut latency, mut slow) = (histogram(), Vec::new());
     loop {
         let next = async { rx.lock().await.recv().await };
         let due = tokio::select! {
@@ -235,9 +245,14 @@ async fn serve_schedule(
         let answered = tokio::time::timeout_at(end, conn.review(&body)).await;
         let Ok(result) = answered else { break };
         if result.is_ok() {
-            let _ = latency.record(due.elapsed().as_micros().max(1) as u64);
+            let took = due.elapsed();
+            let _ = latency.record(took.as_micros().max(1) as u64);
+            let ms = took.as_secs_f64() * 1e3;
+            if ms > SLOW_MS {
+                slow.push(((due - first).as_secs_f64() * 1e3, ms));
+            }
         }
         counts.record(result);
     }
-    latency
+    (latency, slow)
 }

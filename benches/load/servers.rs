@@ -40,6 +40,7 @@ pub struct Launch {
     /// tls.crt and tls.key of the floor and azwi, signed by `ca`.
     pub cert_dir: PathBuf,
     pub ca: Vec<u8>,
+    pub ours: PathBuf,
     pub azwi: Option<PathBuf>,
     pub logs: PathBuf,
 }
@@ -101,7 +102,7 @@ impl Launch {
         let loopback = |p: u16| format!("127.0.0.1:{p}");
         let mut cmd = match kind {
             Kind::Ours => {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"));
+                let mut cmd = Command::new(&self.ours);
                 cmd.arg("run")
                     .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
                     .args([
