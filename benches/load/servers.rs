@@ -112,7 +112,7 @@ impl Launch {
                     ])
                     .arg(format!("--namespace={}", self.namespace))
                     .arg(format!("--cert-secret={}", self.our_secret))
-                    .arg("--webhook-config=mlflow-operator-loadgen-unregistered")
+                    .arg(format!("--webhook-config={}", self.namespace))
                     .arg(format!("--webhook-addr={}", loopback(port)))
                     .arg(format!("--metrics-addr={}", loopback(side)));
                 cmd
