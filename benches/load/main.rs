@@ -15,6 +15,7 @@
 mod client;
 mod cluster;
 mod floor;
+mod goals;
 mod payloads;
 mod procfs;
 mod report;

@@ -28,8 +28,8 @@ pub struct Results {
 
 /// Median and range of one figure over the rounds.
 #[derive(Clone, Copy)]
-struct Spread {
-    median: f64,
+pub(crate) struct Spread {
+    pub median: f64,
     min: f64,
     max: f64,
 }
@@ -53,7 +53,7 @@ fn spread(mut values: Vec<f64>) -> Option<Spread> {
     })
 }
 
-fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     match x.abs() {
         a if a >= 100.0 => format!("{x:.0}"),
         a if a >= 10.0 => format!("{x:.1}"),
@@ -84,7 +84,7 @@ fn saturated(m: &Measured) -> bool {
 }
 
 impl Results {
-    fn figure(
+    pub(crate) fn figure(
         &self,
         kind: Kind,
         payload: usize,
@@ -94,7 +94,7 @@ impl Results {
         spread(self.runs.get(&(kind, payload, s))?.iter().map(f).collect())
     }
 
-    fn start_figure(&self, kind: Kind, f: impl Fn(&Start) -> f64) -> Option<Spread> {
+    pub(crate) fn start_figure(&self, kind: Kind, f: impl Fn(&Start) -> f64) -> Option<Spread> {
         spread(self.starts.get(&kind)?.iter().map(f).collect())
     }
 
@@ -158,100 +158,6 @@ impl Results {
         }));
         out.push(self.goals());
         out.push(self.noise());
-        out.join("\n")
-    }
-
-    /// The goals of the performance issue that the load generator measures.
-    fn goals(&self) -> String {
-        let mut out =
-            vec!["\n**Goals**\n\n| goal | measured (medians) | met |\n|---|---|---|".to_string()];
-        let per_payload = |f: &dyn Fn(usize) -> Option<f64>, ok: &dyn Fn(f64) -> bool| {
-            let values: Vec<Option<f64>> = (0..self.payloads.len()).map(f).collect();
-            let text = self
-                .payloads
-                .iter()
-                .zip(&values)
-                .map(|(n, v)| format!("{n} {}", v.map(number).unwrap_or_else(|| "–".into())))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let met = values.iter().all(|v| v.is_some_and(ok));
-            (
-                text,
-                if values.iter().any(Option::is_none) {
-                    "–"
-                } else if met {
-                    "yes"
-                } else {
-                    "no"
-                },
-            )
-        };
-        let median = |k: Kind, p: usize, s: Scenario, f: fn(&Measured) -> f64| {
-            self.figure(k, p, s, f).map(|s| s.median)
-        };
-        let p99 = |m: &Measured| m.latency.value_at_quantile(0.99) as f64 / 1000.0;
-        let mut goal = |name: &str, (text, met): (String, &str)| {
-            out.push(format!("| {name} | {text} | {met} |"));
-        };
-        let cpu = |p| {
-            let s = Scenario::Saturate(8);
-            Some(
-                median(Kind::Ours, p, s, Measured::cpu_per_1000)?
-                    / median(Kind::Floor, p, s, Measured::cpu_per_1000)?,
-            )
-        };
-        goal(
-            "CPU per admission at most 1.5x the floor (8 connections saturated)",
-            per_payload(&cpu, &|r| r <= 1.5),
-        );
-        let p99_2000 = |p| median(Kind::Ours, p, Scenario::Rate(2_000), p99);
-        goal(
-            "p99 at most 2 ms at 2,000 admissions/s",
-            per_payload(&p99_2000, &|v| v <= 2.0),
-        );
-        let tput = |p| {
-            let s = Scenario::Saturate(64);
-            Some(
-                median(Kind::Ours, p, s, Measured::per_sec)?
-                    / median(Kind::Azwi, p, s, Measured::per_sec)?,
-            )
-        };
-        goal(
-            "at least 3x azwi's saturated throughput (64 connections)",
-            per_payload(&tput, &|r| r >= 3.0),
-        );
-        let lat = |p| {
-            let s = Scenario::Rate(500);
-            Some(median(Kind::Ours, p, s, p99)? / median(Kind::Azwi, p, s, p99)?)
-        };
-        goal(
-            "at most 1/3 of azwi's p99 (500/s, where both keep up)",
-            per_payload(&lat, &|r| r <= 1.0 / 3.0),
-        );
-        let start = |f: fn(&Start) -> f64| self.start_figure(Kind::Ours, f).map(|s| s.median);
-        let single = |v: Option<f64>, unit: &str, ok: bool| {
-            (
-                v.map(|v| format!("{} {unit}", number(v)))
-                    .unwrap_or_else(|| "–".into()),
-                if v.is_none() {
-                    "–"
-                } else if ok {
-                    "yes"
-                } else {
-                    "no"
-                },
-            )
-        };
-        let rss = start(|s| s.rss_rest_mib);
-        goal(
-            "RSS at most 20 MiB (at rest)",
-            single(rss, "MiB", rss.is_some_and(|v| v <= 20.0)),
-        );
-        let ready = start(|s| s.ready_ms);
-        goal(
-            "ready to admit within 0.5 s of start",
-            single(ready, "ms", ready.is_some_and(|v| v <= 500.0)),
-        );
         out.join("\n")
     }
 
