@@ -16,6 +16,10 @@ use tokio::sync::{Mutex, mpsc};
 use crate::client::{Conn, Target};
 use crate::procfs::{self, Machine};
 
+/// A server that keeps a review (or a handshake) longer than this has hung: the run fails
+/// rather than waits.
+const HUNG: Duration = Duration::from_secs(10);
+
 /// Latencies in microseconds, from 1 µs to 60 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
@@ -125,7 +129,8 @@ impl Window {
 async fn connect_all(target: &Target, n: usize) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        conns.push(target.connect().await?);
+        let conn = tokio::time::timeout(HUNG, target.connect()).await;
+        conns.push(conn.map_err(|_| anyhow::anyhow!("no TLS connection within {HUNG:?}"))??);
     }
     Ok(conns)
 }
@@ -148,7 +153,12 @@ pub async fn saturate(
             let (counts, body) = (counts.clone(), body.clone());
             tokio::spawn(async move {
                 while tokio::time::Instant::now() < end {
-                    counts.record(conn.review(&body).await);
+                    let Ok(answer) = tokio::time::timeout_at(end + HUNG, conn.review(&body)).await
+                    else {
+                        counts.record(Err(anyhow::anyhow!("no answer within {HUNG:?}")));
+                        break;
+                    };
+                    counts.record(answer);
                 }
             })
         })

@@ -129,7 +129,11 @@ impl Launch {
                 self.azwi_command(bin, side)?
             }
         };
-        let log = std::fs::File::create(self.logs.join(format!("{}.log", kind.name())))?;
+        // Appended: every round starts the servers again.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}.log", kind.name())))?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -175,9 +179,10 @@ async fn first_patch(
             let mut conn = server.target.connect().await?;
             conn.review(probe).await
         };
-        match attempt.await {
-            Ok(()) => return Ok(started.elapsed()),
-            Err(e) => last = format!("{e:#}"),
+        match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            Ok(Ok(())) => return Ok(started.elapsed()),
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = "no answer within 1 s".into(),
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
