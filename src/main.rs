@@ -1,6 +1,10 @@
 use clap::Parser;
 use mlflow_operator::cli::{Cli, Command};
 
+// glibc's malloc/free took about a third of the webhook's CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
