@@ -25,10 +25,22 @@ def show_environment() -> None:
             print(f"{name}={value}", flush=True)
 
 
+def start_run() -> mlflow.ActiveRun:
+    """Starts a run in MLFLOW_EXPERIMENT_NAME. mlflow creates the experiment when it is missing,
+    so the pods of one distributed job (a PyTorchJob's master and workers) race to create it and
+    all but one get RESOURCE_ALREADY_EXISTS: by then it exists, and a second start finds it."""
+    try:
+        return mlflow.start_run()
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.start_run()
+
+
 def main() -> None:
     show_environment()
     epochs = int(os.environ.get("EPOCHS", "3"))
-    with mlflow.start_run() as run:
+    with start_run() as run:
         mlflow.log_param("epochs", epochs)
         loss = 1.0
         for epoch in range(epochs):
