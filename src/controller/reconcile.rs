@@ -107,13 +107,7 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         return (res, cfg.refresh_interval);
     };
     let key = WorkspaceKey::new(&cfg.azure, ws);
-    let spec_changed =
-        b.status.as_ref().and_then(|s| s.observed_generation) != b.metadata.generation;
-    let freshness = if spec_changed {
-        Freshness::YoungerThan(cfg.spec_change_window)
-    } else {
-        Freshness::Cached
-    };
+    let freshness = freshness(b, cfg.spec_change_window);
     let (arm, k) = (arm.clone(), key.clone());
     let entry = cache
         .get(&key, freshness, move || async move {
@@ -136,6 +130,20 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         },
     };
     (res, requeue)
+}
+
+/// How fresh the workspace's cached URI must be for this binding. A binding whose spec changed
+/// since its status was written gets a fresh resolve (one the user just asked for). A new
+/// binding has no earlier answer to refresh: it takes the workspace's current cached URI, so
+/// bindings created one after another (1,000 over a minute) still cost one ARM call per
+/// workspace per refresh.
+fn freshness(b: &MlflowWorkspaceBinding, spec_change_window: Duration) -> Freshness {
+    match b.status.as_ref().and_then(|s| s.observed_generation) {
+        Some(observed) if Some(observed) != b.metadata.generation => {
+            Freshness::YoungerThan(spec_change_window)
+        }
+        _ => Freshness::Cached,
+    }
 }
 
 async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -263,4 +271,48 @@ fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> A
     tracing::warn!(binding = %b.name_any(), error = %err, "reconcile failed");
     count_error(&ctx.shared.metrics, err.reason());
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_a_changed_spec_asks_for_a_fresh_resolve() {
+        let window = Duration::from_secs(5);
+        // (what, metadata.generation, status, whether a fresh resolve is asked for)
+        let cases = [
+            ("new: no status yet", json!(1), None, false),
+            (
+                "new: status without observedGeneration",
+                json!(1),
+                Some(json!({})),
+                false,
+            ),
+            (
+                "resolved, unchanged",
+                json!(2),
+                Some(json!({"observedGeneration": 2})),
+                false,
+            ),
+            (
+                "spec changed since",
+                json!(3),
+                Some(json!({"observedGeneration": 2})),
+                true,
+            ),
+        ];
+        for (what, generation, status, fresh) in cases {
+            let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+                "metadata": {"name": "b", "namespace": "ns", "generation": generation},
+                "spec": {"trackingUri": "http://x"},
+                "status": status,
+            }))
+            .unwrap();
+            let got = freshness(&b, window);
+            let want_fresh = matches!(got, Freshness::YoungerThan(w) if w == window);
+            assert_eq!(want_fresh, fresh, "{what}: {got:?}");
+        }
+    }
 }
