@@ -12,11 +12,13 @@
 //! release binary, 5 start-ups). Under `cargo test` it is a check, not a measurement: 200 bindings
 //! in 20 namespaces, one start-up, every assertion the same.
 
+#[path = "support/args.rs"]
+mod args;
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "scale/https.rs"]
+#[path = "support/https.rs"]
 mod https;
-#[path = "scale/machine.rs"]
+#[path = "support/machine.rs"]
 mod machine;
 
 use std::collections::HashSet;
@@ -55,13 +57,11 @@ impl Shape {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // A name filter (`hack/test <filter>`) that is not ours: nothing to do.
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "scale".contains(f.as_str())) {
+    let args = args::Args::parse("scale");
+    if !args.selected {
         return;
     }
-    let shape = match args.iter().any(|a| a == "--bench") {
+    let shape = match args.full {
         true => Shape {
             namespaces: 100,
             per_namespace: 10,
