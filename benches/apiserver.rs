@@ -68,7 +68,8 @@ fn main() {
     rt.block_on(run(plan));
 }
 
-/// Uninstalls the release and deletes the namespaces when dropped, also on panic.
+/// Uninstalls the release and deletes the namespaces when dropped, also on panic. The uninstall
+/// waits: a controller left running would also reconcile the bindings of what runs next.
 struct Cleanup(String);
 
 impl Drop for Cleanup {
