@@ -1,12 +1,14 @@
 //! Scale and start-up of the real `mlflow-operator run` binary against the real API server, with
 //! fake Entra ID and ARM (the only fakes): N bindings in M namespaces over 10 Azure ML workspaces.
 //!
-//! - scale: the operator runs; every binding is created (32 in flight); the time until all are
-//!   Ready, the ARM calls (exactly one per workspace), the operator's RSS; then one refresh
-//!   interval later, exactly one more ARM call per workspace;
-//! - start-up: the operator is started again with every binding to sync; the time from process
-//!   start to `/readyz` answering 200 and to the first patched AdmissionReview answer over HTTPS,
-//!   the RSS then, and the ARM calls the new leader makes (one per workspace again).
+//! - created while the operator runs: every binding is created (32 in flight); the time until
+//!   all are Ready, the ARM calls (exactly one per workspace), the operator's RSS;
+//! - unresolved at the operator's start (their statuses cleared): from process start until all
+//!   are Ready, the ARM calls (one per workspace again: a new process), the RSS; then one
+//!   refresh interval later, exactly one more ARM call per workspace;
+//! - start-up with every binding Ready: the time from process start to `/readyz` answering 200
+//!   and to the first patched AdmissionReview answer over HTTPS, the RSS then, and the ARM calls
+//!   of the new leader.
 //!
 //! Full: `cargo bench --bench scale` inside the cluster (1,000 bindings in 100 namespaces, the
 //! release binary, 5 start-ups). Under `cargo test` it is a check, not a measurement: 200 bindings
@@ -28,7 +30,7 @@ use common::fake_azure::{FakeAzure, Identity};
 use common::operator::OperatorProcess;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
@@ -111,23 +113,32 @@ async fn run(shape: Shape) {
     let setup = setup(&client, &shape).await;
     let _cleanup = Cleanup(setup.run.clone());
 
-    let (mut op, _) = start(&setup, "operator (scale)");
+    let (mut op, _) = start(&setup, "operator (bindings created while it runs)");
     op.wait_status("/readyz", 200, Duration::from_secs(60))
         .await;
     common::eventually("the operator to lead", Duration::from_secs(60), || async {
         op.is_leader().await.filter(|l| *l)
     })
     .await;
-    let scale = scale(&client, &setup, &shape, &op).await;
+    let created = created_while_running(&client, &setup, &shape, &op).await;
     op.terminate();
     op.wait_exit(Duration::from_secs(30)).await;
+
+    clear_statuses(&client, &setup, &shape).await;
+    let resolved = unresolved_at_start(&client, &setup, &shape).await;
 
     let mut startups = Vec::new();
     for i in 0..shape.startups {
         startups.push(startup(&setup, i).await);
     }
     let after = machine::Sample::now();
-    report(&shape, &scale, &startups, &before.until(&after));
+    report(
+        &shape,
+        &created,
+        &resolved,
+        &startups,
+        &before.until(&after),
+    );
 }
 
 async fn setup(client: &Client, shape: &Shape) -> Setup {
@@ -228,58 +239,120 @@ fn arm_calls(fake: &FakeAzure) -> usize {
         .sum()
 }
 
-struct Scale {
-    created: Duration,
+/// From a start (the first create, or the process start) until every binding is Ready.
+struct Phase {
+    /// Creating every binding, when they were created in the phase.
+    created: Option<Duration>,
     all_ready: Duration,
-    calls_until_ready: Vec<usize>,
+    /// ARM calls per workspace in the phase.
+    calls: Vec<usize>,
     rss_kib: u64,
     hwm_kib: u64,
-    calls_after_refresh: usize,
-    refresh_seen: Duration,
+    /// After the refresh that followed: the time since the start, the RSS then.
+    refresh: Option<(Duration, u64)>,
 }
 
-async fn scale(client: &Client, setup: &Setup, shape: &Shape, op: &OperatorProcess) -> Scale {
+fn calls_per_workspace(fake: &FakeAzure, before: &[usize]) -> Vec<usize> {
+    (0..WORKSPACES)
+        .map(|ws| fake.arm_calls(&workspace(ws)) - before.get(ws).copied().unwrap_or(0))
+        .collect()
+}
+
+/// The operator runs; every binding is created; until all are Ready.
+async fn created_while_running(
+    client: &Client,
+    setup: &Setup,
+    shape: &Shape,
+    op: &OperatorProcess,
+) -> Phase {
     let n = shape.bindings();
     let ready = tokio::spawn(all_ready(client.clone(), setup.run.clone(), n));
     let started = Instant::now();
     create_bindings(client, setup, shape).await;
     let created = started.elapsed();
-    let all_ready = tokio::time::timeout(Duration::from_secs(300), ready)
+    let all_ready = wait_ready(ready, n).await - started;
+    let calls = calls_per_workspace(&setup.fake, &[]);
+    assert_eq!(
+        calls,
+        vec![1; WORKSPACES],
+        "one ARM call per workspace until every binding is Ready"
+    );
+    let (rss_kib, hwm_kib) = machine::rss_kib(op.pid());
+    Phase {
+        created: Some(created),
+        all_ready,
+        calls,
+        rss_kib,
+        hwm_kib,
+        refresh: None,
+    }
+}
+
+async fn wait_ready(ready: tokio::task::JoinHandle<Instant>, n: usize) -> Instant {
+    tokio::time::timeout(Duration::from_secs(300), ready)
         .await
         .unwrap_or_else(|_| panic!("{n} bindings Ready within 300 s"))
         .unwrap()
-        - started;
-    let calls_until_ready: Vec<usize> = (0..WORKSPACES)
-        .map(|ws| setup.fake.arm_calls(&workspace(ws)))
-        .collect();
+}
+
+/// Every binding without a status, as if the operator had never seen it.
+async fn clear_statuses(client: &Client, setup: &Setup, shape: &Shape) {
+    let all = setup
+        .namespaces
+        .iter()
+        .flat_map(|ns| (0..shape.per_namespace).map(move |j| (ns.clone(), j)));
+    futures::stream::iter(all)
+        .for_each_concurrent(IN_FLIGHT, |(ns, j)| async move {
+            Api::<MlflowWorkspaceBinding>::namespaced(client.clone(), &ns)
+                .patch_status(
+                    &format!("b-{j}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": null})),
+                )
+                .await
+                .expect("clear a binding's status");
+        })
+        .await;
+}
+
+/// The operator starts with every binding unresolved; until all are Ready, then one refresh.
+async fn unresolved_at_start(client: &Client, setup: &Setup, shape: &Shape) -> Phase {
+    let n = shape.bindings();
+    let before = calls_per_workspace(&setup.fake, &[]);
+    let ready = tokio::spawn(all_ready(client.clone(), setup.run.clone(), n));
+    let started = Instant::now();
+    let (mut op, _) = start(setup, "operator (every binding unresolved at its start)");
+    let all_ready = wait_ready(ready, n).await - started;
+    let calls = calls_per_workspace(&setup.fake, &before);
     assert_eq!(
-        calls_until_ready,
+        calls,
         vec![1; WORKSPACES],
         "one ARM call per workspace until every binding is Ready"
     );
     let (rss_kib, hwm_kib) = machine::rss_kib(op.pid());
     // The refresh: each workspace is asked again once, however many bindings share it.
     common::eventually("every workspace refreshed", shape.refresh * 3, || async {
-        (0..WORKSPACES)
-            .all(|ws| setup.fake.arm_calls(&workspace(ws)) >= 2)
-            .then_some(())
+        (calls_per_workspace(&setup.fake, &before)
+            .iter()
+            .all(|c| *c >= 2))
+        .then_some(())
     })
     .await;
-    let refresh_seen = started.elapsed();
-    let calls_after_refresh = arm_calls(&setup.fake);
+    let refresh = (started.elapsed(), machine::rss_kib(op.pid()).0);
     assert_eq!(
-        calls_after_refresh,
-        2 * WORKSPACES,
+        calls_per_workspace(&setup.fake, &before),
+        vec![2; WORKSPACES],
         "one more ARM call per workspace per refresh"
     );
-    Scale {
-        created,
+    op.terminate();
+    op.wait_exit(Duration::from_secs(30)).await;
+    Phase {
+        created: None,
         all_ready,
-        calls_until_ready,
+        calls,
         rss_kib,
         hwm_kib,
-        calls_after_refresh,
-        refresh_seen,
+        refresh: Some(refresh),
     }
 }
 
@@ -393,43 +466,63 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-fn report(shape: &Shape, s: &Scale, startups: &[Startup], machine: &machine::Window) {
+fn report(
+    shape: &Shape,
+    created: &Phase,
+    resolved: &Phase,
+    startups: &[Startup],
+    machine: &machine::Window,
+) {
     let n = shape.bindings();
     println!(
         "\n{n} bindings in {} namespaces over {WORKSPACES} workspaces; {machine}\n",
         shape.namespaces
     );
     println!("| measure | figure | goal |\n|---|---|---|");
-    println!(
-        "| create {n} bindings ({IN_FLIGHT} in flight) | {} | |",
-        ms(s.created)
-    );
-    println!(
-        "| first create -> all {n} Ready | {} | within 10 s |",
-        ms(s.all_ready)
-    );
-    println!(
-        "| ARM calls until all Ready (per workspace) | {} ({:?}) | 10 |",
-        s.calls_until_ready.iter().sum::<usize>(),
-        s.calls_until_ready
-    );
-    println!(
-        "| ARM calls after one refresh ({} s interval, seen {} after the first create) | {} | 20 |",
-        shape.refresh.as_secs(),
-        ms(s.refresh_seen),
-        s.calls_after_refresh
-    );
-    println!(
-        "| operator RSS with {n} bindings Ready (peak) | {:.1} MiB ({:.1} MiB) | at most 20 MiB |",
-        s.rss_kib as f64 / 1024.0,
-        s.hwm_kib as f64 / 1024.0
-    );
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    for (what, p) in [
+        ("created while the operator runs: first create", created),
+        (
+            "unresolved at the operator's start: process start",
+            resolved,
+        ),
+    ] {
+        if let Some(c) = p.created {
+            println!(
+                "| create {n} bindings ({IN_FLIGHT} in flight) | {} | |",
+                ms(c)
+            );
+        }
+        println!(
+            "| {what} -> all {n} Ready | {} | within 10 s |",
+            ms(p.all_ready)
+        );
+        println!(
+            "| {what}: ARM calls until all Ready (per workspace) | {} ({:?}) | 10 |",
+            p.calls.iter().sum::<usize>(),
+            p.calls
+        );
+        println!(
+            "| {what}: operator RSS when all Ready (peak) | {} ({}) | at most 20 MiB |",
+            mib(p.rss_kib),
+            mib(p.hwm_kib)
+        );
+        if let Some((seen, rss)) = p.refresh {
+            println!(
+                "| {what}: ARM calls after one refresh ({} s interval, seen {} after the start); RSS then | {}; {} | 20 |",
+                shape.refresh.as_secs(),
+                ms(seen),
+                2 * WORKSPACES,
+                mib(rss)
+            );
+        }
+    }
     for (i, st) in startups.iter().enumerate() {
         println!(
-            "| start-up {i}: process start -> /readyz 200 / first patched answer (HTTPS); RSS then; ARM calls of the new leader | {} / {}; {:.1} MiB; {} | within 500 ms; 10 calls |",
+            "| start-up {i} with every binding Ready: process start -> /readyz 200 / first patched answer (HTTPS); RSS then; ARM calls of the new leader | {} / {}; {}; {} | within 500 ms; 10 calls |",
             ms(st.readyz),
             ms(st.patched),
-            st.rss_kib as f64 / 1024.0,
+            mib(st.rss_kib),
             st.arm_calls
         );
     }

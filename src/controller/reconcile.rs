@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -19,6 +19,11 @@ use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
 use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
 use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+
+/// Reconciles at once. Unbounded, 1,000 bindings resolved together held 1,000 status writes and
+/// Event posts in flight, and the process's RSS grew to 87 MiB; the API server takes them no
+/// faster than a few dozen at a time anyway.
+const CONCURRENCY: u16 = 16;
 
 /// A reconcile that could not write its result.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +69,8 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default());
+    let controller = Controller::new(api, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
         instance: Some(shared.cfg.identity.clone()),
