@@ -275,7 +275,8 @@ async fn created_while_running(
     assert_eq!(
         calls,
         vec![1; WORKSPACES],
-        "one ARM call per workspace until every binding is Ready"
+        "one ARM call per workspace until every binding is Ready; the operator's ARM requests:\n{}",
+        arm_requests(op).await
     );
     let (rss_kib, hwm_kib) = machine::rss_kib(op.pid());
     Phase {
@@ -286,6 +287,15 @@ async fn created_while_running(
         hwm_kib,
         refresh: None,
     }
+}
+
+/// The operator's own count of its ARM requests by outcome, for failure messages.
+async fn arm_requests(op: &OperatorProcess) -> String {
+    let (_, metrics) = op.get("/metrics").await.unwrap_or_default();
+    let lines = metrics
+        .lines()
+        .filter(|l| l.contains("arm_request_duration_seconds_count"));
+    lines.collect::<Vec<_>>().join("\n")
 }
 
 async fn wait_ready(ready: tokio::task::JoinHandle<Instant>, n: usize) -> Instant {
@@ -327,7 +337,8 @@ async fn unresolved_at_start(client: &Client, setup: &Setup, shape: &Shape) -> P
     assert_eq!(
         calls,
         vec![1; WORKSPACES],
-        "one ARM call per workspace until every binding is Ready"
+        "one ARM call per workspace until every binding is Ready; the operator's ARM requests:\n{}",
+        arm_requests(&op).await
     );
     let (rss_kib, hwm_kib) = machine::rss_kib(op.pid());
     // The refresh: each workspace is asked again once, however many bindings share it.

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::arm::{ArmClient, WorkspaceKey};
@@ -69,7 +69,14 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default())
+    // As Controller::new, but managedFields never reach the store: nothing reads them, and
+    // with 1,000 bindings they were most of the process's heap (8 of 23 MiB at its peak).
+    let (store, writer) = reflector::store();
+    let trigger = watcher(api, watcher::Config::default())
+        .modify(|b| b.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(trigger, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
