@@ -21,7 +21,7 @@ use kube::runtime::watcher::Event;
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
-use mlflow_operator::webhook::{self, Webhook};
+use mlflow_operator::webhook::{self, BindingIndex, Webhook};
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
@@ -81,7 +81,6 @@ fn review_body() -> Vec<u8> {
 }
 
 fn webhook() -> Arc<Webhook> {
-    let (bindings, mut bw) = reflector::store::<MlflowWorkspaceBinding>();
     let (sas, mut sw) = reflector::store::<ServiceAccount>();
     let mut others: Vec<MlflowWorkspaceBinding> = (0..20)
         .map(|i| {
@@ -103,14 +102,12 @@ fn webhook() -> Arc<Webhook> {
         }))
         .unwrap(),
     );
-    for b in others {
-        bw.apply_watcher_event(&Event::Apply(b));
-    }
+    let bindings = BindingIndex::from_objects(others);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": "team-a",
         "annotations": {"azure.workload.identity/client-id": "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01"}}}))
     .unwrap();
     sw.apply_watcher_event(&Event::Apply(sa));
-    std::mem::forget((bw, sw)); // the stores outlive the benchmark
+    std::mem::forget(sw); // the stores outlive the benchmark
     Arc::new(Webhook::cached(bindings, sas, Defaults::default()))
 }
 

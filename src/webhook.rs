@@ -10,11 +10,13 @@
 //! - [`service_accounts`]: the pod's ServiceAccount, cached or read live;
 //! - [`events`]: throttled Warning Events for refused pods;
 //! - [`server`]: TLS and HTTP;
-//! - [`caches`]: the reflectors that fill the caches.
+//! - [`caches`]: the watches that fill the caches;
+//! - [`index`]: the bindings by namespace, so an admission reads its namespace only.
 
 mod answer;
 mod caches;
 mod events;
+mod index;
 mod review;
 mod server;
 mod service_accounts;
@@ -28,6 +30,7 @@ use kube::runtime::reflector::Store;
 pub use answer::{Answer, error_response, outcome_label, review_response};
 pub use caches::Caches;
 pub use events::RefusalEvents;
+pub use index::{IndexWriter, NamespaceIndex};
 pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};
 pub use server::{Limits, MAX_BODY, bind, serve, serve_with};
 pub use service_accounts::ServiceAccounts;
@@ -36,9 +39,12 @@ use crate::binding::MlflowWorkspaceBinding;
 use crate::inject::{self, Defaults, NamespaceView, Plan, service_account_name};
 use crate::metrics::Metrics;
 
+/// The bindings the webhook chooses from, by namespace.
+pub type BindingIndex = NamespaceIndex<MlflowWorkspaceBinding>;
+
 /// Everything the admission handler needs.
 pub struct Webhook {
-    pub bindings: Store<MlflowWorkspaceBinding>,
+    pub bindings: BindingIndex,
     pub service_accounts: ServiceAccounts,
     pub defaults: Defaults,
     pub metrics: Metrics,
@@ -49,7 +55,7 @@ pub struct Webhook {
 impl Webhook {
     /// A webhook that reads its caches only and records no Events (tests, benchmarks).
     pub fn cached(
-        bindings: Store<MlflowWorkspaceBinding>,
+        bindings: BindingIndex,
         service_accounts: Store<ServiceAccount>,
         defaults: Defaults,
     ) -> Self {
@@ -94,12 +100,7 @@ impl Webhook {
     /// Plans from the caches: the namespace's bindings and, when workload identity may need
     /// its annotations, the pod's ServiceAccount.
     async fn plan(&self, req: &ReviewRequest) -> Plan {
-        let bindings: Vec<Arc<MlflowWorkspaceBinding>> = self
-            .bindings
-            .state()
-            .into_iter()
-            .filter(|b| b.metadata.namespace.as_deref() == Some(req.namespace.as_str()))
-            .collect();
+        let bindings = self.bindings.namespace(&req.namespace);
         let sa = if needs_service_account(&bindings) {
             let name = service_account_name(&req.object);
             self.service_accounts.get(&req.namespace, name).await
@@ -135,7 +136,6 @@ mod tests {
     /// A webhook whose caches hold a workload-identity binding without a client id, and
     /// ServiceAccounts `default` (no annotations) and `legacy` (with the client id).
     fn webhook() -> (Webhook, impl Sized) {
-        let (bindings, mut bw) = reflector::store::<MlflowWorkspaceBinding>();
         let (sas, mut sw) = reflector::store::<ServiceAccount>();
         let binding = json!({
             "metadata": {"name": "wi", "namespace": "ns", "generation": 1},
@@ -145,9 +145,7 @@ mod tests {
                        "conditions": [{"type": "Ready", "status": "True", "reason": "Resolved",
                                        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         });
-        bw.apply_watcher_event(&watcher::Event::Apply(
-            serde_json::from_value(binding).unwrap(),
-        ));
+        let bindings = BindingIndex::from_objects([serde_json::from_value(binding).unwrap()]);
         for sa in [
             json!({"metadata": {"name": "default", "namespace": "ns"}}),
             json!({"metadata": {"name": "legacy", "namespace": "ns",
@@ -155,10 +153,7 @@ mod tests {
         ] {
             sw.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(sa).unwrap()));
         }
-        (
-            Webhook::cached(bindings, sas, Defaults::default()),
-            (bw, sw),
-        )
+        (Webhook::cached(bindings, sas, Defaults::default()), sw)
     }
 
     fn review(spec: Value) -> Vec<u8> {

@@ -390,7 +390,7 @@ async fn rejects_ambiguous_missing_and_not_ready_bindings_with_their_messages() 
             Duration::from_secs(30),
             || async {
                 wh.bindings
-                    .get(&kube::runtime::reflector::ObjectRef::new("beta").within(ns))
+                    .get(ns, "beta")
                     .filter(|b| !b.is_ready())
                     .map(|_| ())
             },

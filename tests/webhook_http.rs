@@ -38,7 +38,7 @@ fn pems(name: &str) -> Pems {
 
 async fn serve(store: Arc<CertStore>) -> Server {
     // Empty caches: these requests never get as far as choosing a binding.
-    let (bindings, w1) = kube::runtime::reflector::store();
+    let bindings = mlflow_operator::webhook::BindingIndex::from_objects([]);
     let (sas, w2) = kube::runtime::reflector::store();
     let wh = Arc::new(Webhook::cached(bindings, sas, Defaults::default()));
     let metrics = wh.metrics.clone();
@@ -52,7 +52,7 @@ async fn serve(store: Arc<CertStore>) -> Server {
         port,
         metrics,
         _stop: tx,
-        _writers: Box::new((w1, w2)),
+        _writers: Box::new(w2),
     }
 }
 

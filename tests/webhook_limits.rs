@@ -48,7 +48,7 @@ async fn serve(limits: Limits) -> Server {
     store
         .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
         .unwrap();
-    let (bindings, w1) = kube::runtime::reflector::store();
+    let bindings = mlflow_operator::webhook::BindingIndex::from_objects([]);
     let (sas, w2) = kube::runtime::reflector::store();
     let wh = Arc::new(Webhook::cached(bindings, sas, Defaults::default()));
     let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -68,7 +68,7 @@ async fn serve(limits: Limits) -> Server {
         ca: pems.ca_cert,
         stop: Some(tx),
         done,
-        _writers: Box::new((w1, w2)),
+        _writers: Box::new(w2),
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::arm::{ArmClient, WorkspaceKey};
@@ -19,6 +19,11 @@ use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
 use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
 use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+
+/// Reconciles at once. Unbounded, 1,000 bindings resolved together held 1,000 status writes and
+/// Event posts in flight, and the process's RSS grew to 87 MiB; the API server takes them no
+/// faster than a few dozen at a time anyway.
+const CONCURRENCY: u16 = 16;
 
 /// A reconcile that could not write its result.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +69,15 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default());
+    // As Controller::new, but managedFields never reach the store: nothing reads them, and
+    // with 1,000 bindings they were most of the process's heap (8 of 23 MiB at its peak).
+    let (store, writer) = reflector::store();
+    let trigger = watcher(api, watcher::Config::default())
+        .modify(|b| b.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(trigger, store)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
         instance: Some(shared.cfg.identity.clone()),
@@ -108,13 +121,7 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         return (res, cfg.refresh_interval);
     };
     let key = WorkspaceKey::new(&cfg.azure, ws);
-    let spec_changed =
-        b.status.as_ref().and_then(|s| s.observed_generation) != b.metadata.generation;
-    let freshness = if spec_changed {
-        Freshness::YoungerThan(cfg.spec_change_window)
-    } else {
-        Freshness::Cached
-    };
+    let freshness = freshness(b, cfg.spec_change_window);
     let (arm, k) = (arm.clone(), key.clone());
     let entry = cache
         .get(&key, freshness, move || async move {
@@ -138,6 +145,20 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
         },
     };
     (res, requeue)
+}
+
+/// How fresh the workspace's cached URI must be for this binding. A binding whose spec changed
+/// since its status was written gets a fresh resolve (one the user just asked for). A new
+/// binding has no earlier answer to refresh: it takes the workspace's current cached URI, so
+/// bindings created one after another (1,000 over a minute) still cost one ARM call per
+/// workspace per refresh.
+fn freshness(b: &MlflowWorkspaceBinding, spec_change_window: Duration) -> Freshness {
+    match b.status.as_ref().and_then(|s| s.observed_generation) {
+        Some(observed) if Some(observed) != b.metadata.generation => {
+            Freshness::YoungerThan(spec_change_window)
+        }
+        _ => Freshness::Cached,
+    }
 }
 
 async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -268,4 +289,48 @@ fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> A
     tracing::warn!(binding = %b.name_any(), error = %err, "reconcile failed");
     count_error(&ctx.shared.metrics, err.reason());
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_a_changed_spec_asks_for_a_fresh_resolve() {
+        let window = Duration::from_secs(5);
+        // (what, metadata.generation, status, whether a fresh resolve is asked for)
+        let cases = [
+            ("new: no status yet", json!(1), None, false),
+            (
+                "new: status without observedGeneration",
+                json!(1),
+                Some(json!({})),
+                false,
+            ),
+            (
+                "resolved, unchanged",
+                json!(2),
+                Some(json!({"observedGeneration": 2})),
+                false,
+            ),
+            (
+                "spec changed since",
+                json!(3),
+                Some(json!({"observedGeneration": 2})),
+                true,
+            ),
+        ];
+        for (what, generation, status, fresh) in cases {
+            let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+                "metadata": {"name": "b", "namespace": "ns", "generation": generation},
+                "spec": {"trackingUri": "http://x"},
+                "status": status,
+            }))
+            .unwrap();
+            let got = freshness(&b, window);
+            let want_fresh = matches!(got, Freshness::YoungerThan(w) if w == window);
+            assert_eq!(want_fresh, fresh, "{what}: {got:?}");
+        }
+    }
 }

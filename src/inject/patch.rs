@@ -1,6 +1,8 @@
 //! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
 //! the injected annotation. Nothing the pod already has is ever changed.
 
+use std::collections::HashMap;
+
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{Value, json};
@@ -52,23 +54,42 @@ pub(crate) struct Merge {
 pub(crate) struct Slot {
     taken_by: fn(existing: &Value, wanted: &Value) -> bool,
     reported: &'static str,
+    /// When an entry is taken exactly by another with the same key: the key, so long lists
+    /// (a container with 200 env entries) are indexed once instead of scanned per wanted entry.
+    key: Option<fn(&Value) -> Option<&str>>,
 }
 
 /// Env entries, by name.
 pub(crate) const ENV: Slot = Slot {
     taken_by: |e, w| env_name(e).is_some() && env_name(e) == env_name(w),
     reported: "name",
+    key: Some(env_name),
 };
 /// Volume mounts, by name or mountPath: two mounts at one path make the pod invalid.
 pub(crate) const MOUNT: Slot = Slot {
     taken_by: |e, w| e.get("name") == w.get("name") || e.get("mountPath") == w.get("mountPath"),
     reported: "mountPath",
+    key: None,
 };
 /// Pod volumes, by name.
 pub(crate) const VOLUME: Slot = Slot {
     taken_by: |e, w| e.get("name") == w.get("name"),
     reported: "name",
+    key: None,
 };
+
+/// The first existing entry that takes `w`'s slot.
+fn taken<'e>(
+    slot: &Slot,
+    existing: &'e [Value],
+    by_key: &HashMap<&str, &'e Value>,
+    w: &Value,
+) -> Option<&'e Value> {
+    match slot.key {
+        Some(key) => key(w).and_then(|k| by_key.get(k).copied()),
+        None => existing.iter().find(|e| (slot.taken_by)(e, w)),
+    }
+}
 
 /// Add-if-absent: a wanted entry whose slot is taken is never added; an identical entry is
 /// silent, a different one is a conflict.
@@ -77,9 +98,18 @@ pub(crate) fn add_if_absent<'a>(
     existing: &[Value],
     wanted: impl IntoIterator<Item = &'a Value>,
 ) -> Merge {
+    let mut by_key: HashMap<&str, &Value> = HashMap::new();
+    if let Some(key) = slot.key {
+        // The first entry of a key takes it, as a scan in order would find.
+        for e in existing {
+            if let Some(k) = key(e) {
+                by_key.entry(k).or_insert(e);
+            }
+        }
+    }
     let mut m = Merge::default();
     for w in wanted {
-        match existing.iter().find(|e| (slot.taken_by)(e, w)) {
+        match taken(slot, existing, &by_key, w) {
             Some(e) if e == w => {}
             Some(_) => {
                 let id = w.get(slot.reported).and_then(Value::as_str);

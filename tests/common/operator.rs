@@ -19,6 +19,11 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts `mlflow-operator run --metrics-addr 127.0.0.1:<free port> <args>`.
     pub fn start(label: &str, args: &[&str]) -> Self {
+        Self::start_with_env(label, args, &[])
+    }
+
+    /// As [`Self::start`], with extra environment variables (the operator's Azure identity).
+    pub fn start_with_env(label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"))
@@ -27,6 +32,7 @@ impl OperatorProcess {
             .args(args)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())

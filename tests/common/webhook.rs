@@ -9,13 +9,14 @@ use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::metrics::Metrics;
-use mlflow_operator::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Webhook};
+use mlflow_operator::webhook::{
+    self, BindingIndex, Caches, RefusalEvents, ServiceAccounts, Webhook,
+};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -28,7 +29,7 @@ pub struct TestWebhook {
     pub ca_pem: String,
     pub metrics: Metrics,
     pub config_name: String,
-    pub bindings: kube::runtime::reflector::Store<MlflowWorkspaceBinding>,
+    pub bindings: BindingIndex,
     stop: Option<oneshot::Sender<()>>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -187,33 +188,42 @@ impl TestWebhook {
 
     /// Waits until the webhook's cache sees `name` with a Ready status.
     pub async fn wait_binding_ready(&self, name: &str) {
-        let key = ObjectRef::new(name).within(&self.namespace);
+        let ns = &self.namespace;
         eventually(
             &format!("binding {name} Ready in the webhook cache"),
             Duration::from_secs(30),
-            || async { self.bindings.get(&key).filter(|b| b.is_ready()).map(|_| ()) },
+            || async {
+                self.bindings
+                    .get(ns, name)
+                    .filter(|b| b.is_ready())
+                    .map(|_| ())
+            },
         )
         .await;
     }
 
     /// Waits until the webhook's cache sees `name` in namespace `ns` with a Ready status.
     pub async fn wait_binding_ready_in(&self, ns: &str, name: &str) {
-        let key = ObjectRef::new(name).within(ns);
         eventually(
             &format!("binding {ns}/{name} Ready in the webhook cache"),
             Duration::from_secs(30),
-            || async { self.bindings.get(&key).filter(|b| b.is_ready()).map(|_| ()) },
+            || async {
+                self.bindings
+                    .get(ns, name)
+                    .filter(|b| b.is_ready())
+                    .map(|_| ())
+            },
         )
         .await;
     }
 
     /// Waits until the webhook's cache sees `name` (in any state).
     pub async fn wait_binding_seen(&self, name: &str) {
-        let key = ObjectRef::new(name).within(&self.namespace);
+        let ns = &self.namespace;
         eventually(
             &format!("binding {name} in the webhook cache"),
             Duration::from_secs(30),
-            || async { self.bindings.get(&key).map(|_| ()) },
+            || async { self.bindings.get(ns, name).map(|_| ()) },
         )
         .await;
     }

@@ -1,0 +1,188 @@
+//! Micro-benchmarks of admission, per payload (divan):
+//! - `plan`: the pure planner (pod JSON + namespace view -> patch), the review already parsed;
+//! - `review`: the whole in-process review (parse the AdmissionReview, choose the binding from
+//!   the cache, plan, encode the answer);
+//! - `review_among_cached_bindings`: the same review with 1 binding cached, and with 1,000
+//!   bindings in 100 namespaces cached (the pod's namespace holds the same one binding in both);
+//!   it must not grow;
+//! - `namespace_lookup`: reading the pod's namespace from the per-namespace index, against
+//!   copying the whole reflector Store and filtering it (what every admission did before).
+//!
+//! Run: `cargo bench --bench planner`. Under `cargo test` every benchmark runs once, checked.
+
+use std::sync::Arc;
+
+use divan::Bencher;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::runtime::{reflector, watcher};
+use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::inject::{self, Defaults, NamespaceView, Plan};
+use mlflow_operator::webhook::{BindingIndex, Webhook};
+use serde_json::{Value, json};
+
+fn main() {
+    divan::main();
+}
+
+const NS: &str = "team-a";
+const PAYLOADS: [&str; 3] = ["small", "training-10-containers", "env-200"];
+
+fn container(name: &str, env: usize) -> Value {
+    let env: Vec<Value> = (0..env)
+        .map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}")}))
+        .collect();
+    json!({
+        "name": name, "image": format!("registry.example/{name}:1.0"),
+        "env": env,
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+        "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]
+    })
+}
+
+/// The pod of each payload, as the API server sends it.
+fn pod(payload: &str) -> Value {
+    let (init, containers): (Vec<Value>, Vec<Value>) = match payload {
+        "small" => (vec![], vec![json!({"name": "c", "image": "busybox"})]),
+        // 2 init containers, 1 native sidecar, the trainer and 6 sidecars: 10 in all.
+        "training-10-containers" => {
+            let mut sidecar = container("log-shipper", 2);
+            sidecar["restartPolicy"] = json!("Always");
+            let init = vec![
+                container("fetch-data", 3),
+                container("warm-cache", 1),
+                sidecar,
+            ];
+            let mut containers = vec![container("train", 8)];
+            containers.extend((0..6).map(|i| container(&format!("sidecar-{i}"), 2)));
+            (init, containers)
+        }
+        "env-200" => (vec![], vec![container("train", 200)]),
+        other => panic!("unknown payload {other}"),
+    };
+    json!({
+        "metadata": {"generateName": "train-", "namespace": NS,
+                     "labels": {"app": "train", "mlflow-operator.io/track": "true"}},
+        "spec": {"serviceAccountName": "trainer", "initContainers": init, "containers": containers,
+                 "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]}
+    })
+}
+
+fn review_body(payload: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": NS, "operation": "CREATE",
+                    "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                    "object": pod(payload), "oldObject": null, "dryRun": false}
+    }))
+    .unwrap()
+}
+
+/// The pod's binding: Azure ML, workload identity, client id from the ServiceAccount.
+fn binding(ns: &str, name: &str) -> MlflowWorkspaceBinding {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "generation": 3},
+        "spec": {"azureML": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "ml-rg", "workspaceName": "ml-ws"},
+                 "experimentName": "fraud-detection",
+                 "identity": {"workloadIdentity": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}}},
+        "status": {"observedGeneration": 3, "trackingUri": "azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/ml-ws",
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Resolved", "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    }))
+    .unwrap()
+}
+
+/// `total` bindings over 100 namespaces (or 1): the pod's namespace holds exactly one.
+fn bindings(total: usize) -> Vec<MlflowWorkspaceBinding> {
+    let mut all = vec![binding(NS, "fraud")];
+    all.extend((1..total).map(|i| binding(&format!("team-{}", i % 99), &format!("b-{i}"))));
+    all
+}
+
+fn service_account() -> ServiceAccount {
+    serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": NS,
+        "annotations": {"azure.workload.identity/client-id": "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01"}}}))
+    .unwrap()
+}
+
+fn webhook(total: usize) -> Webhook {
+    let (sas, mut writer) = reflector::store::<ServiceAccount>();
+    writer.apply_watcher_event(&watcher::Event::Apply(service_account()));
+    // The writer is dropped: the store keeps what it holds.
+    Webhook::cached(
+        BindingIndex::from_objects(bindings(total)),
+        sas,
+        Defaults::default(),
+    )
+}
+
+fn injected(plan: &Plan) -> bool {
+    matches!(plan, Plan::Inject { patch, .. } if !patch.0.is_empty())
+}
+
+#[divan::bench(args = PAYLOADS)]
+fn plan(bencher: Bencher, payload: &str) {
+    let (pod, b, sa, defaults) = (
+        pod(payload),
+        binding(NS, "fraud"),
+        service_account(),
+        Defaults::default(),
+    );
+    let view = NamespaceView {
+        namespace: NS,
+        bindings: vec![&b],
+        service_account: Some(&sa),
+    };
+    let plan = inject::plan(&pod, &view, &defaults);
+    assert!(injected(&plan), "{payload}: {plan:?}");
+    bencher.bench_local(|| inject::plan(divan::black_box(&pod), &view, &defaults));
+}
+
+/// One review answered from the caches: it never waits.
+fn answer(wh: &Webhook, body: &[u8]) -> mlflow_operator::webhook::Answer {
+    wh.review(body)
+        .now_or_never()
+        .expect("a review answered from the caches never waits")
+}
+
+#[divan::bench(args = PAYLOADS)]
+fn review(bencher: Bencher, payload: &str) {
+    let (wh, body) = (webhook(1), review_body(payload));
+    assert_eq!(answer(&wh, &body).outcome, "injected", "{payload}");
+    bencher.bench_local(|| answer(&wh, divan::black_box(&body)));
+}
+
+#[divan::bench(args = [1, 1000])]
+fn review_among_cached_bindings(bencher: Bencher, cached: usize) {
+    let (wh, body) = (webhook(cached), review_body("training-10-containers"));
+    assert_eq!(wh.bindings.len(), cached);
+    assert_eq!(answer(&wh, &body).outcome, "injected");
+    bencher.bench_local(|| answer(&wh, divan::black_box(&body)));
+}
+
+#[divan::bench(args = [1, 1000])]
+fn namespace_lookup_index(bencher: Bencher, cached: usize) {
+    let index = BindingIndex::from_objects(bindings(cached));
+    assert_eq!(index.namespace(NS).len(), 1);
+    bencher.bench_local(|| index.namespace(divan::black_box(NS)));
+}
+
+/// What every admission did before the index: copy the whole Store, keep the namespace's.
+#[divan::bench(args = [1, 1000])]
+fn namespace_lookup_store_copy(bencher: Bencher, cached: usize) {
+    let (store, mut writer) = reflector::store::<MlflowWorkspaceBinding>();
+    for b in bindings(cached) {
+        writer.apply_watcher_event(&watcher::Event::Apply(b));
+    }
+    let lookup = |ns: &str| -> Vec<Arc<MlflowWorkspaceBinding>> {
+        store
+            .state()
+            .into_iter()
+            .filter(|b| b.metadata.namespace.as_deref() == Some(ns))
+            .collect()
+    };
+    assert_eq!(lookup(NS).len(), 1);
+    bencher.bench_local(|| lookup(divan::black_box(NS)));
+}

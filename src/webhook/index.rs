@@ -1,0 +1,336 @@
+//! A per-namespace index of watched objects, filled from a watcher's events.
+//!
+//! An admission only ever looks at the bindings of the pod's namespace. kube's reflector Store
+//! can only hand out every object of the cluster, so reading a namespace through it costs one
+//! copy of the whole cluster's list per admission; here a reader takes one reference-counted
+//! slice of its namespace, whatever the size of the rest of the cluster.
+//!
+//! Events are applied as kube's reflector `Writer` applies them: `Apply`/`Delete` change one
+//! object; a (re)list (`Init`, `InitApply`..., `InitDone`) is buffered and replaces the whole
+//! index at once when it completes, so readers never see a half-listed cluster.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use kube::Resource;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+/// One namespace's objects, sorted by name.
+pub type Slice<K> = Arc<[Arc<K>]>;
+
+type ByNamespace<K> = HashMap<String, Slice<K>>;
+
+struct Shared<K> {
+    by_namespace: RwLock<ByNamespace<K>>,
+    /// True once a first complete list has been applied.
+    ready: watch::Sender<bool>,
+}
+
+/// The read side: cheap to clone, shared by every admission.
+pub struct NamespaceIndex<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for NamespaceIndex<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The write side: applies one watcher's events.
+pub struct IndexWriter<K> {
+    index: NamespaceIndex<K>,
+    /// A list in progress: namespace -> name -> object.
+    relist: Option<HashMap<String, BTreeMap<String, Arc<K>>>>,
+}
+
+fn namespace_of<K: Resource>(o: &K) -> &str {
+    o.meta().namespace.as_deref().unwrap_or_default()
+}
+
+fn name_of<K: Resource>(o: &K) -> &str {
+    o.meta().name.as_deref().unwrap_or_default()
+}
+
+impl<K: Resource> NamespaceIndex<K> {
+    /// An empty index, not ready, and the writer that fills it.
+    pub fn new() -> (Self, IndexWriter<K>) {
+        let index = Self {
+            shared: Arc::new(Shared {
+                by_namespace: RwLock::default(),
+                ready: watch::Sender::new(false),
+            }),
+        };
+        let writer = IndexWriter {
+            index: index.clone(),
+            relist: None,
+        };
+        (index, writer)
+    }
+
+    /// A ready index holding exactly `objects` (tests, benchmarks).
+    pub fn from_objects(objects: impl IntoIterator<Item = K>) -> Self {
+        let (index, mut writer) = Self::new();
+        writer.apply(watcher::Event::Init);
+        for o in objects {
+            writer.apply(watcher::Event::InitApply(o));
+        }
+        writer.apply(watcher::Event::InitDone);
+        index
+    }
+
+    /// The objects of `namespace`, sorted by name (empty when it has none).
+    pub fn namespace(&self, namespace: &str) -> Slice<K> {
+        let map = self.read();
+        map.get(namespace).cloned().unwrap_or_else(|| Arc::new([]))
+    }
+
+    /// One object by namespace and name.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let objects = self.namespace(namespace);
+        objects
+            .iter()
+            .find(|o| name_of(o.as_ref()) == name)
+            .cloned()
+    }
+
+    /// How many objects the index holds across every namespace.
+    pub fn len(&self) -> usize {
+        self.read().values().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a first complete list has been applied.
+    pub fn is_ready(&self) -> bool {
+        *self.shared.ready.borrow()
+    }
+
+    /// Resolves once a first complete list has been applied.
+    pub fn wait_until_ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut ready = self.shared.ready.subscribe();
+        async move {
+            // An error means the writer is gone: nothing will ever fill the index.
+            let _ = ready.wait_for(|r| *r).await;
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ByNamespace<K>> {
+        // A writer that panicked left a consistent map behind (it swaps whole slices).
+        self.shared
+            .by_namespace
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ByNamespace<K>> {
+        self.shared
+            .by_namespace
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<K: Resource> IndexWriter<K> {
+    /// Applies one watcher event.
+    pub fn apply(&mut self, event: watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(o) => self.upsert(o),
+            watcher::Event::Delete(o) => self.remove(&o),
+            watcher::Event::Init => self.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                let ns = namespace_of(&o).to_string();
+                let name = name_of(&o).to_string();
+                let relist = self.relist.get_or_insert_with(HashMap::new);
+                relist.entry(ns).or_default().insert(name, Arc::new(o));
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let fresh: ByNamespace<K> = listed
+                    .into_iter()
+                    .map(|(ns, objects)| (ns, objects.into_values().collect()))
+                    .collect();
+                *self.index.write() = fresh;
+                self.index.shared.ready.send_replace(true);
+            }
+        }
+    }
+
+    fn upsert(&mut self, o: K) {
+        let o = Arc::new(o);
+        let ns = namespace_of(o.as_ref());
+        let mut map = self.index.write();
+        let mut objects: Vec<Arc<K>> = map.get(ns).map(|s| s.to_vec()).unwrap_or_default();
+        match objects.binary_search_by(|x| name_of(x.as_ref()).cmp(name_of(o.as_ref()))) {
+            Ok(i) => objects[i] = o.clone(),
+            Err(i) => objects.insert(i, o.clone()),
+        }
+        map.insert(ns.to_string(), objects.into());
+    }
+
+    fn remove(&mut self, o: &K) {
+        let (ns, name) = (namespace_of(o), name_of(o));
+        let mut map = self.index.write();
+        let Some(objects) = map.get(ns) else {
+            return;
+        };
+        let kept: Vec<Arc<K>> = objects
+            .iter()
+            .filter(|x| name_of(x.as_ref()) != name)
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            map.remove(ns);
+        } else {
+            map.insert(ns.to_string(), kept.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+
+    /// An object `ns/name`, with `version` in its data to tell replacements apart.
+    fn obj(ns: &str, name: &str, version: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name},
+            "data": {"v": version}
+        }))
+        .unwrap()
+    }
+
+    /// What the index serves for `ns`: `name=version`, in order.
+    fn view(index: &NamespaceIndex<ConfigMap>, ns: &str) -> Vec<String> {
+        index
+            .namespace(ns)
+            .iter()
+            .map(|o| format!("{}={}", name_of(o.as_ref()), o.data.as_ref().unwrap()["v"]))
+            .collect()
+    }
+
+    #[test]
+    fn applies_watch_events_per_namespace_and_relists_atomically() {
+        let list = |items: &[(&str, &str, &str)]| -> Vec<watcher::Event<ConfigMap>> {
+            let mut events = vec![Init];
+            events.extend(items.iter().map(|(ns, n, v)| InitApply(obj(ns, n, v))));
+            events.push(InitDone);
+            events
+        };
+        // What happens, the events, then: ready, namespace a, namespace b, total.
+        type Expected = (
+            bool,
+            &'static [&'static str],
+            &'static [&'static str],
+            usize,
+        );
+        let cases: Vec<(&str, Vec<watcher::Event<ConfigMap>>, Expected)> = vec![
+            ("nothing yet", vec![], (false, &[], &[], 0)),
+            (
+                "a list in progress is not served",
+                vec![Init, InitApply(obj("a", "x", "1"))],
+                (false, &[], &[], 0),
+            ),
+            (
+                "a completed list, sorted by name, per namespace",
+                list(&[("a", "y", "1"), ("b", "z", "1"), ("a", "x", "1")]),
+                (true, &["x=1", "y=1"], &["z=1"], 3),
+            ),
+            (
+                "an empty list is a complete list",
+                list(&[]),
+                (true, &[], &[], 0),
+            ),
+            (
+                "apply adds in name order, and replaces the same name",
+                vec![
+                    Apply(obj("a", "y", "1")),
+                    Apply(obj("a", "x", "1")),
+                    Apply(obj("b", "z", "1")),
+                    Apply(obj("a", "y", "2")),
+                ],
+                (false, &["x=1", "y=2"], &["z=1"], 3),
+            ),
+            (
+                "delete removes one object; an emptied namespace is gone",
+                vec![
+                    Apply(obj("a", "x", "1")),
+                    Apply(obj("a", "y", "1")),
+                    Apply(obj("b", "z", "1")),
+                    Delete(obj("a", "x", "1")),
+                    Delete(obj("b", "z", "1")),
+                    Delete(obj("c", "never", "1")),
+                ],
+                (false, &["y=1"], &[], 1),
+            ),
+            (
+                "a relist replaces everything: gone objects go, changed ones change",
+                [
+                    list(&[("a", "x", "1"), ("a", "y", "1"), ("b", "z", "1")]),
+                    list(&[("a", "y", "2"), ("b", "w", "1")]),
+                ]
+                .concat(),
+                (true, &["y=2"], &["w=1"], 2),
+            ),
+            (
+                "the old view is served while a relist is in progress",
+                [
+                    list(&[("a", "x", "1")]),
+                    vec![
+                        Init,
+                        InitApply(obj("a", "x", "2")),
+                        InitApply(obj("b", "z", "1")),
+                    ],
+                ]
+                .concat(),
+                (true, &["x=1"], &[], 1),
+            ),
+        ];
+        for (what, events, (ready, a, b, total)) in cases {
+            let (index, mut writer) = NamespaceIndex::<ConfigMap>::new();
+            for e in events {
+                writer.apply(e);
+            }
+            assert_eq!(index.is_ready(), ready, "{what}: ready");
+            assert_eq!(view(&index, "a"), a, "{what}: namespace a");
+            assert_eq!(view(&index, "b"), b, "{what}: namespace b");
+            assert_eq!(index.len(), total, "{what}: total");
+        }
+    }
+
+    #[test]
+    fn readers_keep_the_slice_they_took() {
+        let (index, mut writer) = NamespaceIndex::new();
+        writer.apply(Apply(obj("a", "x", "1")));
+        let taken = index.namespace("a");
+        writer.apply(Apply(obj("a", "x", "2")));
+        assert_eq!(taken[0].data.as_ref().unwrap()["v"], "1");
+        assert_eq!(view(&index, "a"), ["x=2"]);
+        assert_eq!(
+            index.get("a", "x").unwrap().data.as_ref().unwrap()["v"],
+            "2"
+        );
+        assert!(index.get("a", "missing").is_none() && index.get("b", "x").is_none());
+    }
+
+    #[tokio::test]
+    async fn ready_after_the_first_complete_list() {
+        let (index, mut writer) = NamespaceIndex::<ConfigMap>::new();
+        let waiting = tokio::spawn(index.wait_until_ready());
+        writer.apply(Init);
+        writer.apply(InitApply(obj("a", "x", "1")));
+        assert!(!index.is_ready());
+        writer.apply(InitDone);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("ready resolves once the list is done")
+            .unwrap();
+    }
+}
