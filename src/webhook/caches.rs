@@ -7,8 +7,24 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use std::time::Duration;
+
 use super::BindingIndex;
 use crate::binding::MlflowWorkspaceBinding;
+
+/// How the watches retry while the API server is unreachable. Pods are admitted from these
+/// caches, so after an outage they must catch up within seconds: kube's default (client-go's)
+/// grows to 30 s, which left the webhook 9-15 s behind after a 15 s API server restart. A retry
+/// is one LIST or WATCH per replica: no burden on an API server that is coming back.
+fn outage_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
 
 pub struct Caches {
     pub bindings: BindingIndex,
@@ -26,14 +42,14 @@ impl Caches {
             Api::<MlflowWorkspaceBinding>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(outage_backoff())
         .modify(|b| kube::ResourceExt::managed_fields_mut(b).clear());
         // Only names and annotations of ServiceAccounts matter; drop the rest from memory.
         let sa_stream = watcher(
             Api::<ServiceAccount>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(outage_backoff())
         .modify(|sa| {
             kube::ResourceExt::managed_fields_mut(sa).clear();
             sa.secrets = None;
@@ -70,5 +86,22 @@ impl Caches {
             b.await;
             let _ = s.wait_until_ready().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_retries_start_soon_and_stay_within_seconds() {
+        let delays: Vec<Duration> = outage_backoff().take(20).collect();
+        assert_eq!(delays.len(), 20, "it never gives up");
+        assert!(delays[0] <= Duration::from_secs(1), "{delays:?}");
+        // backon's jitter adds up to as much again: at most 2 s.
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
     }
 }
