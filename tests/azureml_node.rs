@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use common::fake_cloud::{self, Credential, FakeCloud};
 use common::helm::{CHART, helm, helm_ok};
 use common::mlflow::MlflowServer;
-use common::node::{TRACK, is_ready, is_running, pods_when};
+use common::node::{self, TRACK, is_ready, is_running, pods_when};
 use common::{client, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
 
 const RELEASE: &str = "mlflow-operator";
@@ -107,34 +107,10 @@ extern "C" fn clean_up_at_exit() {
     for line in shared.cloud.request_log() {
         println!("{line}");
     }
-    let run = |bin: &str, args: &[&str]| {
-        let _ = std::process::Command::new(bin).args(args).output();
-    };
     shared.server.kill();
     fake_cloud::unmap_hosts();
-    // Waits, so the next test binary finds neither the release nor a terminating namespace.
-    run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            RELEASE_NS,
-            "--wait",
-            "--timeout=2m",
-        ],
-    );
-    let mut namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    namespaces.push(RELEASE_NS.to_string());
-    let mut args = vec![
-        "delete",
-        "namespace",
-        "--ignore-not-found",
-        "--wait",
-        "--timeout=2m",
-    ];
-    args.extend(namespaces.iter().map(String::as_str));
-    run("kubectl", &args);
+    let namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    node::uninstall_release(RELEASE, RELEASE_NS, &namespaces);
 }
 
 // ---------------------------------------------------------------- the cases

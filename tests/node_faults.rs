@@ -36,7 +36,7 @@ use common::faults::{
     webhook_call_failures,
 };
 use common::helm::{CHART, helm, helm_ok};
-use common::node::{BUSYBOX, TRACK, container_pid, is_ready, is_running, pods_when};
+use common::node::{self, BUSYBOX, TRACK, container_pid, is_ready, is_running, pods_when};
 use common::{client, ensure_crd, eventually, kubectl, random_suffix};
 
 const RELEASE: &str = "mlflow-operator";
@@ -111,31 +111,8 @@ extern "C" fn clean_up_at_exit() {
         return;
     }
     fake_cloud::unmap_hosts();
-    let run = |bin: &str, args: &[&str]| {
-        let _ = std::process::Command::new(bin).args(args).output();
-    };
-    run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            RELEASE_NS,
-            "--wait",
-            "--timeout=2m",
-        ],
-    );
-    let mut namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    namespaces.push(RELEASE_NS.to_string());
-    let mut args = vec![
-        "delete",
-        "namespace",
-        "--ignore-not-found",
-        "--wait",
-        "--timeout=2m",
-    ];
-    args.extend(namespaces.iter().map(String::as_str));
-    run("kubectl", &args);
+    let namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    node::uninstall_release(RELEASE, RELEASE_NS, &namespaces);
 }
 
 // ---------------------------------------------------------------- the cases

@@ -234,3 +234,33 @@ fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// At a test binary's exit (from `atexit`, so blocking): uninstalls the chart's release and
+/// deletes the release namespace and `namespaces`, waiting for both, so the next test binary
+/// finds neither the release nor a terminating namespace.
+pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String]) {
+    let run = |bin: &str, args: &[&str]| {
+        let _ = std::process::Command::new(bin).args(args).output();
+    };
+    run(
+        "helm",
+        &[
+            "uninstall",
+            release,
+            "-n",
+            release_ns,
+            "--wait",
+            "--timeout=2m",
+        ],
+    );
+    let mut args = vec![
+        "delete",
+        "namespace",
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=2m",
+    ];
+    args.extend(namespaces.iter().map(String::as_str));
+    args.push(release_ns);
+    run("kubectl", &args);
+}
