@@ -30,7 +30,7 @@ use mlflow_operator::binding::MlflowWorkspaceBinding;
 use serde_json::{Value, json};
 
 use common::fake_cloud::{self, Credential, FakeCloud};
-use common::helm::{CHART, helm, helm_ok};
+use common::helm::{CHART, helm_ok};
 use common::mlflow::MlflowServer;
 use common::node::{self, TRACK, is_ready, is_running, pods_when};
 use common::{client, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
@@ -791,23 +791,8 @@ fn no_token_secret_or_assertion_reaches_any_log() {
 async fn setup() -> Shared {
     let client = client().await;
     ensure_crd(&client).await;
-    // A release an interrupted run left behind.
-    let _ = helm(&["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"]).await;
+    node::remove_leftover_release(&client, RELEASE, RELEASE_NS).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(RELEASE_NS, &Default::default()).await;
-    eventually(
-        "the previous release namespace to be gone",
-        2 * MINUTE,
-        || async {
-            namespaces
-                .get_opt(RELEASE_NS)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
 
     let server = MlflowServer::start_serving_artifacts().await;
     let cloud = FakeCloud::start(client.clone(), &server.url).await;

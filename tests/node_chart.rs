@@ -25,7 +25,7 @@ use serde_json::json;
 use common::helm::{CHART, helm_ok as helm};
 use common::node::{
     BUSYBOX, OPERATOR_IMAGE, TRACK, admission_load, after_more_attempts, container_usage, is_ready,
-    is_running, jwt_claims, pods_when,
+    is_running, jwt_claims, namespace_gone, pods_when,
 };
 use common::{client, cluster_env, ensure_crd, eventually, kubectl, random_suffix};
 
@@ -112,20 +112,7 @@ fn install_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 /// with a binding (workload identity) and a federated ServiceAccount.
 async fn prepare_namespaces(client: &Client, team: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    // A previous run's namespace may still be terminating.
-    eventually(
-        "the previous release namespace to be gone",
-        2 * MINUTE,
-        || async {
-            namespaces
-                .get_opt(RELEASE_NS)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    namespace_gone(client, RELEASE_NS).await;
     for (name, labels) in [
         (
             RELEASE_NS,

@@ -35,7 +35,7 @@ use common::faults::{
     Load, apiserver_webhook_counts, first_der, presented_cert, signal, summary, user_ca_pair,
     webhook_call_failures,
 };
-use common::helm::{CHART, helm, helm_ok};
+use common::helm::{CHART, helm_ok};
 use common::node::{self, BUSYBOX, TRACK, container_pid, is_ready, is_running, pods_when};
 use common::{client, ensure_crd, eventually, kubectl, random_suffix};
 
@@ -781,23 +781,7 @@ async fn apply_binding(ns: &str, name: &str, selector: serde_json::Value) {
 async fn setup() -> Shared {
     let client = client().await;
     ensure_crd(&client).await;
-    // A release an interrupted run left behind.
-    let _ = helm(&["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"]).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(RELEASE_NS, &Default::default()).await;
-    eventually(
-        "the previous release namespace to be gone",
-        2 * MINUTE,
-        || async {
-            namespaces
-                .get_opt(RELEASE_NS)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    node::remove_leftover_release(&client, RELEASE, RELEASE_NS).await;
 
     // The MLflow front door is not used here: no server behind it.
     let cloud = FakeCloud::start(client.clone(), "http://127.0.0.1:9").await;

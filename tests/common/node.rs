@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -263,4 +263,24 @@ pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String])
     args.extend(namespaces.iter().map(String::as_str));
     args.push(release_ns);
     run("kubectl", &args);
+}
+
+/// Waits until namespace `name` is gone: a previous run's may still be terminating.
+pub async fn namespace_gone(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    super::eventually(
+        &format!("namespace {name} to be gone"),
+        Duration::from_secs(120),
+        || async { namespaces.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
+/// Removes the release (and its namespace) an interrupted run left behind, and waits until the
+/// namespace is gone.
+pub async fn remove_leftover_release(client: &Client, release: &str, release_ns: &str) {
+    let _ = super::helm::helm(&["uninstall", release, "-n", release_ns, "--wait"]).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(release_ns, &Default::default()).await;
+    namespace_gone(client, release_ns).await;
 }
