@@ -19,9 +19,15 @@ pub const EXPERIMENT_ANNOTATION: &str = "mlflow-operator.io/experiment-name";
 pub const SKIP_CONTAINERS_ANNOTATION: &str = "mlflow-operator.io/skip-containers";
 /// Pod annotation written by the webhook: `<binding-name>/<binding-generation>`.
 pub const INJECTED_ANNOTATION: &str = "mlflow-operator.io/injected";
+/// Pod annotation written by the webhook beside [`INJECTED_ANNOTATION`]: a hash of the resolved
+/// URIs the pod got ([`MlflowWorkspaceBinding::injection_hash`]), so a pod injected before the
+/// workspace's URI changed is known to be stale though the binding's generation did not move.
+pub const INJECTED_HASH_ANNOTATION: &str = "mlflow-operator.io/injected-hash";
 
 /// The condition type that says a binding can be injected.
 pub const READY: &str = "Ready";
+/// The condition type that says every pod the binding selects carries its current injection.
+pub const PODS_CURRENT: &str = "PodsCurrent";
 
 /// CEL rule of every GUID field (subscription, client and tenant ids).
 const GUID_RULE: &str =
@@ -72,6 +78,7 @@ macro_rules! mlflow_uri_message {
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Pods", type_ = "string", json_path = ".status.pods.summary"),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -366,11 +373,39 @@ pub struct MlflowWorkspaceBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
+    /// The opted-in pods this binding selects now, by whether they carry its current injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
     /// Kubernetes conditions; Ready says whether pods can be injected. While Azure Resource
     /// Manager or Entra ID throttles, fails or does not answer, Ready stays True with the last
-    /// good URI and reason RefreshFailing.
+    /// good URI and reason RefreshFailing. PodsCurrent says whether every pod it selects carries
+    /// what it would inject now; when False its message names the owners and the command that
+    /// fixes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Opted-in pods (label mlflow-operator.io/track: "true") a binding selects now.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    /// Injected by this binding with what it would inject now.
+    pub injected: i64,
+    /// Injected from an older generation of this binding, an older resolved URI, or by another
+    /// binding: restart them to get the current values.
+    pub stale: i64,
+    /// Carrying no injection: created before the webhook was installed, while it was
+    /// unreachable, or admitted unchanged (webhook.onMissingBinding: allow).
+    pub not_injected: i64,
+    /// injected/total, for the PODS column of kubectl get.
+    #[serde(default)]
+    pub summary: String,
+}
+
+impl PodCounts {
+    pub fn total(&self) -> i64 {
+        self.injected + self.stale + self.not_injected
+    }
 }
 
 impl MlflowWorkspaceBindingStatus {
@@ -384,9 +419,40 @@ impl MlflowWorkspaceBindingStatus {
         self.conditions.retain(|c| c.type_ != READY);
         self.conditions.insert(0, ready);
     }
+
+    /// The PodsCurrent condition, if the controller wrote one.
+    pub fn pods_current(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == PODS_CURRENT)
+    }
+
+    /// Replaces the PodsCurrent condition; it goes after Ready.
+    pub fn set_pods_current(&mut self, pods: Condition) {
+        self.conditions.retain(|c| c.type_ != PODS_CURRENT);
+        let at = usize::from(self.ready().is_some());
+        self.conditions.insert(at.min(self.conditions.len()), pods);
+    }
 }
 
 impl MlflowWorkspaceBinding {
+    /// What the webhook writes to [`INJECTED_HASH_ANNOTATION`]: 16 hex digits of the SHA-256
+    /// of the resolved tracking and registry URIs in the status (what the generation does not
+    /// cover: ARM may move a workspace's URI under an unchanged spec).
+    pub fn injection_hash(&self) -> String {
+        use sha2::Digest;
+        let status = self.status.as_ref();
+        let uri = |f: fn(&MlflowWorkspaceBindingStatus) -> Option<&String>| {
+            status.and_then(f).map(String::as_str).unwrap_or_default()
+        };
+        let mut h = sha2::Sha256::new();
+        h.update(uri(|s| s.tracking_uri.as_ref()));
+        h.update([0]);
+        h.update(uri(|s| s.registry_uri.as_ref()));
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The Ready condition, if the controller wrote one.
     pub fn ready_condition(&self) -> Option<&Condition> {
         self.status.as_ref()?.ready()

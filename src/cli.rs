@@ -2,6 +2,10 @@
 //! `crd` prints the CRD; `inject` previews the webhook offline ([`inject`]); `version` prints the
 //! version.
 
+pub mod check;
+mod checklist;
+mod cluster;
+pub mod explain;
 pub mod inject;
 
 use std::net::SocketAddr;
@@ -29,8 +33,55 @@ pub enum Command {
     Crd,
     /// Print workloads with their pods mutated exactly as the webhook would (offline preview).
     Inject(InjectArgs),
+    /// Check the live install: CRD, webhook, operator pods, Lease, an end-to-end dry-run
+    /// admission, bindings, and pods that are stale or not injected; a fix for each failure.
+    Check(CheckArgs),
+    /// Explain why a pod (or the pods of a workload) is or is not tracking, from the real webhook.
+    Explain(ExplainArgs),
     /// Print the version.
     Version,
+}
+
+/// `-o text|json`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Kubeconfig to use; default: KUBECONFIG / ~/.kube/config, else in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Check the bindings and pods of this namespace only (and send the probe pod there).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExplainArgs {
+    /// Kubeconfig to use; default: KUBECONFIG / ~/.kube/config, else in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the object.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+
+    /// KIND/NAME: pod/x, deployment/x, statefulset/x, daemonset/x, replicaset/x, job/x,
+    /// cronjob/x, or any kind with a pod template at spec.template.
+    pub object: String,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]

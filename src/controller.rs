@@ -12,6 +12,7 @@
 pub mod arm;
 pub mod cache;
 pub mod credential;
+mod pods;
 mod reconcile;
 pub mod status;
 

@@ -7,7 +7,7 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::Value;
 
-use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding};
+use crate::binding::{INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorkspaceBinding};
 
 mod credential;
 mod identity;
@@ -19,6 +19,19 @@ mod tests;
 mod values;
 
 pub use pod::{is_opted_in, service_account_name};
+pub(crate) use select::selector_matches;
+
+/// The binding the webhook picks for a pod with these labels and annotations, Ready or not: the
+/// one the annotation names, else the one podSelector that matches. The controller counts pods
+/// by it, so what it reports is what the webhook decides.
+pub fn binding_of<'a>(
+    labels: &std::collections::BTreeMap<&str, &str>,
+    annotations: &std::collections::BTreeMap<&str, &str>,
+    namespace: &str,
+    bindings: &[&'a MlflowWorkspaceBinding],
+) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
+    select::choose(labels, annotations, namespace, bindings)
+}
 
 /// What the webhook does when no binding applies (Helm value `webhook.onMissingBinding`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,11 +181,17 @@ fn patch_for(
     let (mut ops, mut warnings) = patch::containers_and_volumes(pod, desired);
     let generation = binding.metadata.generation.unwrap_or(0);
     let marker = format!("{name}/{generation}{}", desired.annotation_suffix);
-    if pod.annotations.get(INJECTED_ANNOTATION) == Some(&marker.as_str()) {
+    let hash = binding.injection_hash();
+    let has = |key: &str, value: &str| pod.annotations.get(key) == Some(&value);
+    if has(INJECTED_ANNOTATION, &marker) && has(INJECTED_HASH_ANNOTATION, &hash) {
         // Reinvocation: whatever there was to say was said when the pod was first injected.
         warnings.clear();
     } else {
-        ops.push(patch::injected_annotation(pod, marker));
+        let entries = [
+            (INJECTED_ANNOTATION, marker),
+            (INJECTED_HASH_ANNOTATION, hash),
+        ];
+        ops.extend(patch::injected_annotations(pod, &entries));
     }
     Plan::Inject {
         binding: name,

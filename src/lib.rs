@@ -10,6 +10,8 @@
 //! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
 //! - [`run`]: `mlflow-operator run`, its settings, and the wiring of webhook, controller,
 //!   metrics and health.
+//! - [`tracking`]: which opted-in pods carry their binding's current injection (controller, `check`,
+//!   `explain`).
 //! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`); [`cli::inject`] is the
 //!   webhook applied offline to workload YAML.
 
@@ -21,6 +23,7 @@ pub mod inject;
 pub mod metrics;
 pub mod ownership;
 pub mod run;
+pub mod tracking;
 pub mod webhook;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.

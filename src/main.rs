@@ -23,6 +23,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", mlflow_operator::crd_yaml()),
         Command::Version => println!("mlflow-operator {}", env!("CARGO_PKG_VERSION")),
         Command::Inject(args) => std::process::exit(mlflow_operator::cli::inject::run(&args)),
+        Command::Check(args) => std::process::exit(mlflow_operator::cli::check::run(&args).await),
+        Command::Explain(args) => {
+            std::process::exit(mlflow_operator::cli::explain::run(&args).await)
+        }
         Command::Run(args) => mlflow_operator::run::run(*args).await?,
     }
     Ok(())

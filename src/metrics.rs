@@ -35,6 +35,14 @@ pub struct ReadyLabels {
     pub ready: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodsLabels {
+    pub namespace: String,
+    pub binding: String,
+    /// `injected`, `stale` or `notInjected` (the fields of status.pods).
+    pub state: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +61,8 @@ pub struct Metrics {
     pub bindings: Family<ReadyLabels, Gauge>,
     /// 1 while this replica holds the controller Lease.
     pub leader: Gauge,
+    /// Opted-in pods each binding selects, by state, as last seen by the controller.
+    pub pods: Family<PodsLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,6 +117,12 @@ impl Metrics {
             "1 while this replica holds the controller Lease",
             leader.clone(),
         );
+        let pods = Family::<PodsLabels, Gauge>::default();
+        registry.register(
+            "pods",
+            "Opted-in pods each binding selects, by whether they carry its current injection",
+            pods.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_duration,
@@ -116,6 +132,7 @@ impl Metrics {
             arm_request_duration,
             bindings,
             leader,
+            pods,
         }
     }
 

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::reflector::Store;
 
 pub use answer::{Answer, error_response, outcome_label, review_response};
-pub use caches::Caches;
+pub use caches::{Caches, outage_backoff};
 pub use events::RefusalEvents;
 pub use index::{IndexWriter, NamespaceIndex};
 pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};

@@ -13,17 +13,29 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 use super::arm::{ArmClient, WorkspaceKey};
 use super::cache::{Cache, Freshness};
+use super::pods::{self, Pods};
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
 use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
 use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+use crate::tracking;
 
 /// Reconciles at once. Unbounded, 1,000 bindings resolved together held 1,000 status writes and
 /// Event posts in flight, and the process's RSS grew to 87 MiB; the API server takes them no
 /// faster than a few dozen at a time anyway.
 const CONCURRENCY: u16 = 16;
+
+/// A binding's status is written for a change of its pods at most this often: a 1,000-pod
+/// burst is a handful of writes, not 1,000.
+const PODS_WRITE_EVERY: Duration = Duration::from_secs(5);
 
 /// A reconcile that could not write its result.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +72,48 @@ struct Ctx {
     shared: Shared,
     recorder: Recorder,
     store: Store<MlflowWorkspaceBinding>,
+    pods: Pods,
+    /// When each binding's status was last written.
+    written: Mutex<HashMap<ObjectRef<MlflowWorkspaceBinding>, Instant>>,
+}
+
+impl Ctx {
+    /// How long a pods-only write of `b` must wait, if it must.
+    fn pods_write_wait(&self, b: &MlflowWorkspaceBinding) -> Option<Duration> {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let last = written.get(&ObjectRef::from(b))?;
+        PODS_WRITE_EVERY
+            .checked_sub(last.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
+    fn wrote(&self, b: &MlflowWorkspaceBinding) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        // Only recent writes matter: deleted bindings do not stay in the map.
+        written.retain(|_, t| t.elapsed() < PODS_WRITE_EVERY);
+        written.insert(ObjectRef::from(b), Instant::now());
+    }
+
+    /// The binding's pods as `desired` will make them count, None until the pods are listed.
+    fn pod_report(
+        &self,
+        b: &MlflowWorkspaceBinding,
+        desired: &MlflowWorkspaceBindingStatus,
+    ) -> Option<(MlflowWorkspaceBinding, tracking::Report)> {
+        let ns = b.namespace().unwrap_or_default();
+        let pods = self.pods.of_namespace(&ns)?;
+        let mut now = b.clone();
+        now.status = Some(desired.clone());
+        let others = pods::bindings_of(&self.store, &ns);
+        let mut all: Vec<&MlflowWorkspaceBinding> = others
+            .values()
+            .map(|o| o.as_ref())
+            .filter(|o| o.name_any() != b.name_any())
+            .collect();
+        all.push(&now);
+        let report = tracking::report(&now, pods.iter().map(|p| &p.metadata), &all);
+        Some((now, report))
+    }
 }
 
 /// Runs the controller until `stop` completes, then lets running reconciles finish.
@@ -76,7 +130,12 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         .modify(|b| b.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
+    let (pods, pods_writer) = Pods::new();
+    let namespace = shared.cfg.watch_namespace.clone();
+    let watch = tokio::spawn(pods.clone().watch(client.clone(), namespace, pods_writer));
+    let triggers = pods.clone().triggers(store.clone(), shared.metrics.clone());
     let controller = Controller::for_stream(trigger, store)
+        .reconcile_on(triggers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
@@ -86,6 +145,8 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         shared,
         recorder: Recorder::new(client, reporter),
         store: controller.store(),
+        pods,
+        written: Mutex::default(),
     });
     controller
         .graceful_shutdown_on(stop)
@@ -96,6 +157,7 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    watch.abort();
 }
 
 /// The binding's resolution, and when to look again.
@@ -172,14 +234,29 @@ async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Acti
         count_error(metrics, reason);
         tracing::info!(binding = %b.name_any(), namespace = ?b.namespace(), %reason, %message, "not resolved");
     }
-    let desired = desired_status(&b, &res, jiff::Timestamp::now());
-    if b.status.as_ref() != Some(&desired) {
-        write_status(&b, &desired, &ctx.shared.client).await?;
-        if ready_transition(b.status.as_ref(), &desired).is_some() {
-            publish_event(&b, &ctx, &res).await;
-        }
+    let now = jiff::Timestamp::now();
+    let mut desired = desired_status(&b, &res, now);
+    if let Some((current, report)) = ctx.pod_report(&b, &desired) {
+        status::set_pods(&mut desired, &current, &report, now);
+        ctx.pods.report_metric(&b, &report, metrics);
     }
     update_gauge(&ctx, &b, &desired);
+    if b.status.as_ref() == Some(&desired) {
+        return Ok(Action::requeue(requeue));
+    }
+    if status::only_pods_changed(b.status.as_ref(), &desired)
+        && let Some(wait) = ctx.pods_write_wait(&b)
+    {
+        return Ok(Action::requeue(wait.min(requeue)));
+    }
+    write_status(&b, &desired, &ctx.shared.client).await?;
+    ctx.wrote(&b);
+    if ready_transition(b.status.as_ref(), &desired).is_some() {
+        publish_event(&b, &ctx, &res).await;
+    }
+    if let Some(pods) = status::pods_transition(b.status.as_ref(), &desired) {
+        publish_pods_event(&b, &ctx, pods).await;
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -216,11 +293,40 @@ async fn publish_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, res: &Resolution) 
             reason, message, ..
         } => (EventType::Warning, reason.to_string(), message.clone()),
     };
+    publish(b, ctx, type_, reason, &note, "Resolve").await;
+}
+
+/// A Warning when pods fall behind (naming the owners and the fix), a Normal when they catch up.
+async fn publish_pods_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, pods: &Condition) {
+    let type_ = if pods.status == "False" {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(
+        b,
+        ctx,
+        type_,
+        pods.reason.clone(),
+        &pods.message,
+        "CountPods",
+    )
+    .await;
+}
+
+async fn publish(
+    b: &MlflowWorkspaceBinding,
+    ctx: &Ctx,
+    type_: EventType,
+    reason: String,
+    note: &str,
+    action: &str,
+) {
     let ev = Event {
         type_,
         reason,
         note: Some(note.chars().take(1000).collect()),
-        action: "Resolve".to_string(),
+        action: action.to_string(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
@@ -273,8 +379,9 @@ fn update_gauge(ctx: &Ctx, b: &MlflowWorkspaceBinding, desired: &MlflowWorkspace
     }
 }
 
-/// Zeroes `bindings{ready}`: a replica that no longer leads no longer knows.
+/// Zeroes `bindings{ready}` and drops `pods`: a replica that no longer leads no longer knows.
 pub(super) fn clear_gauge(metrics: &Metrics) {
+    metrics.pods.clear();
     for ready in ["True", "False", "Unknown"] {
         metrics
             .bindings

@@ -2,7 +2,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY};
+use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, PODS_CURRENT, READY};
+use crate::tracking::{self, Report};
 
 /// What resolving a binding gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,10 +88,52 @@ pub fn desired_status(
         observed_generation: generation,
         tracking_uri,
         registry_uri: binding.spec.registry_uri.clone(),
+        pods: old.pods,
         conditions: old.conditions,
     };
     status.set_ready(ready);
     status
+}
+
+/// Sets `status.pods` and PodsCurrent from `report`, computed against the binding as it will
+/// be once `status` is written (its URI is what pods are compared with).
+pub fn set_pods(
+    status: &mut MlflowWorkspaceBindingStatus,
+    binding: &MlflowWorkspaceBinding,
+    report: &Report,
+    now: jiff::Timestamp,
+) {
+    let condition = tracking::condition(report, binding, status.pods_current(), now);
+    status.pods = Some(report.counts.clone());
+    status.set_pods_current(condition);
+}
+
+/// Whether `new` differs from `old` in its pods only (counts or PodsCurrent): such writes are
+/// coalesced, a Ready or URI change never waits.
+pub fn only_pods_changed(
+    old: Option<&MlflowWorkspaceBindingStatus>,
+    new: &MlflowWorkspaceBindingStatus,
+) -> bool {
+    let without_pods = |s: &MlflowWorkspaceBindingStatus| {
+        let mut s = s.clone();
+        s.pods = None;
+        s.conditions.retain(|c| c.type_ != PODS_CURRENT);
+        s
+    };
+    old.is_some_and(|old| without_pods(old) == without_pods(new))
+}
+
+/// The PodsCurrent condition when its status or reason changed in a way worth an Event: any
+/// change to False, and False back to True (a first True is no news).
+pub fn pods_transition<'a>(
+    old: Option<&MlflowWorkspaceBindingStatus>,
+    new: &'a MlflowWorkspaceBindingStatus,
+) -> Option<&'a Condition> {
+    let before = old.and_then(MlflowWorkspaceBindingStatus::pods_current);
+    let after = new.pods_current()?;
+    let same = before.is_some_and(|b| (&b.status, &b.reason) == (&after.status, &after.reason));
+    let news = after.status == "False" || before.is_some_and(|b| b.status == "False");
+    (!same && news).then_some(after)
 }
 
 /// The Ready status ("True"/"False") before and after, when it changed.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::pod::{self, ContainerView, PodView};
 use super::values::{Desired, env_name};
-use crate::binding::{INJECTED_ANNOTATION, SKIP_CONTAINERS_ANNOTATION};
+use crate::binding::SKIP_CONTAINERS_ANNOTATION;
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
@@ -233,29 +233,34 @@ pub(crate) fn containers_and_volumes(
     (ops, warnings)
 }
 
-/// Sets the injected annotation, creating `metadata` and `metadata.annotations` when needed.
-pub(crate) fn injected_annotation(pod: &PodView<'_>, marker: String) -> PatchOperation {
+/// Sets the injected annotations (`(key, value)` pairs), creating `metadata` and
+/// `metadata.annotations` when needed.
+pub(crate) fn injected_annotations(
+    pod: &PodView<'_>,
+    entries: &[(&str, String)],
+) -> Vec<PatchOperation> {
+    let object = || {
+        let map = entries.iter().map(|(k, v)| (k.to_string(), json!(v)));
+        Value::Object(map.collect())
+    };
     if !pod.has_metadata {
-        add(
-            &["metadata"],
-            json!({"annotations": {INJECTED_ANNOTATION: marker}}),
-        )
-    } else if !pod.has_annotations {
-        add(
-            &["metadata", "annotations"],
-            json!({INJECTED_ANNOTATION: marker}),
-        )
-    } else if pod.annotation_keys.contains(INJECTED_ANNOTATION) {
-        PatchOperation::Replace(ReplaceOperation {
-            path: pointer(&["metadata", "annotations", INJECTED_ANNOTATION]),
-            value: Value::String(marker),
-        })
-    } else {
-        add(
-            &["metadata", "annotations", INJECTED_ANNOTATION],
-            Value::String(marker),
-        )
+        return vec![add(&["metadata"], json!({"annotations": object()}))];
     }
+    if !pod.has_annotations {
+        return vec![add(&["metadata", "annotations"], object())];
+    }
+    let one = |(key, value): &(&str, String)| {
+        let path = ["metadata", "annotations", key];
+        if pod.annotation_keys.contains(key) {
+            PatchOperation::Replace(ReplaceOperation {
+                path: pointer(&path),
+                value: Value::String(value.clone()),
+            })
+        } else {
+            add(&path, Value::String(value.clone()))
+        }
+    };
+    entries.iter().map(one).collect()
 }
 
 #[cfg(test)]

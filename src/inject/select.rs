@@ -68,7 +68,7 @@ pub(crate) fn choose_ready<'a>(
     namespace: &str,
     bindings: &[&'a MlflowWorkspaceBinding],
 ) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
-    let b = choose(pod, namespace, bindings)?;
+    let b = choose(&pod.labels, &pod.annotations, namespace, bindings)?;
     if b.is_ready() {
         Ok(b)
     } else {
@@ -76,14 +76,15 @@ pub(crate) fn choose_ready<'a>(
     }
 }
 
-/// Picks the binding of the pod among the namespace's bindings.
-fn choose<'a>(
-    pod: &PodView<'_>,
+/// Picks the binding of a pod with these labels and annotations among the namespace's bindings,
+/// Ready or not (the controller counts a not-Ready binding's pods as its own).
+pub(crate) fn choose<'a>(
+    labels: &BTreeMap<&str, &str>,
+    annotations: &BTreeMap<&str, &str>,
     namespace: &str,
     bindings: &[&'a MlflowWorkspaceBinding],
 ) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
-    if let Some(wanted) = pod
-        .annotations
+    if let Some(wanted) = annotations
         .get(BINDING_ANNOTATION)
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
@@ -99,7 +100,7 @@ fn choose<'a>(
     let candidates: Vec<&MlflowWorkspaceBinding> = bindings
         .iter()
         .copied()
-        .filter(|b| selector_matches(b.spec.pod_selector.as_ref(), &pod.labels))
+        .filter(|b| selector_matches(b.spec.pod_selector.as_ref(), labels))
         .collect();
     match candidates.as_slice() {
         [one] => Ok(one),

@@ -16,7 +16,7 @@ use crate::binding::MlflowWorkspaceBinding;
 /// caches, so after an outage they must catch up within seconds: kube's default (client-go's)
 /// grows to 30 s, which left the webhook 9-15 s behind after a 15 s API server restart. A retry
 /// is one LIST or WATCH per replica: no burden on an API server that is coming back.
-fn outage_backoff() -> watcher::ExponentialBackoff {
+pub fn outage_backoff() -> watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(1))

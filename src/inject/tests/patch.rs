@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::*;
 
 #[test]
-fn injected_annotation_is_added_replaced_or_left() {
+fn injected_annotations_are_added_replaced_or_left() {
     let with = |annotations: Value| {
         let mut p = one();
         p["metadata"]["annotations"] = annotations;
@@ -16,52 +16,79 @@ fn injected_annotation_is_added_replaced_or_left() {
     no_generation.status.as_mut().unwrap().observed_generation = None;
     let mut no_metadata = one();
     no_metadata.as_object_mut().unwrap().remove("metadata");
-    for (p, b, op) in [
+    let h = simple().injection_hash();
+    let both = |marker: &str| json!({"mlflow-operator.io/injected": marker, "mlflow-operator.io/injected-hash": h});
+    let at = |key: &str| format!("/metadata/annotations/mlflow-operator.io~1{key}");
+    for (p, b, ops) in [
         (
             one(),
             simple(),
-            json!({"op": "add", "path": "/metadata/annotations", "value": {"mlflow-operator.io/injected": "fraud/3"}}),
+            vec![json!({"op": "add", "path": "/metadata/annotations", "value": both("fraud/3")})],
         ),
         (
             with(json!(null)),
             simple(),
-            json!({"op": "add", "path": "/metadata/annotations", "value": {"mlflow-operator.io/injected": "fraud/3"}}),
+            vec![json!({"op": "add", "path": "/metadata/annotations", "value": both("fraud/3")})],
         ),
         (
             no_metadata,
             simple(),
-            json!({"op": "add", "path": "/metadata", "value": {"annotations": {"mlflow-operator.io/injected": "fraud/3"}}}),
+            vec![
+                json!({"op": "add", "path": "/metadata", "value": {"annotations": both("fraud/3")}}),
+            ],
         ),
         (
             with(json!({"a": "b"})),
             simple(),
-            json!({"op": "add", "path": "/metadata/annotations/mlflow-operator.io~1injected", "value": "fraud/3"}),
+            vec![
+                json!({"op": "add", "path": at("injected"), "value": "fraud/3"}),
+                json!({"op": "add", "path": at("injected-hash"), "value": h}),
+            ],
         ),
         (
-            with(json!({"mlflow-operator.io/injected": "fraud/2"})),
+            with(
+                json!({"mlflow-operator.io/injected": "fraud/2", "mlflow-operator.io/injected-hash": "old"}),
+            ),
             simple(),
-            json!({"op": "replace", "path": "/metadata/annotations/mlflow-operator.io~1injected", "value": "fraud/3"}),
+            vec![
+                json!({"op": "replace", "path": at("injected"), "value": "fraud/3"}),
+                json!({"op": "replace", "path": at("injected-hash"), "value": h}),
+            ],
+        ),
+        (
+            // The URI moved under an unchanged generation: only the hash says so.
+            with(
+                json!({"mlflow-operator.io/injected": "fraud/3", "mlflow-operator.io/injected-hash": "old"}),
+            ),
+            simple(),
+            vec![
+                json!({"op": "replace", "path": at("injected"), "value": "fraud/3"}),
+                json!({"op": "replace", "path": at("injected-hash"), "value": h}),
+            ],
         ),
         (
             one(),
             no_generation,
-            json!({"op": "add", "path": "/metadata/annotations", "value": {"mlflow-operator.io/injected": "fraud/0"}}),
+            vec![json!({"op": "add", "path": "/metadata/annotations", "value": both("fraud/0")})],
         ),
     ] {
         let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) else {
             panic!()
         };
-        let ops = serde_json::to_value(&patch).unwrap();
-        assert_eq!(ops.as_array().unwrap().last().unwrap(), &op, "{p}");
+        let all = serde_json::to_value(&patch).unwrap();
+        let annotation_ops: Vec<&Value> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["path"].as_str().unwrap().starts_with("/metadata"))
+            .collect();
+        assert_eq!(annotation_ops, ops.iter().collect::<Vec<_>>(), "{p}");
         let mut out = p.clone();
         json_patch::patch(&mut out, &patch).unwrap();
     }
-    let done = with(json!({"mlflow-operator.io/injected": "fraud/3"}));
+    let done = with(both("fraud/3"));
     let (out, _) = apply(&done, &simple());
-    assert_eq!(
-        out["metadata"]["annotations"],
-        json!({"mlflow-operator.io/injected": "fraud/3"})
-    );
+    assert_eq!(out["metadata"]["annotations"], both("fraud/3"));
 }
 
 #[test]

@@ -1,0 +1,175 @@
+//! `mlflow-operator check`: a checklist of the live install, in the style of `linkerd check` and
+//! `cmctl check api`. Each failure says what is wrong and how to fix it; the exit status is 0 only
+//! when nothing failed.
+
+mod install;
+mod pods;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::{Client, CustomResourceExt};
+use serde_json::{Value, json};
+
+use super::CheckArgs;
+use super::checklist::Checklist;
+use super::cluster::{self, Admission};
+use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding, TRACK_LABEL};
+
+/// Runs `mlflow-operator check`; returns the exit status.
+pub async fn run(args: &CheckArgs) -> i32 {
+    let list = checks(args).await;
+    print!("{}", list.render(args.output));
+    list.exit_code()
+}
+
+/// Every check, in order; later ones are skipped when what they need is missing.
+pub async fn checks(args: &CheckArgs) -> Checklist {
+    let mut list = Checklist::default();
+    let Some(client) = api(&mut list, args).await else {
+        return list;
+    };
+    crd(&mut list, &client).await;
+    let installs = install::webhook_config(&mut list, &client).await;
+    match installs.first() {
+        Some(i) => install::operator(&mut list, &client, i).await,
+        None => {
+            for what in [
+                "the webhook Service has ready endpoints",
+                "the caBundle verifies the served certificate",
+                "the operator pods are Ready",
+                "the controller Lease is held and renewed",
+            ] {
+                list.skip("webhook", what, "no webhook configuration to follow");
+            }
+        }
+    }
+    end_to_end(&mut list, &client, args.namespace.as_deref()).await;
+    pods::bindings(&mut list, &client, args.namespace.as_deref()).await;
+    list
+}
+
+async fn api(list: &mut Checklist, args: &CheckArgs) -> Option<Client> {
+    let name = "the API server answers";
+    let client = match crate::run::client(args.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let fix =
+                "pass --kubeconfig, or set KUBECONFIG to a kubeconfig of the cluster".to_string();
+            list.fail("kubernetes-api", name, format!("{e:#}"), fix);
+            return None;
+        }
+    };
+    match client.apiserver_version().await {
+        Ok(v) => {
+            list.pass_with(
+                "kubernetes-api",
+                name,
+                format!("Kubernetes {}", v.git_version),
+            );
+            Some(client)
+        }
+        Err(e) => {
+            let fix = "check the kubeconfig's server address and credentials (kubectl version)"
+                .to_string();
+            list.fail("kubernetes-api", name, e.to_string(), fix);
+            None
+        }
+    }
+}
+
+/// The CRD is installed and its schema is the one this binary prints.
+async fn crd(list: &mut Checklist, client: &Client) {
+    let ours = MlflowWorkspaceBinding::crd();
+    let name = ours.metadata.name.clone().unwrap_or_default();
+    let what = format!("the CRD {name} is installed and matches this binary");
+    let apply =
+        "mlflow-operator crd | kubectl apply --server-side --force-conflicts -f -".to_string();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match api.get_opt(&name).await {
+        Ok(Some(live)) if schemas(&live) == schemas(&ours) => list.pass("kubernetes-api", what),
+        Ok(Some(_)) => {
+            let detail = format!(
+                "the installed CRD's schema differs from mlflow-operator {}'s: the operator and this CLI disagree about the binding's fields",
+                env!("CARGO_PKG_VERSION")
+            );
+            list.fail(
+                "kubernetes-api",
+                what,
+                detail,
+                format!(
+                    "install the CRD of this version: {apply} (helm upgrade does not update CRDs)"
+                ),
+            );
+        }
+        Ok(None) => {
+            let detail = format!(
+                "CustomResourceDefinition {name} does not exist: no binding can be created and the operator cannot start"
+            );
+            list.fail("kubernetes-api", what, detail, format!("helm install mlflow-operator charts/mlflow-operator -n mlflow-operator --create-namespace, or {apply}"));
+        }
+        Err(e) => list.fail(
+            "kubernetes-api",
+            what,
+            e.to_string(),
+            "check that you may get customresourcedefinitions".to_string(),
+        ),
+    }
+}
+
+/// What must match between two CRDs: names, and each version's schema and columns.
+fn schemas(crd: &CustomResourceDefinition) -> Value {
+    let versions: Vec<Value> = crd
+        .spec
+        .versions
+        .iter()
+        .map(|v| json!([v.name, v.served, v.storage, v.schema, v.subresources]))
+        .collect();
+    json!({"names": crd.spec.names, "scope": crd.spec.scope, "versions": versions})
+}
+
+/// A dry-run of a labelled probe pod through the API server reaches the webhook and comes back.
+async fn end_to_end(list: &mut Checklist, client: &Client, namespace: Option<&str>) {
+    let ns = namespace.unwrap_or("default");
+    let what =
+        format!("the webhook answers a dry-run pod in namespace {ns} through the API server");
+    let probe = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "mlflow-operator-check-", "labels": {TRACK_LABEL: "true"}},
+        "spec": {"containers": [{"name": "probe", "image": "mlflow-operator-check-probe"}]},
+    });
+    let admission = match cluster::dry_run(client, ns, &probe).await {
+        Ok(a) => a,
+        Err(e) => {
+            return list.fail(
+                "webhook",
+                what,
+                format!("{e:#}"),
+                "check the API server".into(),
+            );
+        }
+    };
+    match admission {
+        Admission::Admitted { pod, .. } if pod["metadata"]["annotations"][INJECTED_ANNOTATION].is_string() => {
+            let by = pod["metadata"]["annotations"][INJECTED_ANNOTATION].as_str().unwrap_or_default();
+            list.pass_with("webhook", what, format!("injected (binding {by}); nothing was stored"));
+        }
+        Admission::Admitted { warnings, .. } if warnings.iter().any(|w| w.starts_with("mlflow-operator")) => {
+            list.pass_with("webhook", what, format!("admitted unchanged with the webhook's warning: {}", warnings.join("; ")));
+        }
+        Admission::Admitted { .. } => list.fail("webhook", what,
+            "the probe pod was admitted without an answer from the webhook: the namespace is excluded by its namespaceSelector, or the webhook failed and its failurePolicy is Ignore".into(),
+            "run check with -n set to a namespace of your training pods; see the operator pods' logs (kubectl logs -n <operator namespace> -l app.kubernetes.io/name=mlflow-operator)".into()),
+        Admission::Refused { message } => list.pass_with("webhook", what, format!("refused as it should be here: {message}")),
+        Admission::Unreachable { message } => {
+            let fix = if message.contains("x509") || message.contains("certificate") {
+                "the caBundle does not verify the operator's certificate: let the operator rewrite it (kubectl rollout restart -n <operator namespace> deployment/mlflow-operator) or fix webhook.certificates"
+            } else {
+                "make the operator pods Ready (kubectl get pods -n <operator namespace>; kubectl scale deployment/mlflow-operator --replicas=2)"
+            };
+            list.fail("webhook", what, message, fix.to_string());
+        }
+        Admission::Failed { status, message } => list.fail("webhook", what,
+            format!("the API server refused the probe (HTTP {status}): {message}"),
+            "check that you may create pods in this namespace, or pass -n with one where you may".into()),
+    }
+}

@@ -1,0 +1,232 @@
+//! The opted-in pods the controller reports on: a metadata-only watch (a pod costs a few hundred
+//! bytes) into a per-namespace index, and the reconciles it asks for. Pod events only mark their
+//! namespace; once a second the bindings of the marked namespaces are reconciled, so a burst of
+//! 1,000 pods is one reconcile per binding, not 1,000.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::binding::{
+    BINDING_ANNOTATION, INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorkspaceBinding,
+    TRACK_LABEL,
+};
+use crate::metrics::{Metrics, PodsLabels};
+use crate::tracking::{PodState, Report};
+use crate::webhook::{IndexWriter, NamespaceIndex};
+
+/// Opted-in pods by namespace, metadata only.
+pub type PodIndex = NamespaceIndex<PartialObjectMeta<Pod>>;
+
+/// How often marked namespaces are turned into reconciles.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The annotations the controller reads; every other one is dropped from memory.
+const KEPT_ANNOTATIONS: [&str; 3] = [
+    BINDING_ANNOTATION,
+    INJECTED_ANNOTATION,
+    INJECTED_HASH_ANNOTATION,
+];
+
+/// Namespaces whose pods changed since the last tick.
+#[derive(Default)]
+struct Marks {
+    /// A (re)list completed: every binding is due.
+    all: bool,
+    namespaces: BTreeSet<String>,
+}
+
+/// The pod side of one term of leadership.
+#[derive(Clone)]
+pub(super) struct Pods {
+    pub index: PodIndex,
+    marks: Arc<Mutex<Marks>>,
+    /// Bindings whose `pods` gauge is set, so a deleted binding's can be removed.
+    reported: Arc<Mutex<HashSet<ObjectRef<MlflowWorkspaceBinding>>>>,
+}
+
+/// Keeps what the controller reads of a pod: name, namespace, labels, owners, deletion, and
+/// our own annotations (a pod's other annotations can be kilobytes of someone else's data).
+fn slim(pod: &mut PartialObjectMeta<Pod>) {
+    let m = &mut pod.metadata;
+    m.managed_fields = None;
+    m.finalizers = None;
+    m.generate_name = None;
+    m.resource_version = None;
+    m.uid = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+    }
+}
+
+impl Pods {
+    pub fn new() -> (Self, IndexWriter<PartialObjectMeta<Pod>>) {
+        let (index, writer) = PodIndex::new();
+        let pods = Self {
+            index,
+            marks: Arc::default(),
+            reported: Arc::default(),
+        };
+        (pods, writer)
+    }
+
+    fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches opted-in pods (of `namespace`, or all) into the index until dropped.
+    pub async fn watch(
+        self,
+        client: Client,
+        namespace: Option<String>,
+        mut writer: IndexWriter<PartialObjectMeta<Pod>>,
+    ) {
+        // An Api of PartialObjectMeta makes metadata-only requests.
+        let api: Api<PartialObjectMeta<Pod>> = match &namespace {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        };
+        let config = watcher::Config::default().labels(&format!("{TRACK_LABEL}=true"));
+        let mut events = std::pin::pin!(
+            watcher(api, config)
+                .backoff(crate::webhook::outage_backoff())
+                .modify(slim)
+        );
+        while let Some(event) = events.next().await {
+            // Errors are retried by the backoff; the index keeps its last view meanwhile.
+            let Ok(event) = event else { continue };
+            self.mark(&event);
+            writer.apply(event);
+        }
+    }
+
+    fn mark(&self, event: &watcher::Event<PartialObjectMeta<Pod>>) {
+        let mut marks = self.marks();
+        match event {
+            watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
+                marks.namespaces.insert(p.namespace().unwrap_or_default());
+            }
+            watcher::Event::InitDone => marks.all = true,
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    /// Every tick, the bindings of the namespaces whose pods changed; also drops the gauge of
+    /// bindings that are gone.
+    pub fn triggers(
+        self,
+        bindings: Store<MlflowWorkspaceBinding>,
+        metrics: Metrics,
+    ) -> impl Stream<Item = ObjectRef<MlflowWorkspaceBinding>> + Send + 'static {
+        let ticks = ticks_every(TICK);
+        ticks
+            .map(move |_| {
+                let due = self.due(&bindings);
+                self.forget_deleted(&bindings, &metrics);
+                futures::stream::iter(due)
+            })
+            .flatten()
+    }
+
+    fn due(
+        &self,
+        bindings: &Store<MlflowWorkspaceBinding>,
+    ) -> Vec<ObjectRef<MlflowWorkspaceBinding>> {
+        let marks = std::mem::take(&mut *self.marks());
+        if !marks.all && marks.namespaces.is_empty() {
+            return Vec::new();
+        }
+        bindings
+            .state()
+            .iter()
+            .filter(|b| {
+                marks.all
+                    || marks
+                        .namespaces
+                        .contains(&b.namespace().unwrap_or_default())
+            })
+            .map(|b| ObjectRef::from(b.as_ref()))
+            .collect()
+    }
+
+    /// Sets the `pods` gauge of one binding.
+    pub fn report_metric(&self, b: &MlflowWorkspaceBinding, report: &Report, metrics: &Metrics) {
+        let c = &report.counts;
+        for state in PodState::ALL {
+            let n = match state {
+                PodState::Injected => c.injected,
+                PodState::Stale => c.stale,
+                PodState::NotInjected => c.not_injected,
+            };
+            metrics.pods.get_or_create(&labels(b, state)).set(n);
+        }
+        self.reported().insert(ObjectRef::from(b));
+    }
+
+    fn reported(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectRef<MlflowWorkspaceBinding>>> {
+        self.reported.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forget_deleted(&self, bindings: &Store<MlflowWorkspaceBinding>, metrics: &Metrics) {
+        let mut reported = self.reported();
+        let gone: Vec<_> = reported
+            .iter()
+            .filter(|r| bindings.get(r).is_none())
+            .cloned()
+            .collect();
+        for r in gone {
+            for state in PodState::ALL {
+                metrics.pods.remove(&PodsLabels {
+                    namespace: r.namespace.clone().unwrap_or_default(),
+                    binding: r.name.clone(),
+                    state: state.as_str().to_string(),
+                });
+            }
+            reported.remove(&r);
+        }
+    }
+
+    /// The pods of a namespace, once the first list is in (None before: counting an empty
+    /// index would report every binding's pods as gone).
+    pub fn of_namespace(&self, namespace: &str) -> Option<Vec<Arc<PartialObjectMeta<Pod>>>> {
+        self.index
+            .is_ready()
+            .then(|| self.index.namespace(namespace).to_vec())
+    }
+}
+
+fn labels(b: &MlflowWorkspaceBinding, state: PodState) -> PodsLabels {
+    PodsLabels {
+        namespace: b.namespace().unwrap_or_default(),
+        binding: b.name_any(),
+        state: state.as_str().to_string(),
+    }
+}
+
+/// A tick every `period`, the first one a period from now.
+fn ticks_every(period: Duration) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
+}
+
+/// The bindings of a namespace from the controller's store, by name.
+pub(super) fn bindings_of(
+    store: &Store<MlflowWorkspaceBinding>,
+    namespace: &str,
+) -> BTreeMap<String, Arc<MlflowWorkspaceBinding>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|b| b.namespace().as_deref() == Some(namespace))
+        .map(|b| (b.name_any(), b))
+        .collect()
+}
