@@ -425,6 +425,14 @@ impl MlflowWorkspaceBindingStatus {
         self.conditions.iter().find(|c| c.type_ == PODS_CURRENT)
     }
 
+    /// The status as the binding's resolution alone makes it: no pod counts, no PodsCurrent.
+    pub fn without_pods(&self) -> Self {
+        let mut s = self.clone();
+        s.pods = None;
+        s.conditions.retain(|c| c.type_ != PODS_CURRENT);
+        s
+    }
+
     /// Replaces the PodsCurrent condition; it goes after Ready.
     pub fn set_pods_current(&mut self, pods: Condition) {
         self.conditions.retain(|c| c.type_ != PODS_CURRENT);

@@ -206,6 +206,21 @@ async fn wait_ready(
     .await
 }
 
+/// The binding once its status counts its pods (condition PodsCurrent).
+async fn wait_counted(api: &Api<MlflowWorkspaceBinding>, name: &str) -> MlflowWorkspaceBinding {
+    let what = format!("{name} with its pods counted");
+    wait_for(
+        api,
+        name,
+        &what,
+        WAIT,
+        |b: Option<&MlflowWorkspaceBinding>| {
+            b.and_then(|b| b.status.as_ref()?.pods_current()).is_some()
+        },
+    )
+    .await
+}
+
 async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     events
@@ -543,8 +558,11 @@ async fn a_restarted_controller_leaves_status_untouched() {
             &client,
             config(&ns, "lease-restart", Some(&fake), env.clone()),
         );
-        let before = wait_ready(&api, "steady", "True", "Resolved").await;
-        let plain_before = wait_ready(&api, "plain", "True", "Resolved").await;
+        wait_ready(&api, "steady", "True", "Resolved").await;
+        wait_ready(&api, "plain", "True", "Resolved").await;
+        // Pods are counted once the pod list is in: that may be a second write.
+        let before = wait_counted(&api, "steady").await;
+        let plain_before = wait_counted(&api, "plain").await;
         eventually("both bindings counted Ready", WAIT, || async {
             (op.ready_gauge("True") == 2).then_some(())
         })

@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, PODS_CURRENT, READY};
+use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY};
 use crate::tracking::{self, Report};
 
 /// What resolving a binding gave.
@@ -114,13 +114,7 @@ pub fn only_pods_changed(
     old: Option<&MlflowWorkspaceBindingStatus>,
     new: &MlflowWorkspaceBindingStatus,
 ) -> bool {
-    let without_pods = |s: &MlflowWorkspaceBindingStatus| {
-        let mut s = s.clone();
-        s.pods = None;
-        s.conditions.retain(|c| c.type_ != PODS_CURRENT);
-        s
-    };
-    old.is_some_and(|old| without_pods(old) == without_pods(new))
+    old.is_some_and(|old| old.without_pods() == new.without_pods())
 }
 
 /// The PodsCurrent condition when its status or reason changed in a way worth an Event: any

@@ -30,6 +30,7 @@ async fn rbac_grants_exactly_the_documented_rules() {
                 &["patch"]
             ),
             rule(&[""], &["serviceaccounts"], &[], &["get", "list", "watch"]),
+            rule(&[""], &["pods"], &[], &["list", "watch"]),
             rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
             rule(
                 &["admissionregistration.k8s.io"],
