@@ -35,7 +35,7 @@ pub async fn checks(args: &CheckArgs) -> Checklist {
         None => {
             for what in [
                 "the webhook Service has ready endpoints",
-                "the caBundle verifies the served certificate",
+                install::CA_BUNDLE,
                 "the operator pods are Ready",
                 "the controller Lease is held and renewed",
             ] {
@@ -122,9 +122,27 @@ fn schemas(crd: &CustomResourceDefinition) -> Value {
         .spec
         .versions
         .iter()
-        .map(|v| json!([v.name, v.served, v.storage, v.schema, v.subresources]))
+        .map(|v| {
+            let columns = &v.additional_printer_columns;
+            json!([
+                v.name,
+                v.served,
+                v.storage,
+                v.schema,
+                v.subresources,
+                columns
+            ])
+        })
         .collect();
-    json!({"names": crd.spec.names, "scope": crd.spec.scope, "versions": versions})
+    // The API server fills in the names a CRD may leave out.
+    let mut names = crd.spec.names.clone();
+    names
+        .list_kind
+        .get_or_insert_with(|| format!("{}List", names.kind));
+    names
+        .singular
+        .get_or_insert_with(|| names.kind.to_lowercase());
+    json!({"names": names, "scope": crd.spec.scope, "versions": versions})
 }
 
 /// A dry-run of a labelled probe pod through the API server reaches the webhook and comes back.
@@ -171,5 +189,23 @@ async fn end_to_end(list: &mut Checklist, client: &Client, namespace: Option<&st
         Admission::Failed { status, message } => list.fail("webhook", what,
             format!("the API server refused the probe (HTTP {status}): {message}"),
             "check that you may create pods in this namespace, or pass -n with one where you may".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_comparison_ignores_what_the_api_server_fills_in_only() {
+        let ours = MlflowWorkspaceBinding::crd();
+        let mut served = ours.clone();
+        served.spec.names.list_kind = Some("MlflowWorkspaceBindingList".into());
+        served.spec.names.singular = Some("mlflowworkspacebinding".into());
+        assert_eq!(schemas(&served), schemas(&ours));
+        let mut older = served.clone();
+        older.spec.versions[0].additional_printer_columns = None;
+        older.spec.versions[0].schema = None;
+        assert_ne!(schemas(&older), schemas(&ours));
     }
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::api::admissionregistration::v1::ServiceReference;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -13,6 +13,8 @@ use super::super::checklist::Checklist;
 use super::super::cluster::{self, Install};
 
 mod cert;
+
+pub use cert::WHAT as CA_BUNDLE;
 
 const CAT: &str = "webhook";
 
@@ -79,8 +81,8 @@ pub async fn operator(list: &mut Checklist, client: &Client, install: &Install) 
         return cert::url(list, &url, &ca).await;
     };
     endpoints(list, client, &svc).await;
-    let pods = operator_pods(list, client, &svc).await;
-    cert::service(list, client, &svc, &pods, &ca).await;
+    let (pods, specs) = operator_pods(list, client, &svc).await;
+    cert::service(list, client, &svc, &specs, &ca).await;
     lease(list, client, &svc.namespace, &pods).await;
 }
 
@@ -113,8 +115,13 @@ async fn endpoints(list: &mut Checklist, client: &Client, svc: &ServiceReference
     }
 }
 
-/// The pods behind the Service, with a check that they exist and are Ready.
-async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceReference) -> Vec<Pod> {
+/// The pods behind the Service, with a check that they exist and are Ready; and their specs, or
+/// with no pod (scaled to 0) their Deployment's template: where the certificate Secret is named.
+async fn operator_pods(
+    list: &mut Checklist,
+    client: &Client,
+    svc: &ServiceReference,
+) -> (Vec<Pod>, Vec<PodSpec>) {
     let what = "the operator pods are Ready";
     let ns = svc.namespace.as_str();
     let selector = match Api::<Service>::namespaced(client.clone(), ns)
@@ -129,7 +136,7 @@ async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceRefer
                 format!("Service {ns}/{} does not exist", svc.name),
                 "helm upgrade --install the release again".into(),
             );
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         Err(e) => {
             list.fail(
@@ -138,7 +145,7 @@ async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceRefer
                 e.to_string(),
                 "check that you may get services".into(),
             );
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -154,7 +161,7 @@ async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceRefer
                 e.to_string(),
                 "check that you may list pods".into(),
             );
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let not_ready: Vec<String> = pods
@@ -163,10 +170,20 @@ async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceRefer
         .map(|p| p.name_any())
         .collect();
     if pods.is_empty() {
-        let deploy = deployment(client, ns, &selector).await;
+        let found = deployment(client, ns, &selector).await;
+        let deploy = found.as_ref().map_or_else(
+            || "<the operator's deployment>".to_string(),
+            |d| format!("deployment/{}", d.name_any()),
+        );
+        let specs = found
+            .into_iter()
+            .filter_map(|d| d.spec.template.spec)
+            .collect();
         list.fail(CAT, what, format!("no operator pod in namespace {ns} (the Deployment is scaled to 0 or cannot create pods)"),
-            format!("kubectl scale deployment -n {ns} {deploy} --replicas=2; kubectl describe deployment -n {ns} {deploy}"));
-    } else if !not_ready.is_empty() {
+            format!("kubectl scale -n {ns} {deploy} --replicas=2; kubectl describe -n {ns} {deploy}"));
+        return (pods, specs);
+    }
+    if !not_ready.is_empty() {
         list.fail(
             CAT,
             what,
@@ -184,7 +201,8 @@ async fn operator_pods(list: &mut Checklist, client: &Client, svc: &ServiceRefer
     } else {
         list.pass_with(CAT, what, format!("{} Ready in namespace {ns}", pods.len()));
     }
-    pods
+    let specs = pods.iter().filter_map(|p| p.spec.clone()).collect();
+    (pods, specs)
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -195,12 +213,12 @@ fn is_ready(p: &Pod) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// The name of the Deployment whose pods the Service selects, for the fix.
+/// The Deployment whose pods the Service selects.
 async fn deployment(
     client: &Client,
     ns: &str,
     selector: &std::collections::BTreeMap<String, String>,
-) -> String {
+) -> Option<Deployment> {
     let found = Api::<Deployment>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await;
@@ -213,11 +231,7 @@ async fn deployment(
             .and_then(|m| m.labels.as_ref());
         labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
     };
-    found
-        .ok()
-        .and_then(|l| l.items.into_iter().find(matches))
-        .map(|d| format!("deployment/{}", d.name_any()))
-        .unwrap_or_else(|| "<the operator's deployment>".to_string())
+    found.ok()?.items.into_iter().find(matches)
 }
 
 /// A Lease of the operator's namespace is held by one of its pods and was renewed in time.
@@ -279,9 +293,9 @@ async fn lease(list: &mut Checklist, client: &Client, ns: &str, pods: &[Pod]) {
 
 /// The Secret names the operator pods serve their certificate from: `--cert-secret` of the
 /// self-managed mode, else the Secret volumes they mount.
-fn cert_secrets(pods: &[Pod]) -> Vec<String> {
+fn cert_secrets(specs: &[PodSpec]) -> Vec<String> {
     let mut names = Vec::new();
-    for spec in pods.iter().filter_map(|p| p.spec.as_ref()) {
+    for spec in specs {
         for args in spec.containers.iter().filter_map(|c| c.args.as_ref()) {
             let self_signed = args.iter().any(|a| a == "--self-signed");
             for (i, a) in args.iter().enumerate() {
@@ -308,10 +322,10 @@ fn cert_secrets(pods: &[Pod]) -> Vec<String> {
     names
 }
 
-async fn served_cert(client: &Client, ns: &str, pods: &[Pod]) -> Result<Vec<u8>, String> {
+async fn served_cert(client: &Client, ns: &str, specs: &[PodSpec]) -> Result<Vec<u8>, String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut last = format!("the operator pods name no certificate Secret in namespace {ns}");
-    for name in cert_secrets(pods) {
+    for name in cert_secrets(specs) {
         match secrets.get_opt(&name).await {
             Ok(Some(s)) => match s.data.and_then(|d| d.get("tls.crt").cloned()) {
                 Some(crt) => return Ok(crt.0),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::admissionregistration::v1::ServiceReference;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::PodSpec;
 use kube::Client;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use super::super::super::checklist::Checklist;
 use super::{CAT, served_cert};
 
-const WHAT: &str = "the caBundle verifies the certificate the operator serves";
+pub const WHAT: &str = "the caBundle verifies the certificate the operator serves";
 
 /// Verifies a PEM chain (leaf first) against the PEM roots, for `name`.
 pub fn verify_chain(chain_pem: &[u8], roots_pem: &[u8], name: &str) -> Result<(), String> {
@@ -55,7 +55,7 @@ pub async fn service(
     list: &mut Checklist,
     client: &Client,
     svc: &ServiceReference,
-    pods: &[Pod],
+    specs: &[PodSpec],
     ca: &[u8],
 ) {
     let name = format!("{}.{}.svc", svc.name, svc.namespace);
@@ -63,7 +63,7 @@ pub async fn service(
         "let the operator rewrite it (kubectl rollout restart -n {} deployment/<the operator's deployment>), or set webhook.certificates to match the serving certificate",
         svc.namespace
     );
-    match served_cert(client, &svc.namespace, pods).await {
+    match served_cert(client, &svc.namespace, specs).await {
         Ok(crt) => match verify_chain(&crt, ca, &name) {
             Ok(()) => list.pass_with(CAT, WHAT, format!("for {name}")),
             Err(e) => list.fail(CAT, WHAT, e, fix),
