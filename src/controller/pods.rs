@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,10 +21,14 @@ use crate::binding::{
 };
 use crate::metrics::{Metrics, PodsLabels};
 use crate::tracking::{PodState, Report};
-use crate::webhook::{IndexWriter, NamespaceIndex};
+use crate::webhook::{IndexWriter, Keyed, NamespaceIndex};
 
-/// Opted-in pods by namespace, metadata only.
-pub type PodIndex = NamespaceIndex<PartialObjectMeta<Pod>>;
+mod compact;
+
+pub use compact::CompactPod;
+
+/// Opted-in pods by namespace, what the controller reads of them only.
+pub type PodIndex = NamespaceIndex<CompactPod>;
 
 /// How often marked namespaces are turned into reconciles.
 const TICK: Duration = Duration::from_secs(1);
@@ -52,22 +57,21 @@ pub(super) struct Pods {
     reported: Arc<Mutex<HashSet<ObjectRef<MlflowWorkspaceBinding>>>>,
 }
 
-/// Keeps what the controller reads of a pod: name, namespace, labels, owners, deletion, and
-/// our own annotations (a pod's other annotations can be kilobytes of someone else's data).
-fn slim(pod: &mut PartialObjectMeta<Pod>) {
-    let m = &mut pod.metadata;
-    m.managed_fields = None;
-    m.finalizers = None;
-    m.generate_name = None;
-    m.resource_version = None;
-    m.uid = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+/// The event with its pod made compact: of the annotations, our own only (a pod's others can
+/// be kilobytes of someone else's data).
+fn compact(event: watcher::Event<PartialObjectMeta<Pod>>) -> watcher::Event<CompactPod> {
+    let c = |p| CompactPod::new(p, &KEPT_ANNOTATIONS);
+    match event {
+        watcher::Event::Apply(p) => watcher::Event::Apply(c(p)),
+        watcher::Event::Delete(p) => watcher::Event::Delete(c(p)),
+        watcher::Event::InitApply(p) => watcher::Event::InitApply(c(p)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
 impl Pods {
-    pub fn new() -> (Self, IndexWriter<PartialObjectMeta<Pod>>) {
+    pub fn new() -> (Self, IndexWriter<CompactPod>) {
         let (index, writer) = PodIndex::new();
         let pods = Self {
             index,
@@ -86,7 +90,7 @@ impl Pods {
         self,
         client: Client,
         namespace: Option<String>,
-        mut writer: IndexWriter<PartialObjectMeta<Pod>>,
+        mut writer: IndexWriter<CompactPod>,
     ) {
         // An Api of PartialObjectMeta makes metadata-only requests.
         let api: Api<PartialObjectMeta<Pod>> = match &namespace {
@@ -94,24 +98,22 @@ impl Pods {
             None => Api::all(client),
         };
         let config = watcher::Config::default().labels(&format!("{TRACK_LABEL}=true"));
-        let mut events = std::pin::pin!(
-            watcher(api, config)
-                .backoff(crate::webhook::outage_backoff())
-                .modify(slim)
-        );
+        let mut events =
+            std::pin::pin!(watcher(api, config).backoff(crate::webhook::outage_backoff()));
         while let Some(event) = events.next().await {
             // Errors are retried by the backoff; the index keeps its last view meanwhile.
             let Ok(event) = event else { continue };
+            let event = compact(event);
             self.mark(&event);
             writer.apply(event);
         }
     }
 
-    fn mark(&self, event: &watcher::Event<PartialObjectMeta<Pod>>) {
+    fn mark(&self, event: &watcher::Event<CompactPod>) {
         let mut marks = self.marks();
         match event {
             watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
-                marks.namespaces.insert(p.namespace().unwrap_or_default());
+                marks.namespaces.insert(p.namespace_key().to_string());
             }
             watcher::Event::InitDone => marks.all = true,
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
@@ -195,10 +197,12 @@ impl Pods {
 
     /// The pods of a namespace, once the first list is in (None before: counting an empty
     /// index would report every binding's pods as gone).
-    pub fn of_namespace(&self, namespace: &str) -> Option<Vec<Arc<PartialObjectMeta<Pod>>>> {
-        self.index
+    pub fn of_namespace(&self, namespace: &str) -> Option<Vec<ObjectMeta>> {
+        let pods = self
+            .index
             .is_ready()
-            .then(|| self.index.namespace(namespace).to_vec())
+            .then(|| self.index.namespace(namespace))?;
+        Some(pods.iter().map(|p| p.meta()).collect())
     }
 }
 

@@ -47,15 +47,31 @@ pub struct IndexWriter<K> {
     relist: Option<HashMap<String, BTreeMap<String, Arc<K>>>>,
 }
 
-fn namespace_of<K: Resource>(o: &K) -> &str {
-    o.meta().namespace.as_deref().unwrap_or_default()
+/// Where the index files an object: any Kubernetes object, or a compact copy of one.
+pub trait Keyed {
+    fn namespace_key(&self) -> &str;
+    fn name_key(&self) -> &str;
 }
 
-fn name_of<K: Resource>(o: &K) -> &str {
-    o.meta().name.as_deref().unwrap_or_default()
+impl<K: Resource> Keyed for K {
+    fn namespace_key(&self) -> &str {
+        self.meta().namespace.as_deref().unwrap_or_default()
+    }
+
+    fn name_key(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
 }
 
-impl<K: Resource> NamespaceIndex<K> {
+fn namespace_of<K: Keyed>(o: &K) -> &str {
+    o.namespace_key()
+}
+
+fn name_of<K: Keyed>(o: &K) -> &str {
+    o.name_key()
+}
+
+impl<K: Keyed> NamespaceIndex<K> {
     /// An empty index, not ready, and the writer that fills it.
     pub fn new() -> (Self, IndexWriter<K>) {
         let index = Self {
@@ -136,7 +152,7 @@ impl<K: Resource> NamespaceIndex<K> {
     }
 }
 
-impl<K: Resource> IndexWriter<K> {
+impl<K: Keyed> IndexWriter<K> {
     /// Applies one watcher event.
     pub fn apply(&mut self, event: watcher::Event<K>) {
         match event {
