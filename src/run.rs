@@ -23,7 +23,7 @@ use crate::certs::{self, CertStore, self_managed};
 use crate::cli::RunArgs;
 use crate::controller;
 use crate::metrics::Metrics;
-use crate::webhook::{self, Caches, RefusalEvents, ServiceAccounts, Webhook};
+use crate::webhook;
 
 /// How long stoppable tasks may take at shutdown (the kubelet's grace period is 30s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -157,38 +157,33 @@ async fn start_webhook(
 ) -> anyhow::Result<Health> {
     let store = CertStore::new();
     start_certificates(w.certificates, client, &store, &mut tasks.background).await;
-    let mut caches = Caches::new(client);
-    for driver in caches.drivers.drain(..) {
+    let serving = webhook::start(
+        client,
+        w.defaults,
+        metrics,
+        identity,
+        w.addr,
+        store.clone(),
+        stop.asked(),
+    )
+    .await
+    .with_context(|| format!("binding the webhook address {}", w.addr))?;
+    for driver in serving.drivers {
         tasks.background.spawn(driver);
     }
     let health = Health {
-        certs: Some(store.clone()),
+        certs: Some(store),
         webhook: true,
         ..Default::default()
     };
-    let (synced, synced_flag) = (caches.synced(), health.caches_synced.clone());
+    let (synced, synced_flag) = (serving.synced, health.caches_synced.clone());
     tasks.background.spawn(async move {
         synced.await;
         synced_flag.store(true, Ordering::Relaxed);
         tracing::info!("binding and ServiceAccount caches synced");
     });
-    let webhook = Arc::new(Webhook {
-        bindings: caches.bindings,
-        service_accounts: ServiceAccounts {
-            cache: caches.service_accounts,
-            client: Some(client.clone()),
-        },
-        defaults: w.defaults,
-        metrics: metrics.clone(),
-        events: Some(RefusalEvents::new(client.clone(), identity.to_string())),
-    });
-    let listener = webhook::bind(w.addr)
-        .await
-        .with_context(|| format!("binding the webhook address {}", w.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "webhook listening (HTTPS, /mutate)");
-    tasks
-        .stoppable
-        .spawn(webhook::serve(listener, webhook, store, stop.asked()));
+    tracing::info!(addr = %serving.addr, "webhook listening (HTTPS, /mutate)");
+    tasks.stoppable.spawn(serving.server);
     Ok(health)
 }
 

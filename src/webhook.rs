@@ -20,6 +20,7 @@ mod index;
 mod review;
 mod server;
 mod service_accounts;
+mod serving;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,7 @@ pub use index::{IndexWriter, Keyed, NamespaceIndex};
 pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};
 pub use server::{Limits, MAX_BODY, bind, serve, serve_with};
 pub use service_accounts::ServiceAccounts;
+pub use serving::{Serving, start};
 
 use crate::binding::MlflowWorkspaceBinding;
 use crate::inject::{self, Defaults, NamespaceView, Plan, service_account_name};

@@ -14,9 +14,7 @@ use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::metrics::Metrics;
-use mlflow_operator::webhook::{
-    self, BindingIndex, Caches, RefusalEvents, ServiceAccounts, Webhook,
-};
+use mlflow_operator::webhook::{self, BindingIndex};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -121,30 +119,29 @@ impl TestWebhook {
         ensure_crd(client).await;
         let metrics = Metrics::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut caches = Caches::new(client);
-        for d in caches.drivers.drain(..) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let serving = webhook::start(
+            client,
+            defaults,
+            &metrics,
+            "test",
+            "127.0.0.1:0".parse().unwrap(),
+            store,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        for d in serving.drivers {
             tasks.spawn(d);
         }
-        tokio::time::timeout(Duration::from_secs(30), caches.synced())
+        tokio::time::timeout(Duration::from_secs(30), serving.synced)
             .await
             .expect("caches sync");
-        let bindings = caches.bindings.clone();
-        let wh = Arc::new(Webhook {
-            bindings: caches.bindings,
-            service_accounts: ServiceAccounts {
-                cache: caches.service_accounts,
-                client: Some(client.clone()),
-            },
-            defaults,
-            metrics: metrics.clone(),
-            events: Some(RefusalEvents::new(client.clone(), "test".into())),
-        });
-        let listener = webhook::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        tasks.spawn(webhook::serve(listener, wh, store, async move {
-            let _ = stop_rx.await;
-        }));
+        let bindings = serving.webhook.bindings.clone();
+        let port = serving.addr.port();
+        tasks.spawn(serving.server);
         let config_name = format!("mlflow-operator-test-{namespace}");
         let url = format!("https://127.0.0.1:{port}/mutate");
         let mwc = webhook_configuration(&config_name, &url, ca_pem.as_deref(), namespace).await;

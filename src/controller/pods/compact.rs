@@ -125,7 +125,11 @@ mod tests {
         let meta = compact.meta();
         assert_eq!(meta.labels, full.metadata.labels);
         assert_eq!(
-            meta.annotations.clone().unwrap().into_iter().collect::<Vec<_>>(),
+            meta.annotations
+                .clone()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             [("mlflow-operator.io/injected".into(), "fraud/2".into())]
         );
         assert_eq!(Owner::of(&meta), Owner::of(&full.metadata));
