@@ -13,6 +13,8 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/machine.rs"]
@@ -60,23 +62,7 @@ fn main() {
             per_namespace: 50,
         },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(shape));
-}
-
-/// Deletes the run's namespaces (their bindings and pods) when dropped, also on panic.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let selector = format!("{LABEL}={}", self.0);
-        let _ = std::process::Command::new("kubectl")
-            .args(["delete", "namespace", "-l", &selector, "--wait=false"])
-            .output();
-    }
+    cluster::block_on(run(shape));
 }
 
 /// Every status of the run's bindings the watch delivered: when, and the counts it held.
@@ -87,7 +73,10 @@ async fn run(shape: Shape) {
     common::ensure_crd(&client).await;
     let before = machine::Sample::now();
     let run = common::random_suffix();
-    let _cleanup = Cleanup(run.clone());
+    let _cleanup = cluster::LabelledNamespaces {
+        label: LABEL,
+        run: run.clone(),
+    };
     let namespaces = namespaces(&client, &run, shape.namespaces).await;
     let files = tempfile::tempdir().unwrap();
     let op = start(&run, &namespaces[0], files.path());
@@ -156,23 +145,15 @@ async fn namespaces(client: &Client, run: &str, n: usize) -> Vec<String> {
 /// The operator binary: every namespace, its webhook on a free loopback port (no API server
 /// calls it: the benchmark writes the pods' injection annotations itself).
 fn start(run: &str, own_ns: &str, dir: &std::path::Path) -> OperatorProcess {
-    let pems = mlflow_operator::certs::generate(
-        &["127.0.0.1".into()],
-        30,
-        10,
-        jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("tls.crt"), &pems.cert).unwrap();
-    std::fs::write(dir.join("tls.key"), &pems.key).unwrap();
+    let (cert, key, _) = common::write_loopback_certificate(dir);
     let flags = [
         format!("--kubeconfig={}", common::cluster_env("KUBECONFIG")),
         format!("--namespace={own_ns}"),
         format!("--lease-name=pods-{run}"),
         format!("--identity=pods-{run}"),
         format!("--webhook-addr=127.0.0.1:{}", common::free_port()),
-        format!("--tls-cert-file={}", dir.join("tls.crt").display()),
-        format!("--tls-key-file={}", dir.join("tls.key").display()),
+        format!("--tls-cert-file={}", cert.display()),
+        format!("--tls-key-file={}", key.display()),
     ];
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     OperatorProcess::start("operator (pod counting)", &args)

@@ -16,6 +16,8 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/https.rs"]
@@ -77,23 +79,7 @@ fn main() {
             startups: 1,
         },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(shape));
-}
-
-/// Deletes the run's namespaces (and so its bindings and Lease) when dropped, also on panic.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let selector = format!("{LABEL}={}", self.0);
-        let _ = std::process::Command::new("kubectl")
-            .args(["delete", "namespace", "-l", &selector, "--wait=false"])
-            .output();
-    }
+    cluster::block_on(run(shape));
 }
 
 /// Everything a run of the operator needs: its flags, environment and the fakes.
@@ -111,7 +97,10 @@ async fn run(shape: Shape) {
     common::ensure_crd(&client).await;
     let before = machine::Sample::now();
     let setup = setup(&client, &shape).await;
-    let _cleanup = Cleanup(setup.run.clone());
+    let _cleanup = cluster::LabelledNamespaces {
+        label: LABEL,
+        run: setup.run.clone(),
+    };
 
     let (mut op, _) = start(&setup, "operator (bindings created while it runs)");
     op.wait_status("/readyz", 200, Duration::from_secs(60))
@@ -170,20 +159,8 @@ async fn setup(client: &Client, shape: &Shape) -> Setup {
         fake.set_workspace(SUB, RG, &workspace(ws), &tracking_uri(ws));
     }
     let files = tempfile::tempdir().unwrap();
-    let pems = mlflow_operator::certs::generate(
-        &["127.0.0.1".into()],
-        30,
-        10,
-        jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
-    for (name, pem) in [
-        ("tls.crt", &pems.cert),
-        ("tls.key", &pems.key),
-        ("azure-ca.pem", &fake.ca_pem),
-    ] {
-        std::fs::write(files.path().join(name), pem).unwrap();
-    }
+    let (_, _, pems) = common::write_loopback_certificate(files.path());
+    std::fs::write(files.path().join("azure-ca.pem"), &fake.ca_pem).unwrap();
     Setup {
         run,
         namespaces,

@@ -30,15 +30,14 @@ use mlflow_operator::binding::MlflowWorkspaceBinding;
 use serde_json::{Value, json};
 
 use common::fake_cloud::{self, Credential, FakeCloud};
-use common::helm::{CHART, helm_ok};
+use common::helm::helm_ok;
 use common::mlflow::MlflowServer;
-use common::node::{self, TRACK, is_ready, is_running, pods_when};
+use common::node::{
+    self, MINUTE, RELEASE, RELEASE_NS, SELECTOR, TRACK, install_args, is_ready, operators_ready,
+    pods_when,
+};
 use common::{client, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
 
-const RELEASE: &str = "mlflow-operator";
-const RELEASE_NS: &str = "mlflow-operator";
-const OPERATOR_SELECTOR: &str =
-    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
 const TRAINING_IMAGE: &str = "mlflow-training:3.15.0";
 const CA_CONFIGMAP: &str = "fake-cloud-ca";
 const CA_DIR: &str = "/etc/fake-cloud-ca";
@@ -58,8 +57,6 @@ const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
 const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const RESOURCE_GROUP: &str = "ml-rg";
 const WORKSPACE: &str = "ml-ws";
-
-const MINUTE: Duration = Duration::from_secs(60);
 
 /// What every case shares: the fakes, the MLflow server behind the fake front door, the release.
 struct Shared {
@@ -740,7 +737,7 @@ fn no_token_secret_or_assertion_reaches_any_log() {
         }
 
         let mut logs = common::log_sweep::cluster_logs();
-        logs.extend(common::log_sweep::pod_logs(&sh.client, RELEASE_NS, OPERATOR_SELECTOR).await);
+        logs.extend(common::log_sweep::pod_logs(&sh.client, RELEASE_NS, SELECTOR).await);
         // The sweep reads what it claims to: each run's pod log and the plane's logs are in it.
         for run in &runs {
             assert!(
@@ -815,15 +812,7 @@ async fn setup() -> Shared {
     let client_id = format!("azure.workloadIdentity.clientId={OPERATOR_CLIENT}");
     let tenant = format!("azure.workloadIdentity.tenantId={TENANT}");
     let ca = format!("azure.caConfigMap.name={CA_CONFIGMAP}");
-    helm_ok(&[
-        "install",
-        RELEASE,
-        CHART,
-        "-n",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
+    helm_ok(&install_args(&[
         "--set",
         &client_id,
         "--set",
@@ -832,17 +821,9 @@ async fn setup() -> Shared {
         &ca,
         "--set",
         "azure.caConfigMap.key=ca.crt",
-    ])
+    ]))
     .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    let ready = pods_when(
-        &pods,
-        OPERATOR_SELECTOR,
-        "two Ready operator pods",
-        3 * MINUTE,
-        |ps| ps.len() == 2 && ps.iter().all(|p| is_running(p) && is_ready(p)),
-    )
-    .await;
+    let ready = operators_ready(&client, 2).await;
     let sa = ready[0].spec.as_ref().unwrap().service_account_name.clone();
     assert_eq!(
         format!(

@@ -8,11 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::fake_azure::{FakeAzure, Identity, Reply, TOKEN_EXCHANGE_AUDIENCE};
-use common::{eventually, wait_for, with_temp_ns};
+use common::{events_for, eventually, wait_for, with_temp_ns};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::controller::arm::{AzureConfig, RetryPolicy};
@@ -208,29 +207,11 @@ async fn wait_ready(
 
 /// The binding once its status counts its pods (condition PodsCurrent).
 async fn wait_counted(api: &Api<MlflowWorkspaceBinding>, name: &str) -> MlflowWorkspaceBinding {
+    let counted = |b: Option<&MlflowWorkspaceBinding>| {
+        b.and_then(|b| b.status.as_ref()?.pods_current()).is_some()
+    };
     let what = format!("{name} with its pods counted");
-    wait_for(
-        api,
-        name,
-        &what,
-        WAIT,
-        |b: Option<&MlflowWorkspaceBinding>| {
-            b.and_then(|b| b.status.as_ref()?.pods_current()).is_some()
-        },
-    )
-    .await
-}
-
-async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
+    wait_for(api, name, &what, WAIT, counted).await
 }
 
 #[tokio::test]

@@ -22,20 +22,16 @@ use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use common::helm::{CHART, helm_ok as helm};
+use common::helm::helm_ok as helm;
 use common::node::{
-    BUSYBOX, OPERATOR_IMAGE, TRACK, admission_load, after_more_attempts, container_usage, is_ready,
-    is_running, jwt_claims, namespace_gone, pods_when,
+    BUSYBOX, MINUTE, OPERATOR_IMAGE, RELEASE, RELEASE_NS, SELECTOR, TRACK, admission_load,
+    after_more_attempts, container_usage, install_args, is_ready, is_running, jwt_claims,
+    namespace_gone, operators_ready, pods_when,
 };
 use common::{client, cluster_env, ensure_crd, eventually, kubectl, random_suffix};
 
-const RELEASE: &str = "mlflow-operator";
-const RELEASE_NS: &str = "mlflow-operator";
-const SELECTOR: &str =
-    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT_ID: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01";
-const MINUTE: Duration = Duration::from_secs(60);
 
 /// Uninstalls the release and deletes the test's namespaces on drop, also when the test panics.
 struct Cleanup {
@@ -74,7 +70,7 @@ async fn the_chart_on_the_node_installs_injects_fails_over_upgrades_and_uninstal
 
     let installed = Instant::now();
     helm(&install_args(&[])).await;
-    let operator_pods = operators_ready(&client).await;
+    let operator_pods = operators_hardened(&client).await;
     let ready_after = installed.elapsed();
     let first_answer = webhook_answers(&client, &team).await;
     let answered_after = installed.elapsed();
@@ -90,22 +86,6 @@ async fn the_chart_on_the_node_installs_injects_fails_over_upgrades_and_uninstal
     failover_admits_no_pod_without_injection(&client, &team).await;
     upgrade_rolls_with_zero_failed_admissions(&client, &team).await;
     uninstall_leaves_only_the_crd(&client).await;
-}
-
-fn install_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    // What the README tells a user, plus the local image's pull policy: there is no registry.
-    let mut args = vec![
-        "install",
-        RELEASE,
-        CHART,
-        "-n",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// The release namespace enforcing the restricted Pod Security Standard, and a team namespace
@@ -156,16 +136,8 @@ metadata:
 
 /// Two operator pods Running and Ready (their own probes), never restarted, read-only root file
 /// system, admitted in a namespace that enforces PSS restricted.
-async fn operators_ready(client: &Client) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    let ready = pods_when(
-        &pods,
-        SELECTOR,
-        "two Ready operator pods",
-        3 * MINUTE,
-        |ps| ps.len() == 2 && ps.iter().all(|p| is_running(p) && is_ready(p)),
-    )
-    .await;
+async fn operators_hardened(client: &Client) -> Vec<Pod> {
+    let ready = operators_ready(client, 2).await;
     for pod in &ready {
         let spec = pod.spec.as_ref().unwrap();
         let c = &spec.containers[0];

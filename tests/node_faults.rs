@@ -24,7 +24,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use serde_json::json;
@@ -36,13 +36,12 @@ use common::faults::{
     webhook_call_failures,
 };
 use common::helm::{CHART, helm_ok};
-use common::node::{self, BUSYBOX, TRACK, container_pid, is_ready, is_running, pods_when};
-use common::{client, ensure_crd, eventually, kubectl, random_suffix};
+use common::node::{
+    self, BUSYBOX, MINUTE, RELEASE, RELEASE_NS, SELECTOR, TRACK, container_pid, is_ready,
+    operators_ready, pods_when,
+};
+use common::{client, ensure_crd, events_for, eventually, kubectl, random_suffix};
 
-const RELEASE: &str = "mlflow-operator";
-const RELEASE_NS: &str = "mlflow-operator";
-const SELECTOR: &str =
-    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
 const SECRET: &str = "mlflow-operator-webhook-cert";
 const LEASE: &str = "mlflow-operator-controller";
 const WEBHOOK: &str = "pods.mlflow-operator.io";
@@ -62,7 +61,6 @@ const WORKSPACE: &str = "ml-ws";
 const CERT_CHECK: Duration = Duration::from_secs(2);
 const REFRESH: Duration = Duration::from_secs(10);
 const ERROR_RETRY: Duration = Duration::from_secs(5);
-const MINUTE: Duration = Duration::from_secs(60);
 
 struct Shared {
     client: Client,
@@ -98,7 +96,7 @@ where
             })
             .await;
         let _alone = ONE_AT_A_TIME.lock().await;
-        operators_ready(&shared.client).await;
+        operators_ready(&shared.client, 2).await;
         // Ready pods are not yet endpoints kube-proxy routes to: the load starts once the
         // webhook answers through the Service.
         answers_in_a_row(shared, "fraud", CLIENT_ID).await;
@@ -138,7 +136,7 @@ fn certificate_rotations_fail_no_admission() {
 fn operator_killed_or_stopped_admits_no_pod_without_injection() {
     case(|sh| async move {
         for (sig, name) in [(libc::SIGKILL, "SIGKILL"), (libc::SIGTERM, "SIGTERM")] {
-            let pods = operators_ready(&sh.client).await;
+            let pods = operators_ready(&sh.client, 2).await;
             // The container not restarted yet: the kubelet restarts it at once, not after a
             // crash-loop backoff.
             let victim = pods.iter().min_by_key(|p| restart_count(p)).unwrap();
@@ -325,7 +323,7 @@ fn lease_holder_killed_another_replica_takes_over_within_the_lease_duration() {
             })
             .await;
         let takeover = Duration::try_from(renewed.duration_since(killed)).unwrap();
-        operators_ready(&sh.client).await;
+        operators_ready(&sh.client, 2).await;
         load.after(20).await;
         let tally = load.finish().await;
         println!(
@@ -527,7 +525,7 @@ async fn rotate(sh: &Shared, rotation: Rotation) {
         None if rotation == Rotation::Leaf => assert_eq!(ca, old_ca),
         None => assert_ne!(ca, old_ca),
     }
-    let pods = operators_ready(&sh.client).await;
+    let pods = operators_ready(&sh.client, 2).await;
     eventually(
         "every replica to present the Secret's certificate",
         MINUTE,
@@ -634,24 +632,6 @@ fn restart_count(pod: &Pod) -> i32 {
         .map_or(0, |cs| cs[0].restart_count)
 }
 
-/// Two Running, Ready operator pods, and the webhook injecting through them.
-async fn operators_ready(client: &Client) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    pods_when(
-        &pods,
-        SELECTOR,
-        "two Ready operator pods",
-        3 * MINUTE,
-        |ps| {
-            ps.len() == 2
-                && ps.iter().all(|p| {
-                    is_running(p) && is_ready(p) && p.metadata.deletion_timestamp.is_none()
-                })
-        },
-    )
-    .await
-}
-
 /// Ten dry-run pods in a row, spread by the Service over both replicas, injected from `binding`
 /// with `client_id` (so both replicas' caches hold them).
 async fn answers_in_a_row(sh: &Shared, binding: &str, client_id: &str) {
@@ -708,18 +688,6 @@ async fn set_client_id(sh: &Shared, client_id: &str) {
     sas.patch("trainer", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-}
-
-async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
 }
 
 /// One status of a binding: (Ready status, tracking URI, Ready lastTransitionTime, Ready reason).
@@ -870,7 +838,7 @@ async fn setup() -> Shared {
         },
     });
     kubectl(&["apply", "-f", "-"], &b.to_string()).await;
-    operators_ready(&client).await;
+    operators_ready(&client, 2).await;
     for ns in [&team, &aml] {
         let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), ns);
         let name = if *ns == team { "fraud" } else { "aml" };

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -16,17 +14,13 @@ use kube::{Api, Client};
 use mlflow_operator::binding::{MlflowWorkspaceBinding, PodCounts};
 use serde_json::{Value, json};
 
-use common::helm::{CHART, helm_ok as helm};
+use common::helm::helm_ok as helm;
 use common::node::{
-    BUSYBOX, TRACK, is_ready, is_running, pods_when, remove_leftover_release, uninstall_release,
+    BUSYBOX, MINUTE, RELEASE, RELEASE_NS, SELECTOR, TRACK, install_args, operators_ready,
+    pods_when, remove_leftover_release, uninstall_release,
 };
 use common::{client, ensure_crd, eventually, kubectl, random_suffix};
 
-const RELEASE: &str = "mlflow-operator";
-const RELEASE_NS: &str = "mlflow-operator";
-const SELECTOR: &str =
-    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
-const MINUTE: Duration = Duration::from_secs(60);
 const CHECK_PODS: &str = "every opted-in pod carries its binding's current injection";
 
 /// The test's namespaces: a team with its trainer, one for the other explain cases, one the
@@ -58,19 +52,7 @@ async fn pods_track_or_say_why_and_check_names_every_fault() {
     };
     before_the_install(&client, &ns).await;
     let exclude = format!("webhook.excludeNamespaces={{{}}}", ns.excluded);
-    helm(&[
-        "install",
-        RELEASE,
-        CHART,
-        "-n",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        &exclude,
-    ])
-    .await;
+    helm(&install_args(&["--set", &exclude])).await;
     operators_ready(&client, 2).await;
 
     not_injected_until_restarted(&client, &ns.team).await;
@@ -149,19 +131,6 @@ spec:
   containers: [{{name: nb, image: {BUSYBOX}, imagePullPolicy: Never, command: [sleep, '3600']}}]
 "#
     )
-}
-
-/// `replicas` operator pods Running and Ready.
-async fn operators_ready(client: &Client, replicas: usize) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    pods_when(
-        &pods,
-        SELECTOR,
-        &format!("{replicas} Ready operator pods"),
-        3 * MINUTE,
-        |ps| ps.len() == replicas && ps.iter().all(|p| is_running(p) && is_ready(p)),
-    )
-    .await
 }
 
 /// Waits until the binding counts `(injected, stale, notInjected)` with PodsCurrent `status`.

@@ -342,15 +342,7 @@ async fn readiness_stays_false_without_a_certificate() {
     let why = op.wait_status("/readyz", 503, WAIT).await;
     assert!(why.contains("certificate"), "{why}");
 
-    let pems = mlflow_operator::certs::generate(
-        &["127.0.0.1".into()],
-        30,
-        10,
-        jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
-    std::fs::write(&key, &pems.key).unwrap();
-    std::fs::write(&cert, &pems.cert).unwrap();
+    common::write_loopback_certificate(dir.path());
     op.wait_status("/readyz", 200, WAIT).await;
 }
 

@@ -212,16 +212,7 @@ async fn thousands_of_idle_connections_are_bounded_and_clients_are_still_answere
     );
     common::ensure_crd(&common::client().await).await;
     let dir = tempfile::tempdir().unwrap();
-    let pems = mlflow_operator::certs::generate(
-        &["127.0.0.1".into()],
-        30,
-        10,
-        jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &pems.cert).unwrap();
-    std::fs::write(&key, &pems.key).unwrap();
+    let (cert, key, pems) = common::write_loopback_certificate(dir.path());
     let port = free_port();
     let op = OperatorProcess::start(
         "webhook",

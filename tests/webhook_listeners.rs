@@ -25,16 +25,7 @@ const PROTOCOL_VERSION: u8 = 70;
 /// The webhook process with a certificate from files; its CA and webhook port.
 async fn start(dir: &std::path::Path) -> (OperatorProcess, String, u16) {
     common::ensure_crd(&common::client().await).await;
-    let pems = mlflow_operator::certs::generate(
-        &["127.0.0.1".into()],
-        30,
-        10,
-        jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, &pems.cert).unwrap();
-    std::fs::write(&key, &pems.key).unwrap();
+    let (cert, key, pems) = common::write_loopback_certificate(dir);
     let port = free_port();
     let op = OperatorProcess::start(
         "webhook",

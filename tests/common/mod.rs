@@ -21,7 +21,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Config, CustomResourceExt};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 
@@ -100,6 +101,29 @@ where
 }
 
 /// A loopback port nobody listens on right now (bound to :0, then released).
+/// A fresh CA and a serving certificate for 127.0.0.1, written to `dir` as `tls.key`, then
+/// `tls.crt` (the key first: a reload triggered by the certificate finds its key); returns the
+/// two paths and the PEMs.
+pub fn write_loopback_certificate(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    mlflow_operator::certs::Pems,
+) {
+    let pems = mlflow_operator::certs::generate(
+        &["127.0.0.1".into()],
+        30,
+        10,
+        jiff::Timestamp::now().as_second(),
+    )
+    .unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&key, &pems.key).unwrap();
+    std::fs::write(&cert, &pems.cert).unwrap();
+    (cert, key, pems)
+}
+
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
@@ -242,4 +266,17 @@ pub async fn kubectl(args: &[&str], stdin: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The Events about object `name` in namespace `ns`.
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
 }

@@ -18,6 +18,44 @@ pub const TRACK: &str = "mlflow-operator.io/track";
 pub const OPERATOR_IMAGE: &str = concat!("mlflow-operator:", env!("CARGO_PKG_VERSION"));
 /// A small image with a shell, made from Debian's busybox-static (`images/build busybox`).
 pub const BUSYBOX: &str = "busybox:1.35";
+/// The release the node suites install, as the README names it.
+pub const RELEASE: &str = "mlflow-operator";
+pub const RELEASE_NS: &str = "mlflow-operator";
+/// The chart's operator pods.
+pub const SELECTOR: &str =
+    "app.kubernetes.io/name=mlflow-operator,app.kubernetes.io/instance=mlflow-operator";
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// `helm install` as the README tells a user, plus the local image's pull policy (there is no
+/// registry) and `extra`.
+pub fn install_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "install",
+        RELEASE,
+        super::helm::CHART,
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--set",
+        "image.pullPolicy=Never",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `replicas` operator pods Running and Ready, none being deleted.
+pub async fn operators_ready(client: &Client, replicas: usize) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let up = |p: &Pod| is_running(p) && is_ready(p) && p.metadata.deletion_timestamp.is_none();
+    pods_when(
+        &pods,
+        SELECTOR,
+        &format!("{replicas} Ready operator pods"),
+        3 * MINUTE,
+        |ps| ps.len() == replicas && ps.iter().all(up),
+    )
+    .await
+}
 
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
