@@ -25,10 +25,24 @@ fn service_account() -> ServiceAccount {
     .unwrap()
 }
 
+/// Where an input ended: the corpus test asserts the seeds reach each place, so a seed set
+/// that no longer reaches the planner cannot pass unnoticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reached {
+    /// Not an AdmissionReview (or not UTF-8 text).
+    Unreadable,
+    /// Planned, and a patch applied (AdmissionReview) or a document rewritten (YAML).
+    Injected,
+    /// Admitted or left unchanged.
+    Unchanged,
+    /// Refused, with a message.
+    Refused,
+}
+
 /// AdmissionReview bytes through the webhook's decoding and the planner.
-pub fn admission_review(data: &[u8]) {
+pub fn admission_review(data: &[u8]) -> Reached {
     let Ok(req) = mlflow_operator::webhook::parse_review(data) else {
-        return;
+        return Reached::Unreadable;
     };
     let (b, sa) = (binding(), service_account());
     let view = NamespaceView {
@@ -36,20 +50,28 @@ pub fn admission_review(data: &[u8]) {
         bindings: vec![&b],
         service_account: Some(&sa),
     };
-    if let Plan::Inject { patch, .. } = plan(&req.object, &view, &Defaults::default()) {
-        let mut object = req.object.clone();
-        json_patch::patch(&mut object, &patch).expect("a planned patch applies to its pod");
-        // Reinvocation: planning the patched pod again changes nothing more.
-        if let Plan::Inject { patch, .. } = plan(&object, &view, &Defaults::default()) {
-            assert!(patch.0.is_empty(), "a second plan is empty, got {patch:?}");
-        }
+    let patch = match plan(&req.object, &view, &Defaults::default()) {
+        Plan::Inject { patch, .. } => patch,
+        Plan::Allow { .. } => return Reached::Unchanged,
+        Plan::Refuse(_) => return Reached::Refused,
+    };
+    let mut object = req.object.clone();
+    json_patch::patch(&mut object, &patch).expect("a planned patch applies to its pod");
+    // Reinvocation: planning the patched pod again changes nothing more.
+    if let Plan::Inject { patch, .. } = plan(&object, &view, &Defaults::default()) {
+        assert!(patch.0.is_empty(), "a second plan is empty, got {patch:?}");
+    }
+    if patch.0.is_empty() {
+        Reached::Unchanged
+    } else {
+        Reached::Injected
     }
 }
 
 /// Text through `mlflow-operator inject`'s multi-document YAML path.
-pub fn inject_yaml(data: &[u8]) {
+pub fn inject_yaml(data: &[u8]) -> Reached {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return Reached::Unreadable;
     };
     let (b, sa) = (binding(), service_account());
     let offline = Offline {
@@ -57,5 +79,9 @@ pub fn inject_yaml(data: &[u8]) {
         service_account: Some(&sa),
         defaults: &Defaults::default(),
     };
-    let _ = offline.documents(text);
+    match offline.documents(text) {
+        Ok((out, _)) if out != text => Reached::Injected,
+        Ok(_) => Reached::Unchanged,
+        Err(_) => Reached::Refused,
+    }
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::webhook::{TestWebhook, env_of, env_value, ready_binding, set_status};
@@ -620,7 +622,7 @@ async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
 async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none() {
     with_webhook("wh-events", async |client, wh| {
         let ns = &wh.namespace;
-        for name in ["quiet", "loud"] {
+        for name in ["quiet", "loud", "marker"] {
             ready_binding(client, ns, name, json!({"trackingUri": URI}), URI).await;
             set_status(
                 client,
@@ -654,6 +656,10 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
                     .is_err()
             );
         }
+        // Refused after the three: once its Event is in, the Events of the three were decided
+        // (the throttle decides before the answer) and posted before it was.
+        let marker = named("marker", "m0");
+        assert!(pods.create(&PostParams::default(), &marker).await.is_err());
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
         let about = |list: &[k8s_openapi::api::events::v1::Event], b: &str| {
             list.iter()
@@ -663,12 +669,12 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
                 .collect::<Vec<_>>()
         };
         let loud = eventually(
-            "a PodRefused event on binding loud",
+            "PodRefused events on bindings loud and marker",
             Duration::from_secs(30),
             || async {
                 let l = events.list(&ListParams::default()).await.ok()?.items;
-                let found = about(&l, "loud");
-                (!found.is_empty()).then_some(l)
+                let found = !about(&l, "loud").is_empty() && !about(&l, "marker").is_empty();
+                found.then_some(l)
             },
         )
         .await;
@@ -690,6 +696,24 @@ async fn refusals_leave_one_warning_event_on_the_binding_and_dry_runs_leave_none
     .await;
 }
 
+/// A client of the test cluster that counts the ServiceAccount requests it sends.
+async fn counting_client() -> (Client, Arc<AtomicUsize>) {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let seen = reads.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        if req.uri().path().contains("/serviceaccounts/") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        req
+    });
+    let config = kube::Config::infer().await.unwrap();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&count)
+        .build();
+    (client, reads)
+}
+
 #[tokio::test]
 async fn a_service_account_missing_from_the_cache_is_read_once_from_the_api_server() {
     with_temp_ns("wh-sa-miss", |client, ns| async move {
@@ -699,18 +723,26 @@ async fn a_service_account_missing_from_the_cache_is_read_once_from_the_api_serv
             "azure.workload.identity/client-id": CLIENT_ID}}}))
             .unwrap();
         sas.create(&PostParams::default(), &sa).await.unwrap();
-        // A cache that has not seen it (as right after the ServiceAccount was created).
+        // A cache that has not seen it (as right after the ServiceAccount was created), over a
+        // client that counts the ServiceAccount requests it sends.
         let (cache, _writer) = kube::runtime::reflector::store::<ServiceAccount>();
+        let (counting, reads) = counting_client().await;
         let lookup = mlflow_operator::webhook::ServiceAccounts {
             cache,
-            client: Some(client.clone()),
+            client: Some(counting),
         };
         let got = lookup.get(&ns, "fresh").await.expect("found by a live GET");
         assert_eq!(
             got.metadata.annotations.as_ref().unwrap()["azure.workload.identity/client-id"],
             CLIENT_ID
         );
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one GET for a miss");
         assert!(lookup.get(&ns, "absent").await.is_none());
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "one GET for an absent one, no retry"
+        );
     })
     .await;
 }

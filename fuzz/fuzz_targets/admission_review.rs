@@ -4,4 +4,6 @@
 #[path = "../checks.rs"]
 mod checks;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::admission_review(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::admission_review(data);
+});

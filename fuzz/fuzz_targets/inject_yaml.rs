@@ -4,4 +4,6 @@
 #[path = "../checks.rs"]
 mod checks;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::inject_yaml(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::inject_yaml(data);
+});
