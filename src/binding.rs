@@ -528,6 +528,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn binding(
+        generation: Option<i64>,
+        status: Option<serde_json::Value>,
+    ) -> MlflowWorkspaceBinding {
+        serde_json::from_value(json!({
+            "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": "b", "generation": generation},
+            "spec": {"trackingUri": "http://x"}, "status": status,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn readiness_names_the_first_thing_in_the_way() {
         let ready = |status: &str| {
@@ -594,12 +606,7 @@ mod tests {
                 "u",
             ),
         ] {
-            let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
-                "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
-                "metadata": {"name": "b", "generation": generation},
-                "spec": {"trackingUri": "http://x"}, "status": status,
-            }))
-            .unwrap();
+            let b = binding(generation, status);
             let got = match b.readiness() {
                 Ok(tracking_uri) => tracking_uri,
                 Err(NotReady::NoStatus) => "NoStatus",
