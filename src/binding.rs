@@ -29,6 +29,14 @@ pub const READY: &str = "Ready";
 /// The condition type that says every pod the binding selects carries its current injection.
 pub const PODS_CURRENT: &str = "PodsCurrent";
 
+/// A condition's status as Kubernetes spells it; `Condition.status` is a plain string.
+pub const TRUE: &str = "True";
+/// See [`TRUE`].
+pub const FALSE: &str = "False";
+/// See [`TRUE`]; also what the `bindings{ready}` gauge counts a binding without a Ready
+/// condition as.
+pub const UNKNOWN: &str = "Unknown";
+
 /// CEL rule of every GUID field (subscription, client and tenant ids).
 const GUID_RULE: &str =
     "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
@@ -466,20 +474,149 @@ impl MlflowWorkspaceBinding {
         self.status.as_ref()?.ready()
     }
 
-    /// Ready for injection: the Ready condition is True, the status carries a tracking URI, and it
-    /// describes the current spec. A status of an older generation could point pods at the
-    /// workspace the user just moved away from, so it does not count.
+    /// Ready for injection: see [`Self::readiness`].
     pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+
+    /// Whether pods can be injected from this binding: the Ready condition is True, the status
+    /// carries a tracking URI, and it describes the current spec. A status of an older
+    /// generation could point pods at the workspace the user just moved away from, so it does
+    /// not count. The webhook, the controller's last good URI and `is_ready` all decide here.
+    /// Ok is the tracking URI pods get; Err the first thing in the way.
+    pub fn readiness(&self) -> Result<&str, NotReady<'_>> {
         let Some(status) = self.status.as_ref() else {
-            return false;
+            return Err(NotReady::NoStatus);
         };
         let current = match (self.metadata.generation, status.observed_generation) {
             (Some(g), Some(o)) => g == o,
             (None, _) => true,
             (Some(_), None) => false,
         };
-        current
-            && status.tracking_uri.is_some()
-            && self.ready_condition().is_some_and(|c| c.status == "True")
+        match (status.ready(), status.tracking_uri.as_deref()) {
+            (Some(c), _) if c.status != TRUE => Err(NotReady::NotTrue(c)),
+            (None, _) => Err(NotReady::NoCondition),
+            (Some(_), None) => Err(NotReady::NoTrackingUri),
+            (Some(_), Some(_)) if !current => Err(NotReady::Behind {
+                observed: status.observed_generation,
+                generation: self.metadata.generation,
+            }),
+            (Some(_), Some(tracking_uri)) => Ok(tracking_uri),
+        }
+    }
+}
+
+/// Why pods cannot be injected from a binding ([`MlflowWorkspaceBinding::readiness`]): the
+/// first thing that stands in the way, in the order a person should fix them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NotReady<'a> {
+    /// The controller has not written a status yet.
+    NoStatus,
+    /// The Ready condition is there and not True.
+    NotTrue(&'a Condition),
+    NoCondition,
+    NoTrackingUri,
+    /// The status describes another generation than the binding's.
+    Behind {
+        observed: Option<i64>,
+        generation: Option<i64>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn binding(
+        generation: Option<i64>,
+        status: Option<serde_json::Value>,
+    ) -> MlflowWorkspaceBinding {
+        serde_json::from_value(json!({
+            "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": "b", "generation": generation},
+            "spec": {"trackingUri": "http://x"}, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn readiness_names_the_first_thing_in_the_way() {
+        let ready = |status: &str| {
+            json!({"type": "Ready", "status": status, "reason": "R",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})
+        };
+        // (case, metadata.generation, status, want: Ready URI or the failure's name)
+        for (case, generation, status, want) in [
+            ("no status", Some(1), None, "NoStatus"),
+            (
+                "Ready False",
+                Some(1),
+                Some(
+                    json!({"observedGeneration": 1, "trackingUri": "u", "conditions": [ready(FALSE)]}),
+                ),
+                "NotTrue",
+            ),
+            (
+                "Ready False wins over an old generation",
+                Some(2),
+                Some(json!({"observedGeneration": 1, "conditions": [ready(UNKNOWN)]})),
+                "NotTrue",
+            ),
+            (
+                "no condition",
+                Some(1),
+                Some(json!({"observedGeneration": 1, "trackingUri": "u"})),
+                "NoCondition",
+            ),
+            (
+                "no URI",
+                Some(1),
+                Some(json!({"observedGeneration": 1, "conditions": [ready(TRUE)]})),
+                "NoTrackingUri",
+            ),
+            (
+                "older generation",
+                Some(2),
+                Some(
+                    json!({"observedGeneration": 1, "trackingUri": "u", "conditions": [ready(TRUE)]}),
+                ),
+                "Behind",
+            ),
+            (
+                "no observedGeneration",
+                Some(2),
+                Some(json!({"trackingUri": "u", "conditions": [ready(TRUE)]})),
+                "Behind",
+            ),
+            (
+                "current",
+                Some(2),
+                Some(
+                    json!({"observedGeneration": 2, "trackingUri": "u", "conditions": [ready(TRUE)]}),
+                ),
+                "u",
+            ),
+            (
+                "no generation: nothing to be behind of",
+                None,
+                Some(
+                    json!({"observedGeneration": 7, "trackingUri": "u", "conditions": [ready(TRUE)]}),
+                ),
+                "u",
+            ),
+        ] {
+            let b = binding(generation, status);
+            let got = match b.readiness() {
+                Ok(tracking_uri) => tracking_uri,
+                Err(NotReady::NoStatus) => "NoStatus",
+                Err(NotReady::NotTrue(_)) => "NotTrue",
+                Err(NotReady::NoCondition) => "NoCondition",
+                Err(NotReady::NoTrackingUri) => "NoTrackingUri",
+                Err(NotReady::Behind { .. }) => "Behind",
+            };
+            assert_eq!(got, want, "{case}");
+            assert_eq!(b.is_ready(), want == "u", "{case}");
+        }
     }
 }

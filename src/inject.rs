@@ -44,11 +44,29 @@ pub enum OnMissingBinding {
 }
 
 /// Operator-wide settings the planner needs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Defaults {
     /// Tenant used for workload identity when neither the binding nor the ServiceAccount names one.
     pub tenant_id: Option<String>,
     pub on_missing_binding: OnMissingBinding,
+}
+
+impl Defaults {
+    /// The defaults from the command line's `--default-tenant-id` and the environment (read
+    /// through `var`). `run` and `inject` both build them here: an offline preview that ignored
+    /// AZURE_TENANT_ID refused pods the webhook injects.
+    pub fn new(
+        default_tenant_id: Option<&str>,
+        on_missing_binding: OnMissingBinding,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        Self {
+            tenant_id: default_tenant_id
+                .map(str::to_string)
+                .or_else(|| var("AZURE_TENANT_ID")),
+            on_missing_binding,
+        }
+    }
 }
 
 /// Everything the planner may know about the pod's namespace.
@@ -63,7 +81,7 @@ pub struct NamespaceView<'a> {
     pub service_account: Option<&'a ServiceAccount>,
 }
 
-/// Why a pod was refused; also the metric label `refused-<reason>`.
+/// Why a pod was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefusalReason {
     /// No binding in the namespace matches the pod.
@@ -83,16 +101,23 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
-    pub fn as_str(self) -> &'static str {
+    /// The admissions metric label, `refused-<reason>`.
+    pub fn metric_label(self) -> &'static str {
         match self {
-            RefusalReason::NoBinding => "no-binding",
-            RefusalReason::Ambiguous => "ambiguous-binding",
-            RefusalReason::MissingBinding => "missing-binding",
-            RefusalReason::NotReady => "binding-not-ready",
-            RefusalReason::Identity => "identity",
-            RefusalReason::NoCredential => "no-azure-credential",
-            RefusalReason::InvalidPod => "invalid-pod",
+            RefusalReason::NoBinding => "refused-no-binding",
+            RefusalReason::Ambiguous => "refused-ambiguous-binding",
+            RefusalReason::MissingBinding => "refused-missing-binding",
+            RefusalReason::NotReady => "refused-binding-not-ready",
+            RefusalReason::Identity => "refused-identity",
+            RefusalReason::NoCredential => "refused-no-azure-credential",
+            RefusalReason::InvalidPod => "refused-invalid-pod",
         }
+    }
+
+    /// The reason alone (an Event's reason names it); spelled once, in the metric label.
+    pub fn as_str(self) -> &'static str {
+        let label = self.metric_label();
+        label.strip_prefix("refused-").unwrap_or(label)
     }
 }
 

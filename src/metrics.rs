@@ -12,9 +12,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::webhook::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `injected`, `unchanged`, `allowed-without-binding`, `refused-<reason>`, `error-<reason>`.
+    /// [`Outcome::metric_label`].
     pub outcome: String,
 }
 
@@ -53,8 +55,10 @@ pub struct Metrics {
     pub admissions: Family<OutcomeLabels, Counter>,
     /// Reconciles run (every result).
     pub reconciles: Counter,
-    /// Reconciles that failed, by error reason.
+    /// Bindings whose tracking URI could not be resolved, by condition reason.
     pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Status writes that failed (the reconcile is retried).
+    pub status_write_errors: Counter,
     /// Azure Resource Manager request latency, by HTTP status.
     pub arm_request_duration: Family<StatusLabels, Histogram>,
     /// Bindings by Ready state, as last seen by the controller.
@@ -94,8 +98,14 @@ impl Metrics {
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
-            "Binding reconciles that failed, by reason",
+            "Binding reconciles whose tracking URI could not be resolved, by reason",
             reconcile_errors.clone(),
+        );
+        let status_write_errors = Counter::default();
+        registry.register(
+            "status_write_errors",
+            "Binding status writes that failed",
+            status_write_errors.clone(),
         );
         let arm_request_duration = Family::<StatusLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
@@ -129,6 +139,7 @@ impl Metrics {
             admissions,
             reconciles,
             reconcile_errors,
+            status_write_errors,
             arm_request_duration,
             bindings,
             leader,
@@ -137,10 +148,10 @@ impl Metrics {
     }
 
     /// Counts one admission outcome.
-    pub fn admission(&self, outcome: &str) {
+    pub fn admission(&self, outcome: Outcome) {
         self.admissions
             .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
+                outcome: outcome.metric_label().to_string(),
             })
             .inc();
     }

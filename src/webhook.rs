@@ -28,7 +28,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::reflector::Store;
 
-pub use answer::{Answer, error_response, outcome_label, review_response};
+pub use answer::{Answer, Outcome, error_body, error_response, review_response};
 pub use caches::{Caches, outage_backoff};
 pub use events::RefusalEvents;
 pub use index::{IndexWriter, Keyed, NamespaceIndex};
@@ -80,7 +80,7 @@ impl Webhook {
         self.metrics
             .admission_duration
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.admission(&answer.outcome);
+        self.metrics.admission(answer.outcome);
         answer
     }
 
@@ -189,7 +189,12 @@ mod tests {
             let mut spec = spec;
             spec["containers"] = containers.clone();
             let answer = wh.review(&review(spec.clone())).await;
-            assert_eq!(answer.outcome, outcome, "{spec}: {}", answer.body);
+            assert_eq!(
+                answer.outcome.metric_label(),
+                outcome,
+                "{spec}: {}",
+                answer.body
+            );
         }
     }
 }

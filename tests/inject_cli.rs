@@ -128,6 +128,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn inject(binding: &str, input: &str, extra: &[&str]) -> Run {
+    inject_with_env(binding, input, extra, &[])
+}
+
+/// [`inject`] with these environment variables, and no tenant from the caller's environment.
+fn inject_with_env(binding: &str, input: &str, extra: &[&str], vars: &[(&str, &str)]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let b = write(dir.path(), "binding.yaml", binding);
     let mut child = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"))
@@ -136,6 +141,8 @@ fn inject(binding: &str, input: &str, extra: &[&str]) -> Run {
         .arg(&b)
         .args(extra)
         .env_remove("MLFLOW_OPERATOR_DEFAULT_TENANT_ID")
+        .env_remove("AZURE_TENANT_ID")
+        .envs(vars.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -270,6 +277,48 @@ fn input_file_and_service_account_flags() {
         .unwrap();
     assert_eq!(client["value"], "11111111-1111-1111-1111-111111111111");
     assert_eq!(spec["volumes"][0]["name"], "mlflow-operator-azure-token");
+}
+
+/// `run` takes the default tenant from AZURE_TENANT_ID when --default-tenant-id is not given;
+/// the preview must too, or it refuses a pod the webhook injects.
+#[test]
+fn default_tenant_comes_from_azure_tenant_id_as_in_run() {
+    const NO_TENANT: &str = "\
+apiVersion: mlflow-operator.io/v1alpha1
+kind: MlflowWorkspaceBinding
+metadata: {name: wi, namespace: team-a}
+spec:
+  trackingUri: https://mlflow.example.com
+  identity:
+    workloadIdentity: {clientId: 11111111-1111-1111-1111-111111111111}
+";
+    let tenant = "33333333-3333-3333-3333-333333333333";
+    let run = inject_with_env(NO_TENANT, LABELLED, &[], &[("AZURE_TENANT_ID", tenant)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let d = docs(&run.stdout);
+    let env = d[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let got = env.iter().find(|e| e["name"] == "AZURE_TENANT_ID").unwrap();
+    assert_eq!(got["value"], tenant);
+
+    let flag = "44444444-4444-4444-4444-444444444444";
+    let run = inject_with_env(
+        NO_TENANT,
+        LABELLED,
+        &["--default-tenant-id", flag],
+        &[("AZURE_TENANT_ID", tenant)],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(flag) && !run.stdout.contains(tenant),
+        "{}",
+        run.stdout
+    );
+
+    let run = inject(NO_TENANT, LABELLED, &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no tenant id"), "{}", run.stderr);
 }
 
 #[test]

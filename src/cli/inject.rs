@@ -10,13 +10,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
 use super::InjectArgs;
-use crate::binding::{MlflowWorkspaceBinding, READY};
-use crate::inject::{Defaults, NamespaceView, Plan, is_opted_in, plan, service_account_name};
+use crate::binding::{MlflowWorkspaceBinding, READY, TRUE};
+use crate::inject::{
+    Defaults, NamespaceView, OnMissingBinding, Plan, is_opted_in, plan, service_account_name,
+};
 
 /// Runs `mlflow-operator inject`; returns the process exit code.
 pub fn run(args: &InjectArgs) -> i32 {
     let stderr = &mut std::io::stderr();
-    match run_inner(args, stderr) {
+    match run_inner(args, |name| std::env::var(name).ok(), stderr) {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             if stdout
@@ -35,7 +37,12 @@ pub fn run(args: &InjectArgs) -> i32 {
     }
 }
 
-fn run_inner(args: &InjectArgs, warn: &mut dyn Write) -> Result<String, String> {
+/// `inject` with environment variables read through `var`.
+fn run_inner(
+    args: &InjectArgs,
+    var: impl Fn(&str) -> Option<String>,
+    warn: &mut dyn Write,
+) -> Result<String, String> {
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read_to_string(path).map_err(|e| {
             format!(
@@ -70,10 +77,7 @@ fn run_inner(args: &InjectArgs, warn: &mut dyn Write) -> Result<String, String> 
     } else {
         read(&args.filename, "-f")?
     };
-    let defaults = Defaults {
-        tenant_id: args.default_tenant_id.clone(),
-        ..Default::default()
-    };
+    let defaults = defaults(args, var);
     let offline = Offline {
         binding: &binding,
         service_account: service_account.as_ref(),
@@ -84,6 +88,16 @@ fn run_inner(args: &InjectArgs, warn: &mut dyn Write) -> Result<String, String> 
         let _ = writeln!(warn, "{w}");
     }
     Ok(out)
+}
+
+/// The planner's defaults: what `run` plans with for the same flag and environment, except
+/// that a preview always shows refusals (onMissingBinding is a cluster setting).
+pub(crate) fn defaults(args: &InjectArgs, var: impl Fn(&str) -> Option<String>) -> Defaults {
+    Defaults::new(
+        args.default_tenant_id.as_deref(),
+        OnMissingBinding::Refuse,
+        var,
+    )
 }
 
 /// Reads the binding and makes it Ready the way the cluster would: from its status.trackingUri,
@@ -118,7 +132,7 @@ pub fn load_binding(text: &str) -> Result<MlflowWorkspaceBinding, String> {
     };
     status.set_ready(Condition {
         type_: READY.to_string(),
-        status: "True".to_string(),
+        status: TRUE.to_string(),
         reason: "Offline".to_string(),
         message: "treated as Ready by mlflow-operator inject".to_string(),
         observed_generation: b.metadata.generation,
@@ -436,5 +450,40 @@ mod tests {
                 .contains("kind ConfigMap")
         );
         assert!(load_binding(": : :\n").is_err());
+    }
+
+    /// The webhook takes the default tenant from AZURE_TENANT_ID; so must the preview, or it
+    /// refuses a pod the webhook injects.
+    #[test]
+    fn the_default_tenant_falls_back_to_azure_tenant_id_as_in_run() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let binding = load_binding(
+            "apiVersion: mlflow-operator.io/v1alpha1\nkind: MlflowWorkspaceBinding\nmetadata: {name: wi, namespace: team}\nspec:\n  trackingUri: https://mlflow.example.com\n  identity: {workloadIdentity: {clientId: 11111111-1111-1111-1111-111111111111}}\n",
+        )
+        .unwrap();
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team, labels: {mlflow-operator.io/track: 'true'}}\nspec: {containers: [{name: c, image: i}]}\n";
+        let Command::Inject(args) =
+            Cli::try_parse_from(["mlflow-operator", "inject", "--binding", "b.yaml"])
+                .unwrap()
+                .command
+        else {
+            panic!("not inject")
+        };
+        let tenant = "22222222-2222-2222-2222-222222222222";
+        let env = |name: &str| (name == "AZURE_TENANT_ID").then(|| tenant.to_string());
+        let offline = |defaults: &Defaults| {
+            let o = Offline {
+                binding: &binding,
+                service_account: None,
+                defaults,
+            };
+            o.documents(pod)
+        };
+        let (out, _) =
+            offline(&defaults(&args, env)).expect("injected with the environment's tenant");
+        assert!(out.contains(tenant), "{out}");
+        let err = offline(&defaults(&args, |_| None)).expect_err("no tenant anywhere");
+        assert!(err.contains("no tenant id"), "{err}");
     }
 }

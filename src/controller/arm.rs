@@ -3,8 +3,8 @@
 //!
 //! The MLflow tracking URI of an Azure Machine Learning workspace is the read-only ARM property
 //! `properties.mlFlowTrackingUri`. It is read, never built from the region (private-link
-//! workspaces use other hosts). Every failure is classified into an [`ArmError`] whose
-//! [`reason`](ArmError::reason) becomes the binding's condition reason and a metric label.
+//! workspaces use other hosts). Every failure is classified into a [`ResolveError`] whose
+//! [`reason`](ResolveError::reason) becomes the binding's condition reason and a metric label.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,16 +120,16 @@ impl WorkspaceKey {
     }
 
     /// The workspace URL, api-version included.
-    pub fn url(&self) -> Result<url::Url, ArmError> {
+    pub fn url(&self) -> Result<url::Url, ResolveError> {
         let mut url = url::Url::parse(&self.arm_endpoint).map_err(|e| {
-            ArmError::ArmUnavailable(format!(
+            ResolveError::ArmUnavailable(format!(
                 "the ARM endpoint {} is not a URL: {e}",
                 self.arm_endpoint
             ))
         })?;
         url.path_segments_mut()
             .map_err(|_| {
-                ArmError::ArmUnavailable(format!(
+                ResolveError::ArmUnavailable(format!(
                     "the ARM endpoint {} cannot have a path",
                     self.arm_endpoint
                 ))
@@ -153,7 +153,7 @@ impl WorkspaceKey {
 
 /// Why a tracking URI could not be resolved. `reason()` is the condition reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ArmError {
+pub enum ResolveError {
     #[error("{0}")]
     CredentialUnavailable(String),
     #[error("{0}")]
@@ -173,18 +173,18 @@ pub enum ArmError {
     ArmUnavailable(String),
 }
 
-impl ArmError {
+impl ResolveError {
     /// The condition reason and metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            ArmError::CredentialUnavailable(_) => "CredentialUnavailable",
-            ArmError::AuthenticationFailed(_) => "AuthenticationFailed",
-            ArmError::AuthorityUnavailable(_) => "AuthorityUnavailable",
-            ArmError::Unauthorized(_) => "Unauthorized",
-            ArmError::Forbidden(_) => "Forbidden",
-            ArmError::WorkspaceNotFound(_) => "WorkspaceNotFound",
-            ArmError::NoTrackingUri(_) => "NoTrackingUri",
-            ArmError::ArmUnavailable(_) => "ArmUnavailable",
+            ResolveError::CredentialUnavailable(_) => "CredentialUnavailable",
+            ResolveError::AuthenticationFailed(_) => "AuthenticationFailed",
+            ResolveError::AuthorityUnavailable(_) => "AuthorityUnavailable",
+            ResolveError::Unauthorized(_) => "Unauthorized",
+            ResolveError::Forbidden(_) => "Forbidden",
+            ResolveError::WorkspaceNotFound(_) => "WorkspaceNotFound",
+            ResolveError::NoTrackingUri(_) => "NoTrackingUri",
+            ResolveError::ArmUnavailable(_) => "ArmUnavailable",
         }
     }
 
@@ -193,9 +193,16 @@ impl ArmError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ArmError::ArmUnavailable(_) | ArmError::AuthorityUnavailable(_)
+            ResolveError::ArmUnavailable(_) | ResolveError::AuthorityUnavailable(_)
         )
     }
+}
+
+/// Whether an HTTP status from ARM or Entra ID means the service was overloaded or failing
+/// (408, 429, 5xx): the same request may succeed later, so it is retried and a last good URI
+/// is kept meanwhile.
+pub fn transient_status(code: u16) -> bool {
+    matches!(code, 408 | 429 | 500..=599)
 }
 
 /// Whether a token error says the authority was unreachable or overloaded (no answer, 408,
@@ -209,10 +216,7 @@ pub fn authority_unavailable(e: &azure_core::Error) -> bool {
         .flatten()
         .any(|e| match e.kind() {
             ErrorKind::Connection | ErrorKind::Io => true,
-            ErrorKind::HttpResponse { status, .. } => {
-                let code = u16::from(*status);
-                code == 408 || code == 429 || code >= 500
-            }
+            ErrorKind::HttpResponse { status, .. } => transient_status(u16::from(*status)),
             _ => false,
         })
 }
@@ -224,9 +228,9 @@ pub enum Outcome {
     /// Transient: try again after the server's Retry-After, if it sent one.
     Retry {
         after: Option<Duration>,
-        error: ArmError,
+        error: ResolveError,
     },
-    Fail(ArmError),
+    Fail(ResolveError),
 }
 
 /// ARM's error body: `{"error": {"code": ..., "message": ...}}`.
@@ -262,14 +266,14 @@ pub fn classify(
             let v: serde_json::Value = match serde_json::from_str(body) {
                 Ok(v) => v,
                 Err(e) => {
-                    return Outcome::Fail(ArmError::ArmUnavailable(format!(
+                    return Outcome::Fail(ResolveError::ArmUnavailable(format!(
                         "Azure Resource Manager answered {ws} with a body that is not JSON: {e}"
                     )));
                 }
             };
             match v["properties"]["mlFlowTrackingUri"].as_str() {
                 Some(uri) if !uri.trim().is_empty() => Outcome::Uri(uri.trim().to_string()),
-                _ => Outcome::Fail(ArmError::NoTrackingUri(format!(
+                _ => Outcome::Fail(ResolveError::NoTrackingUri(format!(
                     "Azure Resource Manager returned {ws} without properties.mlFlowTrackingUri; \
                      the workspace may still be provisioning or be of a kind without MLflow \
                      tracking (for example a hub); use a project or default workspace, or set \
@@ -277,30 +281,30 @@ pub fn classify(
                 ))),
             }
         }
-        401 => Outcome::Fail(ArmError::Unauthorized(format!(
+        401 => Outcome::Fail(ResolveError::Unauthorized(format!(
             "Azure Resource Manager refused the operator's token for {ws} (401): {}; check \
              the operator's tenant and that its token is for the cloud's ARM endpoint",
             arm_error_text(body)
         ))),
-        403 => Outcome::Fail(ArmError::Forbidden(format!(
+        403 => Outcome::Fail(ResolveError::Forbidden(format!(
             "the operator's Azure identity may not read {ws} (403): {}; grant it \
              Microsoft.MachineLearningServices/workspaces/read, for example the Reader role \
              on the workspace",
             arm_error_text(body)
         ))),
-        404 => Outcome::Fail(ArmError::WorkspaceNotFound(format!(
+        404 => Outcome::Fail(ResolveError::WorkspaceNotFound(format!(
             "Azure Resource Manager found no workspace for {ws} (404): {}; check \
              spec.azureML.subscriptionId, resourceGroup, workspaceName and cloud",
             arm_error_text(body)
         ))),
-        408 | 429 | 500..=599 => Outcome::Retry {
+        _ if transient_status(status) => Outcome::Retry {
             after: retry_after,
-            error: ArmError::ArmUnavailable(format!(
+            error: ResolveError::ArmUnavailable(format!(
                 "Azure Resource Manager answered {status} for {ws}: {}",
                 arm_error_text(body)
             )),
         },
-        _ => Outcome::Fail(ArmError::ArmUnavailable(format!(
+        _ => Outcome::Fail(ResolveError::ArmUnavailable(format!(
             "Azure Resource Manager answered {status} for {ws}: {}",
             arm_error_text(body)
         ))),
@@ -363,7 +367,7 @@ impl ArmClient {
     }
 
     /// The credential for the authority host of `cloud`, built on first use.
-    fn credential(&self, cloud: AzureCloud) -> Result<Arc<dyn TokenCredential>, ArmError> {
+    fn credential(&self, cloud: AzureCloud) -> Result<Arc<dyn TokenCredential>, ResolveError> {
         let authority = self.cfg.authority_host(cloud);
         let mut creds = self.credentials.lock().expect("credential map lock");
         if let Some(c) = creds.get(&authority) {
@@ -381,7 +385,7 @@ impl ArmClient {
         Ok(cred)
     }
 
-    async fn token(&self, cloud: AzureCloud, arm: &str) -> Result<String, ArmError> {
+    async fn token(&self, cloud: AzureCloud, arm: &str) -> Result<String, ResolveError> {
         let cred = self.credential(cloud)?;
         let scope = format!("{arm}/.default");
         let kind = self.cfg.env.credential_kind();
@@ -394,7 +398,7 @@ impl ArmClient {
             Err(_) => (format!("no answer within {limit:?}"), true),
         };
         if kind == CredentialKind::ManagedIdentity && self.cfg.env.is_empty() {
-            return Err(ArmError::CredentialUnavailable(format!(
+            return Err(ResolveError::CredentialUnavailable(format!(
                 "the operator has no Azure credential: no Azure environment variables are set \
                  and managed identity failed ({err}); {ENV_HINT}"
             )));
@@ -405,14 +409,14 @@ impl ArmClient {
             self.cfg.authority_host(cloud)
         );
         Err(if unavailable {
-            ArmError::AuthorityUnavailable(message)
+            ResolveError::AuthorityUnavailable(message)
         } else {
-            ArmError::AuthenticationFailed(message)
+            ResolveError::AuthenticationFailed(message)
         })
     }
 
     /// Reads `properties.mlFlowTrackingUri` of one workspace, retrying transient failures.
-    pub async fn tracking_uri(&self, key: &WorkspaceKey) -> Result<String, ArmError> {
+    pub async fn tracking_uri(&self, key: &WorkspaceKey) -> Result<String, ResolveError> {
         let url = key.url()?;
         let retry = &self.cfg.retry;
         let mut attempt = 0;
@@ -426,9 +430,9 @@ impl ArmClient {
                 Outcome::Retry { after, error } => {
                     if attempt >= retry.attempts.max(1) {
                         return Err(match error {
-                            ArmError::ArmUnavailable(m) => ArmError::ArmUnavailable(format!(
-                                "{m} (gave up after {attempt} attempts; will try again)"
-                            )),
+                            ResolveError::ArmUnavailable(m) => ResolveError::ArmUnavailable(
+                                format!("{m} (gave up after {attempt} attempts; will try again)"),
+                            ),
                             other => other,
                         });
                     }
@@ -454,7 +458,7 @@ impl ArmClient {
             self.observe("error", started);
             Outcome::Retry {
                 after: None,
-                error: ArmError::ArmUnavailable(message),
+                error: ResolveError::ArmUnavailable(message),
             }
         };
         let resp = match res {
@@ -593,6 +597,29 @@ mod tests {
     }
 
     #[test]
+    fn transient_statuses() {
+        for (code, transient) in [
+            (200, false),
+            (400, false),
+            (401, false),
+            (403, false),
+            (404, false),
+            (407, false),
+            (408, true),
+            (409, false),
+            (429, true),
+            (499, false),
+            (500, true),
+            (502, true),
+            (503, true),
+            (599, true),
+            (600, false),
+        ] {
+            assert_eq!(transient_status(code), transient, "{code}");
+        }
+    }
+
+    #[test]
     fn retry_after_parsing() {
         let now = jiff::Timestamp::from_second(784_111_777).unwrap(); // 06 Nov 1994 08:49:37
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
@@ -687,7 +714,7 @@ mod tests {
         ] {
             assert_eq!(authority_unavailable(&error), unavailable, "{error:?}");
         }
-        assert!(ArmError::AuthorityUnavailable(String::new()).is_transient());
-        assert!(!ArmError::AuthenticationFailed(String::new()).is_transient());
+        assert!(ResolveError::AuthorityUnavailable(String::new()).is_transient());
+        assert!(!ResolveError::AuthenticationFailed(String::new()).is_transient());
     }
 }

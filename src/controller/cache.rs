@@ -11,13 +11,13 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::arm::{ArmError, WorkspaceKey};
+use super::arm::{ResolveError, WorkspaceKey};
 
 /// One finished resolve.
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub fetched: Instant,
-    pub result: Result<String, ArmError>,
+    pub result: Result<String, ResolveError>,
 }
 
 impl Entry {
@@ -75,7 +75,7 @@ impl Cache {
     pub async fn get<F, Fut>(&self, key: &WorkspaceKey, freshness: Freshness, fetch: F) -> Entry
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<String, ArmError>> + Send + 'static,
+        Fut: Future<Output = Result<String, ResolveError>> + Send + 'static,
     {
         let fut = {
             let mut slots = self.slots.lock().expect("cache lock");
@@ -152,7 +152,7 @@ mod tests {
     /// A fetch that counts its calls and answers `uri-<n>` after `ARM_LATENCY`.
     fn counting(
         calls: &Arc<AtomicUsize>,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<String, ArmError>> + use<> {
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<String, ResolveError>> + use<> {
         let calls = calls.clone();
         move || {
             async move {
@@ -254,7 +254,7 @@ mod tests {
         let cache = Cache::new(refresh, error_ttl);
         let e = cache
             .get(&key("a"), Freshness::Cached, || async {
-                Err(ArmError::Forbidden("no".into()))
+                Err(ResolveError::Forbidden("no".into()))
             })
             .await;
         assert!(e.result.is_err());

@@ -13,7 +13,7 @@ use azure_identity::{
     WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 
-use super::arm::ArmError;
+use super::arm::ResolveError;
 
 /// The Azure environment variables the operator's own credential is chosen from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub(crate) const ENV_HINT: &str = "give the operator an Azure identity: AZURE_CL
 pub(crate) fn build(
     env: &AzureEnv,
     client_options: ClientOptions,
-) -> Result<Arc<dyn TokenCredential>, ArmError> {
+) -> Result<Arc<dyn TokenCredential>, ResolveError> {
     let kind = env.credential_kind();
     let built: azure_core::Result<Arc<dyn TokenCredential>> = match kind {
         CredentialKind::WorkloadIdentity => {
@@ -112,7 +112,7 @@ pub(crate) fn build(
         }
     };
     built.map_err(|e| {
-        ArmError::CredentialUnavailable(format!(
+        ResolveError::CredentialUnavailable(format!(
             "the operator's {} credential cannot be built: {e}; {ENV_HINT}",
             kind.as_str()
         ))

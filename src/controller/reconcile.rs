@@ -24,7 +24,7 @@ use super::cache::{Cache, Freshness};
 use super::pods::{self, Pods};
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
-use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
+use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, TRUE, UNKNOWN};
 use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
 use crate::tracking;
 
@@ -46,15 +46,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-}
-
-impl Error {
-    /// The metric label of the error.
-    fn reason(&self) -> &'static str {
-        match self {
-            Error::StatusWrite { .. } => "StatusWriteFailed",
-        }
-    }
 }
 
 /// What outlives one term of leadership: the ARM client and its cache among them, so a
@@ -231,7 +222,7 @@ async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Acti
         reason, message, ..
     } = &res
     {
-        count_error(metrics, reason);
+        count_resolve_error(metrics, reason);
         tracing::info!(binding = %b.name_any(), namespace = ?b.namespace(), %reason, %message, "not resolved");
     }
     let now = jiff::Timestamp::now();
@@ -298,7 +289,7 @@ async fn publish_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, res: &Resolution) 
 
 /// A Warning when pods fall behind (naming the owners and the fix), a Normal when they catch up.
 async fn publish_pods_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, pods: &Condition) {
-    let type_ = if pods.status == "False" {
+    let type_ = if pods.status == FALSE {
         EventType::Warning
     } else {
         EventType::Normal
@@ -334,7 +325,7 @@ async fn publish(
     }
 }
 
-fn count_error(metrics: &Metrics, reason: &str) {
+fn count_resolve_error(metrics: &Metrics, reason: &str) {
     metrics
         .reconcile_errors
         .get_or_create(&ReasonLabels {
@@ -346,16 +337,16 @@ fn count_error(metrics: &Metrics, reason: &str) {
 fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> String {
     s.and_then(MlflowWorkspaceBindingStatus::ready)
         .map(|c| c.status.clone())
-        .unwrap_or_else(|| "Unknown".to_string())
+        .unwrap_or_else(|| UNKNOWN.to_string())
 }
 
 /// Recounts `bindings{ready}` from the controller's cache, with this reconcile's result.
 fn update_gauge(ctx: &Ctx, b: &MlflowWorkspaceBinding, desired: &MlflowWorkspaceBindingStatus) {
     let this = ObjectRef::from(b);
     let mut counts = std::collections::BTreeMap::from([
-        ("True".to_string(), 0i64),
-        ("False".to_string(), 0),
-        ("Unknown".to_string(), 0),
+        (TRUE.to_string(), 0i64),
+        (FALSE.to_string(), 0),
+        (UNKNOWN.to_string(), 0),
     ]);
     let mut seen = false;
     for o in ctx.store.state() {
@@ -382,7 +373,7 @@ fn update_gauge(ctx: &Ctx, b: &MlflowWorkspaceBinding, desired: &MlflowWorkspace
 /// Zeroes `bindings{ready}` and drops `pods`: a replica that no longer leads no longer knows.
 pub(super) fn clear_gauge(metrics: &Metrics) {
     metrics.pods.clear();
-    for ready in ["True", "False", "Unknown"] {
+    for ready in [TRUE, FALSE, UNKNOWN] {
         metrics
             .bindings
             .get_or_create(&ReadyLabels {
@@ -394,7 +385,9 @@ pub(super) fn clear_gauge(metrics: &Metrics) {
 
 fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> Action {
     tracing::warn!(binding = %b.name_any(), error = %err, "reconcile failed");
-    count_error(&ctx.shared.metrics, err.reason());
+    match err {
+        Error::StatusWrite { .. } => ctx.shared.metrics.status_write_errors.inc(),
+    };
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::binding::{MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY};
+use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY, TRUE};
 use crate::tracking::{self, Report};
 
 /// What resolving a binding gave.
@@ -28,10 +28,7 @@ pub const REFRESH_FAILING: &str = "RefreshFailing";
 /// The URI pods keep getting while a transient failure lasts: the last good one, when the
 /// binding was Ready with it for the spec it has now.
 fn last_good_uri(binding: &MlflowWorkspaceBinding) -> Option<&str> {
-    let old = binding.status.as_ref()?;
-    let same_spec = old.observed_generation == binding.metadata.generation;
-    let ready = old.ready().is_some_and(|c| c.status == "True");
-    old.tracking_uri.as_deref().filter(|_| same_spec && ready)
+    binding.readiness().ok()
 }
 
 /// The status for `binding` after `res`. Keeps the last good tracking URI while a refresh
@@ -50,12 +47,7 @@ pub fn desired_status(
         Resolution::Resolved {
             tracking_uri,
             message,
-        } => (
-            "True",
-            RESOLVED,
-            message.clone(),
-            Some(tracking_uri.clone()),
-        ),
+        } => (TRUE, RESOLVED, message.clone(), Some(tracking_uri.clone())),
         Resolution::Failed {
             transient: true,
             message,
@@ -65,11 +57,11 @@ pub fn desired_status(
             let message = format!(
                 "pods get the last good tracking URI {uri}; refreshing it is failing and is retried: {message}"
             );
-            ("True", REFRESH_FAILING, message, Some(uri))
+            (TRUE, REFRESH_FAILING, message, Some(uri))
         }
         Resolution::Failed {
             reason, message, ..
-        } => ("False", *reason, message.clone(), old.tracking_uri.clone()),
+        } => (FALSE, *reason, message.clone(), old.tracking_uri.clone()),
     };
     let last_transition_time = match old.ready() {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -126,11 +118,11 @@ pub fn pods_transition<'a>(
     let before = old.and_then(MlflowWorkspaceBindingStatus::pods_current);
     let after = new.pods_current()?;
     let same = before.is_some_and(|b| (&b.status, &b.reason) == (&after.status, &after.reason));
-    let news = after.status == "False" || before.is_some_and(|b| b.status == "False");
+    let news = after.status == FALSE || before.is_some_and(|b| b.status == FALSE);
     (!same && news).then_some(after)
 }
 
-/// The Ready status ("True"/"False") before and after, when it changed.
+/// The Ready status ([`TRUE`]/[`FALSE`]) before and after, when it changed.
 pub fn ready_transition<'a>(
     old: Option<&'a MlflowWorkspaceBindingStatus>,
     new: &'a MlflowWorkspaceBindingStatus,
@@ -202,11 +194,11 @@ mod tests {
         let c = &s.conditions[0];
         assert_eq!(
             (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
-            ("Ready", "True", "Resolved")
+            (READY, TRUE, RESOLVED)
         );
         assert_eq!(c.observed_generation, Some(1));
         assert_eq!(c.last_transition_time.0, t(100));
-        assert_eq!(ready_transition(None, &s), Some((None, "True")));
+        assert_eq!(ready_transition(None, &s), Some((None, TRUE)));
     }
 
     #[test]
@@ -223,15 +215,12 @@ mod tests {
         let bad = desired_status(&binding(1, Some(good.clone())), &failed(), t(200));
         assert_eq!(bad.tracking_uri.as_deref(), Some("azureml://a"));
         let c = &bad.conditions[0];
-        assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", "Forbidden")
-        );
+        assert_eq!((c.status.as_str(), c.reason.as_str()), (FALSE, "Forbidden"));
         assert_eq!(c.message, "grant Reader");
         assert_eq!(c.last_transition_time.0, t(200));
         assert_eq!(
             ready_transition(Some(&good), &bad),
-            Some((Some("True"), "False"))
+            Some((Some(TRUE), FALSE))
         );
         // Still failing, with another message: no transition, same time.
         let bad2 = desired_status(&binding(1, Some(bad.clone())), &throttled("503"), t(300));
@@ -248,7 +237,7 @@ mod tests {
         let c = &stale.conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
-            ("True", REFRESH_FAILING)
+            (TRUE, REFRESH_FAILING)
         );
         assert!(
             c.message.contains("azureml://a") && c.message.contains("429"),
@@ -271,16 +260,16 @@ mod tests {
     fn transient_failure_without_a_good_uri_of_this_spec_is_not_ready() {
         // Never resolved.
         let s = desired_status(&binding(1, None), &throttled("500"), t(100));
-        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].status, FALSE);
         assert_eq!(s.conditions[0].reason, "ArmUnavailable");
         // Resolved for generation 1; the spec changed since: that URI is another workspace's.
         let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
         let s = desired_status(&binding(2, Some(good)), &throttled("500"), t(200));
-        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].status, FALSE);
         // A definitive failure is not Ready even with a good URI.
         let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
         let s = desired_status(&binding(1, Some(good)), &failed(), t(200));
-        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].status, FALSE);
     }
 
     #[test]

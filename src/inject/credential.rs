@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use super::patch::{TRACKING_URI, self_configured};
-use super::pod::{self, PodView};
-use super::values::{AZWI_USE_LABEL, Desired, env_name};
-use crate::binding::{MlflowWorkspaceBinding, SKIP_CONTAINERS_ANNOTATION};
+use super::patch::self_configured;
+use super::pod::PodView;
+use super::values::{Desired, env_name};
+use crate::binding::MlflowWorkspaceBinding;
 
 /// Variables that give azure-identity a credential without a person: environment (secret,
 /// certificate, username), workload identity, managed identity (a client id or an endpoint).
@@ -39,27 +39,17 @@ pub(crate) fn missing(
     desired: &Desired,
     namespace: &str,
 ) -> Option<String> {
-    let ours = desired
-        .env
-        .iter()
-        .find(|e| env_name(e) == Some(TRACKING_URI))?;
+    let ours = desired.tracking_uri()?;
     let uri = ours.get("value").and_then(Value::as_str)?;
     let covered = !is_azureml(uri)
         || b.spec.identity.is_some()
-        || pod.labels.get(AZWI_USE_LABEL) == Some(&"true")
+        || pod.opt_outs.azure_workload_identity
         || sets_credential(&desired.env);
     if covered {
         return None;
     }
-    let skip = pod
-        .annotations
-        .get(SKIP_CONTAINERS_ANNOTATION)
-        .map(|s| pod::parse_skip_containers(s))
-        .unwrap_or_default();
     let stuck: Vec<&str> = pod
-        .containers
-        .iter()
-        .filter(|c| !skip.contains(c.name))
+        .injected_containers()
         .filter(|c| {
             let env = c.env.map(Vec::as_slice).unwrap_or_default();
             !self_configured(env, Some(ours)) && !sets_credential(env)
@@ -82,6 +72,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::inject::patch::TRACKING_URI;
+    use crate::inject::pod;
     use crate::inject::values::env_value;
 
     fn binding(identity: Option<Value>) -> MlflowWorkspaceBinding {

@@ -7,9 +7,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{Value, json};
 
-use super::pod::{self, ContainerView, PodView};
+use super::pod::{ContainerView, PodView};
 use super::values::{Desired, env_name};
-use crate::binding::SKIP_CONTAINERS_ANNOTATION;
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
@@ -144,14 +143,15 @@ pub(crate) fn own_azureml_cloud(existing: &[Value]) -> Option<Value> {
     ))
 }
 
-/// The patch operations and warnings for one injected container.
+/// The patch operations and warnings for one injected container; `ours` is `d`'s
+/// [`Desired::tracking_uri`].
 pub(crate) fn merge_container(
     c: &ContainerView<'_>,
     d: &Desired,
+    ours: Option<&Value>,
 ) -> (Vec<PatchOperation>, Vec<String>) {
     let mut warnings = Vec::new();
     let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
-    let ours = d.env.iter().find(|e| env_name(e) == Some(TRACKING_URI));
     let self_conf = self_configured(existing_env, ours);
     if self_conf {
         warnings.push(format!(
@@ -203,16 +203,12 @@ pub(crate) fn containers_and_volumes(
     pod: &PodView<'_>,
     d: &Desired,
 ) -> (Vec<PatchOperation>, Vec<String>) {
-    let skip = pod
-        .annotations
-        .get(SKIP_CONTAINERS_ANNOTATION)
-        .map(|s| pod::parse_skip_containers(s))
-        .unwrap_or_default();
+    let ours = d.tracking_uri();
     let (mut ops, mut warnings) = (Vec::new(), Vec::new());
     let mut injected_any = false;
-    for c in pod.containers.iter().filter(|c| !skip.contains(c.name)) {
+    for c in pod.injected_containers() {
         injected_any = true;
-        let (o, w) = merge_container(c, d);
+        let (o, w) = merge_container(c, d, ours);
         ops.extend(o);
         warnings.extend(w);
     }

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::binding::TRACK_LABEL;
+use crate::binding::{SKIP_CONTAINERS_ANNOTATION, TRACK_LABEL};
+
+/// The label azure-workload-identity's own webhook acts on.
+pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";
 
 /// The parts of a pod (or pod template) the planner reads, borrowed from the raw JSON.
 #[derive(Debug)]
@@ -23,6 +26,38 @@ pub(crate) struct PodView<'a> {
     pub containers: Vec<ContainerView<'a>>,
     /// `spec.volumes`, None when absent or null.
     pub volumes: Option<&'a Vec<Value>>,
+    pub opt_outs: OptOuts<'a>,
+}
+
+impl PodView<'_> {
+    /// The containers the planner injects: all but those the pod opts out.
+    pub(crate) fn injected_containers(&self) -> impl Iterator<Item = &ContainerView<'_>> {
+        self.containers
+            .iter()
+            .filter(|c| !self.opt_outs.skip_containers.contains(c.name))
+    }
+}
+
+/// What the pod asks the planner to leave to others, read once from its metadata.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct OptOuts<'a> {
+    /// Containers named by [`SKIP_CONTAINERS_ANNOTATION`].
+    pub skip_containers: BTreeSet<&'a str>,
+    /// The pod carries azure-workload-identity's label: its webhook injects the identity, and
+    /// two would fight.
+    pub azure_workload_identity: bool,
+}
+
+impl<'a> OptOuts<'a> {
+    fn of(labels: &BTreeMap<&'a str, &'a str>, annotations: &BTreeMap<&'a str, &'a str>) -> Self {
+        Self {
+            skip_containers: annotations
+                .get(SKIP_CONTAINERS_ANNOTATION)
+                .map(|s| parse_skip_containers(s))
+                .unwrap_or_default(),
+            azure_workload_identity: labels.get(AZWI_USE_LABEL) == Some(&"true"),
+        }
+    }
 }
 
 /// One entry of `spec.containers` or `spec.initContainers`.
@@ -118,9 +153,11 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             });
         }
     }
+    let (labels, annotations_map) = (string_map(labels), string_map(annotations));
     Ok(PodView {
-        labels: string_map(labels),
-        annotations: string_map(annotations),
+        opt_outs: OptOuts::of(&labels, &annotations_map),
+        labels,
+        annotations: annotations_map,
         has_metadata: metadata.is_some(),
         has_annotations: annotations.is_some(),
         annotation_keys: annotations
@@ -156,7 +193,7 @@ pub fn is_opted_in(pod: &Value) -> bool {
 
 /// Parses `mlflow-operator.io/skip-containers`: names separated by ',' or ';', trimmed, empties
 /// dropped.
-pub(crate) fn parse_skip_containers(value: &str) -> BTreeSet<&str> {
+fn parse_skip_containers(value: &str) -> BTreeSet<&str> {
     value
         .split([',', ';'])
         .map(str::trim)
@@ -182,6 +219,57 @@ mod tests {
         ] {
             let got: Vec<&str> = parse_skip_containers(input).into_iter().collect();
             assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn opt_outs_are_read_once_from_labels_and_annotations() {
+        let skip = SKIP_CONTAINERS_ANNOTATION;
+        // (case, metadata, skipped containers, azure-workload-identity)
+        for (case, metadata, skipped, azwi) in [
+            ("none", json!({}), vec![], false),
+            (
+                "skip list",
+                json!({"annotations": {skip: "a; b"}}),
+                vec!["a", "b"],
+                false,
+            ),
+            (
+                "skip list not a string",
+                json!({"annotations": {skip: 1}}),
+                vec![],
+                false,
+            ),
+            (
+                "azure-workload-identity",
+                json!({"labels": {AZWI_USE_LABEL: "true"}}),
+                vec![],
+                true,
+            ),
+            (
+                "azure-workload-identity off",
+                json!({"labels": {AZWI_USE_LABEL: "false"}}),
+                vec![],
+                false,
+            ),
+            (
+                "as an annotation it is no opt-out",
+                json!({"annotations": {AZWI_USE_LABEL: "true"}}),
+                vec![],
+                false,
+            ),
+        ] {
+            let raw = json!({"metadata": metadata, "spec": {"containers": [{"name": "a"}, {"name": "c"}]}});
+            let pod = read(&raw).unwrap();
+            let got: Vec<&str> = pod.opt_outs.skip_containers.iter().copied().collect();
+            assert_eq!(got, skipped, "{case}");
+            assert_eq!(pod.opt_outs.azure_workload_identity, azwi, "{case}");
+            let injected: Vec<&str> = pod.injected_containers().map(|c| c.name).collect();
+            let want: Vec<&str> = ["a", "c"]
+                .into_iter()
+                .filter(|n| !skipped.contains(n))
+                .collect();
+            assert_eq!(injected, want, "{case}");
         }
     }
 

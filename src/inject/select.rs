@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 
 use super::pod::PodView;
 use super::{Refusal, RefusalReason};
-use crate::binding::{BINDING_ANNOTATION, MlflowWorkspaceBinding, TRACK_LABEL};
+use crate::binding::{BINDING_ANNOTATION, MlflowWorkspaceBinding, NotReady, TRACK_LABEL};
 
 fn name(b: &MlflowWorkspaceBinding) -> &str {
     b.metadata.name.as_deref().unwrap_or("")
@@ -69,10 +69,9 @@ pub(crate) fn choose_ready<'a>(
     bindings: &[&'a MlflowWorkspaceBinding],
 ) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
     let b = choose(&pod.labels, &pod.annotations, namespace, bindings)?;
-    if b.is_ready() {
-        Ok(b)
-    } else {
-        Err(not_ready(b, namespace))
+    match b.readiness() {
+        Ok(_) => Ok(b),
+        Err(why) => Err(not_ready(b, why, namespace)),
     }
 }
 
@@ -123,12 +122,13 @@ pub(crate) fn choose<'a>(
 }
 
 /// Why a binding is not Ready, as a refusal.
-fn not_ready(b: &MlflowWorkspaceBinding, namespace: &str) -> Refusal {
+fn not_ready(b: &MlflowWorkspaceBinding, why: NotReady<'_>, namespace: &str) -> Refusal {
     let n = name(b);
-    let status = b.status.as_ref();
-    let why = match (b.ready_condition(), status) {
-        (_, None) => "it has no status yet (the controller has not resolved it)".to_string(),
-        (Some(c), _) if c.status != "True" => {
+    let why = match why {
+        NotReady::NoStatus => {
+            "it has no status yet (the controller has not resolved it)".to_string()
+        }
+        NotReady::NotTrue(c) => {
             let mut why = format!("Ready is {}", c.status);
             if !c.reason.is_empty() {
                 why.push_str(&format!(", reason {}", c.reason));
@@ -138,15 +138,15 @@ fn not_ready(b: &MlflowWorkspaceBinding, namespace: &str) -> Refusal {
             }
             why
         }
-        (None, _) => "it has no Ready condition yet".to_string(),
-        (Some(_), Some(s)) if s.tracking_uri.is_none() => {
-            "its status has no trackingUri yet".to_string()
-        }
-        (Some(_), Some(s)) => format!(
+        NotReady::NoCondition => "it has no Ready condition yet".to_string(),
+        NotReady::NoTrackingUri => "its status has no trackingUri yet".to_string(),
+        NotReady::Behind {
+            observed,
+            generation,
+        } => format!(
             "its status describes generation {} but the binding is at generation {} (the controller has not caught up yet)",
-            s.observed_generation
-                .map_or("none".to_string(), |g| g.to_string()),
-            b.metadata.generation.unwrap_or(0)
+            observed.map_or("none".to_string(), |g| g.to_string()),
+            generation.unwrap_or(0)
         ),
     };
     let message = format!(

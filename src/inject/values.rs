@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::{Value, json};
 
 use super::identity;
+use super::patch::TRACKING_URI;
 use super::pod::PodView;
 use crate::binding::{AzureCloud, EXPERIMENT_ANNOTATION, MlflowWorkspaceBinding};
 
-pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";
 pub(crate) const AZWI_SUFFIX: &str = " (identity: azure-workload-identity)";
 
 /// Everything one binding injects into a pod.
@@ -32,6 +32,11 @@ impl Desired {
         if name.is_some() && !self.env.iter().any(|e| env_name(e) == name) {
             self.env.push(entry);
         }
+    }
+
+    /// The MLFLOW_TRACKING_URI entry the binding injects, if it has a URI to give.
+    pub(crate) fn tracking_uri(&self) -> Option<&Value> {
+        self.env.iter().find(|e| env_name(e) == Some(TRACKING_URI))
     }
 }
 
@@ -121,8 +126,7 @@ pub(crate) fn desired(
             cloud.azureml_current_cloud(),
         ));
     }
-    if pod.labels.get(AZWI_USE_LABEL) == Some(&"true") {
-        // azure-workload-identity's own webhook injects the identity; two would fight.
+    if pod.opt_outs.azure_workload_identity {
         d.annotation_suffix = AZWI_SUFFIX;
     } else if let Some(id) = &b.spec.identity {
         let inputs = identity::Inputs {
@@ -147,7 +151,7 @@ pub(crate) fn desired(
 fn mlflow(d: &mut Desired, b: &MlflowWorkspaceBinding, pod: &PodView<'_>) {
     let status = b.status.as_ref();
     if let Some(uri) = status.and_then(|s| s.tracking_uri.as_deref()) {
-        d.push_env(env_value("MLFLOW_TRACKING_URI", uri));
+        d.push_env(env_value(TRACKING_URI, uri));
     }
     if let Some(uri) = b
         .spec

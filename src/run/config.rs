@@ -101,16 +101,11 @@ fn webhook(
             "the webhook needs a certificate: pass --tls-cert-file and --tls-key-file, or --self-signed (or --no-webhook)"
         ),
     };
-    let defaults = Defaults {
-        tenant_id: args
-            .default_tenant_id
-            .clone()
-            .or_else(|| var("AZURE_TENANT_ID")),
-        on_missing_binding: match args.on_missing_binding {
-            OnMissingBindingArg::Refuse => OnMissingBinding::Refuse,
-            OnMissingBindingArg::Allow => OnMissingBinding::Allow,
-        },
+    let on_missing_binding = match args.on_missing_binding {
+        OnMissingBindingArg::Refuse => OnMissingBinding::Refuse,
+        OnMissingBindingArg::Allow => OnMissingBinding::Allow,
     };
+    let defaults = Defaults::new(args.default_tenant_id.as_deref(), on_missing_binding, var);
     Ok(WebhookSettings {
         addr: args.webhook_addr,
         certificates,
@@ -288,5 +283,38 @@ mod tests {
         let a = args(&["--azure-ca-file=/nonexistent/ca.pem"]);
         let err = settings(&a, &[]).err().unwrap().to_string();
         assert!(err.contains("--azure-ca-file /nonexistent/ca.pem"), "{err}");
+    }
+
+    /// `run` and the offline `inject` plan with the same defaults from the same flag and
+    /// environment, so the preview decides as the webhook does.
+    #[test]
+    fn run_and_inject_plan_with_the_same_defaults() {
+        for (flags, vars) in [
+            (vec![], vec![]),
+            (vec![], vec![("AZURE_TENANT_ID", "env")]),
+            (vec!["--default-tenant-id=flag"], vec![]),
+            (
+                vec!["--default-tenant-id=flag"],
+                vec![("AZURE_TENANT_ID", "env")],
+            ),
+        ] {
+            let run = settings(&args(&flags), &vars)
+                .unwrap()
+                .webhook
+                .unwrap()
+                .defaults;
+            let mut argv = vec!["mlflow-operator", "inject", "--binding", "b.yaml"];
+            argv.extend_from_slice(&flags);
+            let Command::Inject(inject) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not inject")
+            };
+            let var = |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            };
+            let offline = crate::cli::inject::defaults(&inject, var);
+            assert_eq!(offline, run, "{flags:?} {vars:?}");
+        }
     }
 }

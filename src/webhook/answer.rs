@@ -5,16 +5,70 @@ use base64::Engine;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::review::{ReviewError, Unreadable};
-use crate::inject::Plan;
+use super::review::Unreadable;
+use crate::inject::{Plan, RefusalReason};
+
+/// What became of one admission request: the `outcome` of `mlflow_operator_admissions_total`,
+/// counted by the server for what never reaches a review, by the review for the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Injected,
+    /// Injected before (reinvocation): an empty patch.
+    Unchanged,
+    /// No binding applies and `onMissingBinding: allow`.
+    AllowedWithoutBinding,
+    /// Not a CREATE: a running pod's env cannot change.
+    SkippedOperation,
+    Refused(RefusalReason),
+    /// Not an AdmissionReview the webhook can read.
+    Malformed,
+    /// An AdmissionReview of something other than a pod.
+    WrongKind,
+    /// Every connection was busy: a new one was closed at once.
+    TooManyConnections,
+    /// The body did not arrive within the limit.
+    BodyTimeout,
+    /// The body is over [`super::server::MAX_BODY`].
+    TooLarge,
+    /// Reading the body failed otherwise: the client went away, or its framing is broken.
+    BodyRead,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Unchanged => "unchanged",
+            Outcome::AllowedWithoutBinding => "allowed-without-binding",
+            Outcome::SkippedOperation => "skipped-operation",
+            Outcome::Refused(reason) => reason.metric_label(),
+            Outcome::Malformed => "error-malformed",
+            Outcome::WrongKind => "error-wrong-kind",
+            Outcome::TooManyConnections => "error-too-many-connections",
+            Outcome::BodyTimeout => "error-body-timeout",
+            Outcome::TooLarge => "error-too-large",
+            Outcome::BodyRead => "error-body-read",
+        }
+    }
+
+    /// The outcome of a plan.
+    pub fn of(plan: &Plan) -> Self {
+        match plan {
+            Plan::Inject { patch, .. } if patch.0.is_empty() => Outcome::Unchanged,
+            Plan::Inject { .. } => Outcome::Injected,
+            Plan::Allow { .. } => Outcome::AllowedWithoutBinding,
+            Plan::Refuse(refusal) => Outcome::Refused(refusal.reason),
+        }
+    }
+}
 
 /// The webhook's answer to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
-    /// The metric label of the outcome (`mlflow_operator_admissions_total{outcome}`).
-    pub outcome: String,
+    pub outcome: Outcome,
 }
 
 impl Answer {
@@ -23,7 +77,7 @@ impl Answer {
         Self {
             status: StatusCode::OK,
             body: review_response(uid, plan),
-            outcome: outcome_label(plan),
+            outcome: Outcome::of(plan),
         }
     }
 
@@ -32,26 +86,37 @@ impl Answer {
         Self {
             status: StatusCode::OK,
             body: review_response(uid, &Plan::Allow { warnings: vec![] }),
-            outcome: "skipped-operation".into(),
+            outcome: Outcome::SkippedOperation,
         }
     }
 
     /// A request the webhook cannot read: an AdmissionReview refusal when it has a uid (so the
     /// API server shows the reason), else a plain 400.
     pub fn unreadable(u: &Unreadable) -> Self {
-        let (status, body) = match &u.uid {
-            Some(uid) => (StatusCode::OK, error_response(uid, &u.error)),
-            None => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("mlflow-operator: {}", u.error)}),
-            ),
-        };
-        Self {
-            status,
-            body,
-            outcome: format!("error-{}", u.error.label()),
+        let outcome = u.error.outcome();
+        match &u.uid {
+            Some(uid) => Self {
+                status: StatusCode::OK,
+                body: error_response(uid, &u.error),
+                outcome,
+            },
+            None => Self::error(StatusCode::BAD_REQUEST, outcome, &u.error.to_string()),
         }
     }
+
+    /// A plain HTTP error, for a request that is no AdmissionReview to answer.
+    pub fn error(status: StatusCode, outcome: Outcome, message: &str) -> Self {
+        Self {
+            status,
+            body: error_body(message),
+            outcome,
+        }
+    }
+}
+
+/// The body of every plain HTTP error the webhook answers.
+pub fn error_body(message: &str) -> Value {
+    json!({"error": format!("mlflow-operator: {message}")})
 }
 
 /// The AdmissionReview answer for a plan.
@@ -82,7 +147,7 @@ pub fn review_response(uid: &str, plan: &Plan) -> Value {
 }
 
 /// An AdmissionReview that refuses a request the webhook cannot read.
-pub fn error_response(uid: &str, err: &ReviewError) -> Value {
+pub fn error_response(uid: &str, err: &super::review::ReviewError) -> Value {
     admission_review(json!({
         "uid": uid,
         "allowed": false,
@@ -94,20 +159,11 @@ fn admission_review(response: Value) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
-/// The metric label of a plan's outcome.
-pub fn outcome_label(plan: &Plan) -> String {
-    match plan {
-        Plan::Inject { patch, .. } if patch.0.is_empty() => "unchanged".into(),
-        Plan::Inject { .. } => "injected".into(),
-        Plan::Allow { .. } => "allowed-without-binding".into(),
-        Plan::Refuse(refusal) => format!("refused-{}", refusal.reason.as_str()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::{Refusal, RefusalReason};
+    use crate::inject::Refusal;
+    use crate::webhook::review::ReviewError;
 
     #[test]
     fn responses_carry_patch_warnings_or_refusal() {
@@ -168,7 +224,7 @@ mod tests {
                 uid: uid.map(str::to_string),
                 error: ReviewError::NoUid,
             });
-            assert_eq!((a.status, a.outcome.as_str()), (status, outcome));
+            assert_eq!((a.status, a.outcome.metric_label()), (status, outcome));
             let message = match uid {
                 Some(_) => &a.body["response"]["status"]["message"],
                 None => &a.body["error"],
@@ -178,6 +234,44 @@ mod tests {
                 "{}",
                 a.body
             );
+        }
+    }
+
+    #[test]
+    fn outcome_labels_keep_their_names() {
+        let plan_outcomes = [
+            (
+                Plan::Inject {
+                    binding: "b".into(),
+                    patch: json_patch::Patch(vec![]),
+                    warnings: vec![],
+                },
+                "unchanged",
+            ),
+            (Plan::Allow { warnings: vec![] }, "allowed-without-binding"),
+            (
+                Plan::Refuse(Refusal::new(RefusalReason::NotReady, "m".into(), None)),
+                "refused-binding-not-ready",
+            ),
+        ];
+        for (plan, want) in plan_outcomes {
+            assert_eq!(Outcome::of(&plan).metric_label(), want, "{plan:?}");
+        }
+        for (outcome, want) in [
+            (Outcome::Injected, "injected"),
+            (Outcome::SkippedOperation, "skipped-operation"),
+            (
+                Outcome::Refused(RefusalReason::NoCredential),
+                "refused-no-azure-credential",
+            ),
+            (Outcome::Malformed, "error-malformed"),
+            (Outcome::WrongKind, "error-wrong-kind"),
+            (Outcome::TooManyConnections, "error-too-many-connections"),
+            (Outcome::BodyTimeout, "error-body-timeout"),
+            (Outcome::TooLarge, "error-too-large"),
+            (Outcome::BodyRead, "error-body-read"),
+        ] {
+            assert_eq!(outcome.metric_label(), want);
         }
     }
 }

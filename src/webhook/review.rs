@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use super::answer::Outcome;
+
 /// A parsed AdmissionReview request: only what the webhook needs, the object kept raw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReviewRequest {
@@ -32,14 +34,14 @@ pub enum ReviewError {
 }
 
 impl ReviewError {
-    /// The metric label (`error-<label>`).
-    pub fn label(&self) -> &'static str {
+    /// What the admissions metric counts the request as.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            ReviewError::NotJson(_) => "malformed",
-            ReviewError::NotAdmissionReview { .. } => "malformed",
-            ReviewError::NoUid => "malformed",
-            ReviewError::Missing(_) => "malformed",
-            ReviewError::WrongKind(_) => "wrong-kind",
+            ReviewError::NotJson(_) => Outcome::Malformed,
+            ReviewError::NotAdmissionReview { .. } => Outcome::Malformed,
+            ReviewError::NoUid => Outcome::Malformed,
+            ReviewError::Missing(_) => Outcome::Malformed,
+            ReviewError::WrongKind(_) => Outcome::WrongKind,
         }
     }
 }

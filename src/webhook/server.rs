@@ -15,12 +15,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use self::connections::{Activity, Admitted, Connections, Ticket};
 use super::Webhook;
+use super::answer::{Answer, Outcome, error_body};
 use crate::certs::CertStore;
 
 /// The API server caps request bodies at 3 MiB; anything much larger is not from it.
@@ -118,7 +119,7 @@ pub async fn serve_with(
                 t
             }
             Admitted::Full => {
-                webhook.metrics.admission("error-too-many-connections");
+                webhook.metrics.admission(Outcome::TooManyConnections);
                 tracing::debug!(%peer, "connection limit reached, every connection busy: closed");
                 continue;
             }
@@ -275,10 +276,33 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({"error": format!("mlflow-operator: {message}")}),
-    )
+    json_response(status, &error_body(message))
+}
+
+/// The answer to a request whose body could not be read within `limits`: too large is one
+/// outcome, a body that stopped coming another, and any other failure (the client went away,
+/// broken framing) a third, so a dashboard of too-large bodies shows only those.
+fn unread_body(
+    error: Result<&(dyn std::error::Error + 'static), tokio::time::error::Elapsed>,
+    limits: &Limits,
+) -> Answer {
+    match error {
+        Err(_) => {
+            let message = format!(
+                "the request body did not arrive within {:?}",
+                limits.body_read
+            );
+            Answer::error(StatusCode::REQUEST_TIMEOUT, Outcome::BodyTimeout, &message)
+        }
+        Ok(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("request body over {MAX_BODY} bytes");
+            Answer::error(StatusCode::PAYLOAD_TOO_LARGE, Outcome::TooLarge, &message)
+        }
+        Ok(e) => {
+            let message = format!("reading the request body: {e}");
+            Answer::error(StatusCode::BAD_REQUEST, Outcome::BodyRead, &message)
+        }
+    }
 }
 
 async fn handle(
@@ -296,30 +320,52 @@ async fn handle(
         );
     }
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
-    let body = match tokio::time::timeout(limits.body_read, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Err(_) => {
-            webhook.metrics.admission("error-body-timeout");
-            let message = format!(
-                "the request body did not arrive within {:?}",
-                limits.body_read
-            );
-            return error(StatusCode::REQUEST_TIMEOUT, &message);
+    let failed = match tokio::time::timeout(limits.body_read, body).await {
+        Ok(Ok(b)) => {
+            let answer = webhook.review(&b.to_bytes()).await;
+            return json_response(answer.status, &answer.body);
         }
-        Ok(Err(e)) => {
-            webhook.metrics.admission("error-too-large");
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return if too_large {
-                let message = format!("request body over {MAX_BODY} bytes");
-                error(StatusCode::PAYLOAD_TOO_LARGE, &message)
-            } else {
-                let message = format!("reading the request body: {e}");
-                error(StatusCode::BAD_REQUEST, &message)
-            };
-        }
+        Ok(Err(e)) => unread_body(Ok(&*e), limits),
+        Err(elapsed) => unread_body(Err(elapsed), limits),
     };
-    let answer = webhook.review(&body).await;
-    json_response(answer.status, &answer.body)
+    webhook.metrics.admission(failed.outcome);
+    json_response(failed.status, &failed.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a body over the limit counts as too large; it used to be every failure.
+    #[tokio::test]
+    async fn body_failures_each_have_their_outcome() {
+        let limits = Limits::default();
+        let over = Limited::new(Full::new(Bytes::from(vec![b'x'; MAX_BODY + 1])), MAX_BODY);
+        let e = over.collect().await.expect_err("over the limit");
+        let a = unread_body(Ok(&*e), &limits);
+        assert_eq!(
+            (a.status, a.outcome),
+            (StatusCode::PAYLOAD_TOO_LARGE, Outcome::TooLarge)
+        );
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let a = unread_body(Ok(&broken), &limits);
+        assert_eq!(
+            (a.status, a.outcome),
+            (StatusCode::BAD_REQUEST, Outcome::BodyRead)
+        );
+        assert!(
+            a.body["error"].as_str().unwrap().contains("reset by peer"),
+            "{}",
+            a.body
+        );
+        let never = std::future::pending::<()>();
+        let elapsed = tokio::time::timeout(Duration::ZERO, never)
+            .await
+            .expect_err("times out");
+        let a = unread_body(Err(elapsed), &limits);
+        assert_eq!(
+            (a.status, a.outcome),
+            (StatusCode::REQUEST_TIMEOUT, Outcome::BodyTimeout)
+        );
+    }
 }

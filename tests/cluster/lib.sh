@@ -1,4 +1,4 @@
-# Shared by up, down, exec and leftovers. Sourced, not run.
+# Shared by the scripts of tests/cluster (and hack/, .ci/run). Sourced, not run.
 # shellcheck shell=bash
 source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
 STATE=${MLFLOW_OPERATOR_CLUSTER_DIR:-/dev/shm/mlflow-operator-cluster}
@@ -26,6 +26,29 @@ PROXY_HEALTH_PORT=10256 PROXY_METRICS_PORT=10249 DNS_READY_PORT=8181
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Temporary paths of the script, removed however it exits (an error under set -e, a signal, or
+# its end): an interrupted image build otherwise left a rootfs of hundreds of MiB behind.
+# A script with an EXIT trap of its own calls remove_temps from it.
+TEMPS=()
+remove_temps() { [ ${#TEMPS[@]} -eq 0 ] || rm -rf "${TEMPS[@]}"; }
+# remove_on_exit PATH...: PATH is removed when the script exits.
+remove_on_exit() { TEMPS+=("$@"); trap remove_temps EXIT; }
+# temp_dir VAR TEMPLATE: a new directory (mktemp -d TEMPLATE) in VAR, removed on exit.
+temp_dir() {
+  local _dir
+  _dir=$(mktemp -d "$2")
+  remove_on_exit "$_dir"
+  printf -v "$1" '%s' "$_dir"
+}
+
+# require_cluster: fails unless a cluster runs in $STATE, then loads its environment
+# (KUBECONFIG, PATH with kubectl and helm, CLUSTER_*).
+require_cluster() {
+  [ -f "$STATE/env" ] || die "no cluster is running in $STATE; start one with tests/cluster/up"
+  # shellcheck disable=SC1091
+  source "$STATE/env"
+}
 
 # N free loopback TCP ports, space separated (held open together so they differ).
 free_ports() {
@@ -77,6 +100,7 @@ start_apiserver() {
     --allow-privileged=true --profiling=false -v=1
 }
 
+# Whether the API server answers /readyz, as the cluster's admin.
 apiserver_ready() {
   in_netns curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
     --key "$STATE/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz"
@@ -87,6 +111,20 @@ pid_of() { awk -v n="$1" '$1==n {print $2}' "$STATE/pids" 2>/dev/null; }
 # Is PID still the process we started (same executable), not a reused pid?
 ours() { # pid exe
   [ -n "$1" ] && [ -r "/proc/$1/exe" ] && [ "$(readlink "/proc/$1/exe")" = "$2" ]
+}
+
+# stop_pid NAME PID EXE: SIGTERM, then SIGKILL if it still runs 10 s later; a pid that is no
+# longer ours (exited, or reused by another program) is left alone.
+stop_pid() {
+  ours "$2" "$3" || return 0
+  kill -TERM "$2" 2>/dev/null || true
+  for _ in $(seq 100); do ours "$2" "$3" || break; sleep 0.1; done
+  if ours "$2" "$3"; then
+    kill -KILL "$2" 2>/dev/null || true
+    log "killed $1 ($2): still running 10 s after SIGTERM"
+  else
+    log "stopped $1 ($2)"
+  fi
 }
 
 # wait_for NAME SECONDS CMD...: polls CMD until it succeeds; on deadline or if NAME died, prints
@@ -120,8 +158,7 @@ cluster_healthy() {
   local name pid exe
   while read -r name pid exe; do ours "$pid" "$exe" || return 1; done < "$STATE/pids"
   [ -f "$STATE/env" ] && [ -e "$NETNS_PATH" ] || return 1
-  in_netns curl -sf --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
-    "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1
+  apiserver_ready >/dev/null 2>&1
 }
 
 # Every cgroup directory of the node, deepest first, in every v1 hierarchy and the unified one.

@@ -123,7 +123,7 @@ fn selector_chooses_the_single_matching_binding() {
 fn not_ready_binding_is_refused_with_condition_and_describe_hint() {
     let mut failing = simple();
     let cond = &mut failing.status.as_mut().unwrap().conditions[0];
-    cond.status = "False".into();
+    cond.status = crate::binding::FALSE.into();
     cond.reason = "Forbidden".into();
     cond.message = "the operator cannot read workspace ml-ws".into();
     let mut stale = simple();
