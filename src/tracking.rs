@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
 use crate::binding::{
-    INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorkspaceBinding, PODS_CURRENT, PodCounts,
-    TRACK_LABEL,
+    FALSE, INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorkspaceBinding, PODS_CURRENT,
+    PodCounts, TRACK_LABEL, TRUE,
 };
 pub use owner::Owner;
 
@@ -206,7 +206,7 @@ pub fn verdict(report: &Report, namespace: &str) -> (&'static str, &'static str,
                 pods(n)
             ),
         };
-        return ("True", "PodsCurrent", message);
+        return (TRUE, "PodsCurrent", message);
     }
     let reason = if c.stale > 0 {
         "PodsStale"
@@ -232,7 +232,7 @@ pub fn verdict(report: &Report, namespace: &str) -> (&'static str, &'static str,
         owners.join(", "),
         fixes.join("; "),
     );
-    ("False", reason, message)
+    (FALSE, reason, message)
 }
 
 /// The PodsCurrent condition for `report`, keeping `old`'s transition time while its status

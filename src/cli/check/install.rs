@@ -210,7 +210,7 @@ fn is_ready(p: &Pod) -> bool {
     conditions
         .into_iter()
         .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .any(|c| c.type_ == "Ready" && c.status == crate::binding::TRUE)
 }
 
 /// The Deployment whose pods the Service selects.
