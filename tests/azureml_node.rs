@@ -20,7 +20,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -66,38 +65,21 @@ struct Shared {
     operator_subject: String,
 }
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
-static SHARED: tokio::sync::OnceCell<Shared> = tokio::sync::OnceCell::const_new();
-static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static SUITE: node::Suite<Shared> = node::Suite::new();
 
-/// Runs one case on the shared runtime (setting up what the cases share, once).
+/// Runs one case with what the cases share (set up by the first).
 fn case<F, Fut>(body: F)
 where
     F: FnOnce(&'static Shared) -> Fut,
     Fut: Future<Output = ()>,
 {
-    RUNTIME.block_on(async {
-        let shared = SHARED
-            .get_or_init(|| async {
-                // However many cases run, and however they end: clean up when the process exits.
-                // SAFETY: registers a plain `extern "C" fn` with the C library.
-                unsafe { libc::atexit(clean_up_at_exit) };
-                setup().await
-            })
-            .await;
-        body(shared).await
-    });
+    SUITE.case(setup(), clean_up_at_exit, body);
 }
 
-/// Prints the fakes' request log, uninstalls the release, deletes the namespaces, unmaps the
-/// host names and stops the MLflow server.
+/// Uninstalls the release, deletes the namespaces, prints the fakes' request log, stops the
+/// MLflow server and unmaps the host names.
 extern "C" fn clean_up_at_exit() {
-    let Some(shared) = SHARED.get() else {
+    let Some(shared) = SUITE.tear_down() else {
         return;
     };
     println!("----- fake cloud request log -----");
@@ -106,8 +88,6 @@ extern "C" fn clean_up_at_exit() {
     }
     shared.server.kill();
     fake_cloud::unmap_hosts();
-    let namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    node::uninstall_release(RELEASE, RELEASE_NS, &namespaces);
 }
 
 // ---------------------------------------------------------------- the cases
@@ -844,7 +824,7 @@ async fn setup() -> Shared {
 /// A team namespace with the fakes' CA and a `trainer` ServiceAccount.
 async fn team_namespace(sh: &Shared, prefix: &str) -> String {
     let name = format!("aml-{prefix}-{}", random_suffix());
-    NAMESPACES.lock().unwrap().push(name.clone());
+    SUITE.remember(&name);
     let namespaces: Api<Namespace> = Api::all(sh.client.clone());
     let ns: Namespace = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
@@ -1379,7 +1359,7 @@ async fn in_cluster_server(sh: &Shared, ns: &str, admin: Option<(&str, &str)>) -
 
 /// examples/mlflow-server.yaml applied as a user would: a plain server in namespace `mlflow`.
 async fn example_server(sh: &Shared) -> Rest {
-    NAMESPACES.lock().unwrap().push("mlflow".into());
+    SUITE.remember("mlflow");
     let manifest = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/mlflow-server.yaml"

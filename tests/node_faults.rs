@@ -16,7 +16,7 @@
 mod common;
 
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -71,15 +71,8 @@ struct Shared {
     aml_uri: String,
 }
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
-static SHARED: tokio::sync::OnceCell<Shared> = tokio::sync::OnceCell::const_new();
+static SUITE: node::Suite<Shared> = node::Suite::new();
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Runs one case alone, on the shared runtime and release, with both operator pods Ready first.
 fn case<F, Fut>(body: F)
@@ -87,14 +80,7 @@ where
     F: FnOnce(&'static Shared) -> Fut,
     Fut: Future<Output = ()>,
 {
-    RUNTIME.block_on(async {
-        let shared = SHARED
-            .get_or_init(|| async {
-                // SAFETY: registers a plain `extern "C" fn` with the C library.
-                unsafe { libc::atexit(clean_up_at_exit) };
-                setup().await
-            })
-            .await;
+    SUITE.case(setup(), clean_up_at_exit, |shared| async move {
         let _alone = ONE_AT_A_TIME.lock().await;
         operators_ready(&shared.client, 2).await;
         // Ready pods are not yet endpoints kube-proxy routes to: the load starts once the
@@ -105,12 +91,9 @@ where
 }
 
 extern "C" fn clean_up_at_exit() {
-    if SHARED.get().is_none() {
-        return;
+    if SUITE.tear_down().is_some() {
+        fake_cloud::unmap_hosts();
     }
-    fake_cloud::unmap_hosts();
-    let namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    node::uninstall_release(RELEASE, RELEASE_NS, &namespaces);
 }
 
 // ---------------------------------------------------------------- the cases
@@ -811,7 +794,7 @@ async fn setup() -> Shared {
     let suffix = random_suffix();
     let (team, aml) = (format!("faults-{suffix}"), format!("faults-aml-{suffix}"));
     for ns in [&team, &aml] {
-        NAMESPACES.lock().unwrap().push(ns.clone());
+        SUITE.remember(ns);
         create_namespace(&client, ns, json!({"mlflow-operator.io/test": "true"})).await;
         let sa = json!({
             "apiVersion": "v1", "kind": "ServiceAccount",

@@ -2,6 +2,7 @@
 //! kube-proxy beside the plane): pods' readiness, the admission load
 //! that counts every labelled pod, and reading a projected ServiceAccount token.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -321,4 +322,69 @@ pub async fn remove_leftover_release(client: &Client, release: &str, release_ns:
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(release_ns, &Default::default()).await;
     namespace_gone(client, release_ns).await;
+}
+
+/// A node suite's cases share one runtime and one setup (the release, the fakes), made by the
+/// first case and removed when the test process exits however the cases ended: `cargo test`
+/// runs each case on its own thread, and a release per case would cost minutes.
+pub struct Suite<S> {
+    runtime: std::sync::LazyLock<tokio::runtime::Runtime>,
+    shared: tokio::sync::OnceCell<S>,
+    namespaces: std::sync::Mutex<Vec<String>>,
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+impl<S: Send + Sync + 'static> Suite<S> {
+    pub const fn new() -> Self {
+        Self {
+            runtime: std::sync::LazyLock::new(multi_thread),
+            shared: tokio::sync::OnceCell::const_new(),
+            namespaces: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `body` with the shared setup, made by `setup` on first use; `at_exit` (which
+    /// calls [`Suite::tear_down`]) is registered then.
+    pub fn case<F, Fut>(
+        &'static self,
+        setup: impl Future<Output = S>,
+        at_exit: extern "C" fn(),
+        body: F,
+    ) where
+        F: FnOnce(&'static S) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.runtime.block_on(async {
+            let shared = self
+                .shared
+                .get_or_init(|| async {
+                    // SAFETY: registers a plain `extern "C" fn` with the C library.
+                    unsafe { libc::atexit(at_exit) };
+                    setup.await
+                })
+                .await;
+            body(shared).await
+        });
+    }
+
+    /// A namespace the cases made, deleted at exit.
+    pub fn remember(&self, namespace: &str) {
+        let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(namespace.to_string());
+    }
+
+    /// At exit: the shared setup, if one was made, after the release and the namespaces are
+    /// gone (uninstalled and deleted, waiting for both).
+    pub fn tear_down(&self) -> Option<&S> {
+        let shared = self.shared.get()?;
+        let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        uninstall_release(RELEASE, RELEASE_NS, &namespaces);
+        Some(shared)
+    }
 }
