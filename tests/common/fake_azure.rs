@@ -9,7 +9,6 @@
 //! Both share one test CA; start the operator with it as its extra trusted root.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+
+use super::fake_tls;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -78,21 +79,13 @@ pub struct FakeAzure {
     pub arm_url: String,
     /// PEM of the CA that issued both servers' certificates.
     pub ca_pem: String,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for FakeAzure {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _servers: fake_tls::Servers,
 }
 
 impl FakeAzure {
     /// Starts both servers. `kube` reads the API server's JWKS to verify assertions.
     pub async fn start(kube: kube::Client, identity: Identity) -> Self {
-        let (ca_pem, tls) = tls_config();
+        let (ca_pem, tls) = fake_tls::tls_config(&["127.0.0.1", "localhost"]);
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let entra_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let arm_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,15 +126,15 @@ impl FakeAzure {
             .fallback(arm_fallback)
             .with_state(inner.clone());
         let tasks = vec![
-            tokio::spawn(serve(entra_listener, acceptor.clone(), entra)),
-            tokio::spawn(serve(arm_listener, acceptor, arm)),
+            tokio::spawn(fake_tls::serve(entra_listener, acceptor.clone(), entra)),
+            tokio::spawn(fake_tls::serve(arm_listener, acceptor, arm)),
         ];
         Self {
             inner,
             authority_url,
             arm_url,
             ca_pem,
-            tasks,
+            _servers: fake_tls::Servers(tasks),
         }
     }
 
@@ -208,70 +201,6 @@ pub fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
 
 fn port(l: &TcpListener) -> u16 {
     l.local_addr().unwrap().port()
-}
-
-/// A CA and a leaf for 127.0.0.1 and localhost; returns the CA PEM and the server config.
-fn tls_config() -> (String, rustls::ServerConfig) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "fake-azure test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "fake-azure");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca_cert.pem(), config)
-}
-
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// Serves `router` over TLS on `tcp` (also used by `fake_cloud`).
-pub async fn serve(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
-    let _ = axum::serve(TlsListener { tcp, acceptor }, router).await;
 }
 
 /// An Entra ID error answer, AADSTS code included (also used by `fake_cloud`).

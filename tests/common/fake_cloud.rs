@@ -38,9 +38,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::fake_azure::{
-    Reply, arm_error, entra_error, hang, scripted_error, serve as serve_tls,
-    verify_service_account_token, ws_key,
+    Reply, arm_error, entra_error, hang, scripted_error, verify_service_account_token, ws_key,
 };
+use super::fake_tls;
 
 pub const ENTRA_HOST: &str = "login.microsoftonline.com";
 pub const ARM_HOST: &str = "management.azure.com";
@@ -148,22 +148,14 @@ pub struct FakeCloud {
     inner: Arc<Inner>,
     /// PEM of the CA that issued the servers' certificate (names: the real hosts).
     pub ca_pem: String,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for FakeCloud {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _servers: fake_tls::Servers,
 }
 
 impl FakeCloud {
     /// Starts the four services on their node addresses; the front door forwards to the
     /// `mlflow server --serve-artifacts` at `mlflow_url`.
     pub async fn start(kube: kube::Client, mlflow_url: &str) -> Self {
-        let (ca_pem, tls) = tls_config(&[ENTRA_HOST, ARM_HOST, AML_HOST]);
+        let (ca_pem, tls) = fake_tls::tls_config(&[ENTRA_HOST, ARM_HOST, AML_HOST]);
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let key = |what: &str| {
             use sha2::Digest;
@@ -213,17 +205,17 @@ impl FakeCloud {
             }
         };
         let tasks = vec![
-            tokio::spawn(serve_tls(
+            tokio::spawn(fake_tls::serve(
                 bind(ENTRA_IP, 443).await,
                 acceptor.clone(),
                 entra.with_state(inner.clone()),
             )),
-            tokio::spawn(serve_tls(
+            tokio::spawn(fake_tls::serve(
                 bind(ARM_IP, 443).await,
                 acceptor.clone(),
                 arm.with_state(inner.clone()),
             )),
-            tokio::spawn(serve_tls(
+            tokio::spawn(fake_tls::serve(
                 bind(AML_IP, 443).await,
                 acceptor,
                 front_door.with_state(inner.clone()),
@@ -239,7 +231,7 @@ impl FakeCloud {
         Self {
             inner,
             ca_pem,
-            tasks,
+            _servers: fake_tls::Servers(tasks),
         }
     }
 
@@ -319,40 +311,6 @@ fn scope(sub: &str, rg: &str, ws: &str) -> String {
     format!(
         "subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
     )
-}
-
-/// A CA and one leaf for `names`; returns the CA PEM and the server config.
-fn tls_config(names: &[&str]) -> (String, rustls::ServerConfig) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "fake cloud test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, names[0]);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca_cert.pem(), config)
 }
 
 /// A service principal's certificate: a self-signed RSA certificate and its key, as the PEM

@@ -6,6 +6,7 @@
 
 pub mod fake_azure;
 pub mod fake_cloud;
+pub mod fake_tls;
 pub mod faults;
 pub mod helm;
 pub mod log_sweep;
