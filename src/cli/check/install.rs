@@ -124,51 +124,13 @@ async fn operator_pods(
 ) -> (Vec<Pod>, Vec<PodSpec>) {
     let what = "the operator pods are Ready";
     let ns = svc.namespace.as_str();
-    let selector = match Api::<Service>::namespaced(client.clone(), ns)
-        .get_opt(&svc.name)
-        .await
-    {
-        Ok(Some(s)) => s.spec.and_then(|s| s.selector).unwrap_or_default(),
-        Ok(None) => {
-            list.fail(
-                CAT,
-                what,
-                format!("Service {ns}/{} does not exist", svc.name),
-                "helm upgrade --install the release again".into(),
-            );
-            return (Vec::new(), Vec::new());
-        }
-        Err(e) => {
-            list.fail(
-                CAT,
-                what,
-                e.to_string(),
-                "check that you may get services".into(),
-            );
+    let (selector, pods) = match pods_behind(client, svc).await {
+        Ok(found) => found,
+        Err((detail, fix)) => {
+            list.fail(CAT, what, detail, fix);
             return (Vec::new(), Vec::new());
         }
     };
-    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let pods = match Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&labels.join(",")))
-        .await
-    {
-        Ok(l) => l.items,
-        Err(e) => {
-            list.fail(
-                CAT,
-                what,
-                e.to_string(),
-                "check that you may list pods".into(),
-            );
-            return (Vec::new(), Vec::new());
-        }
-    };
-    let not_ready: Vec<String> = pods
-        .iter()
-        .filter(|p| !is_ready(p))
-        .map(|p| p.name_any())
-        .collect();
     if pods.is_empty() {
         let found = deployment(client, ns, &selector).await;
         let deploy = found.as_ref().map_or_else(
@@ -183,8 +145,13 @@ async fn operator_pods(
             format!("kubectl scale -n {ns} {deploy} --replicas=2; kubectl describe -n {ns} {deploy}"));
         return (pods, specs);
     }
-    if !not_ready.is_empty() {
-        list.fail(
+    let not_ready: Vec<String> = pods
+        .iter()
+        .filter(|p| !is_ready(p))
+        .map(|p| p.name_any())
+        .collect();
+    match not_ready.first() {
+        Some(first) => list.fail(
             CAT,
             what,
             format!(
@@ -193,16 +160,41 @@ async fn operator_pods(
                 pods.len(),
                 not_ready.join(", ")
             ),
-            format!(
-                "kubectl describe pod -n {ns} {}; kubectl logs -n {ns} {}",
-                not_ready[0], not_ready[0]
-            ),
-        );
-    } else {
-        list.pass_with(CAT, what, format!("{} Ready in namespace {ns}", pods.len()));
+            format!("kubectl describe pod -n {ns} {first}; kubectl logs -n {ns} {first}"),
+        ),
+        None => list.pass_with(CAT, what, format!("{} Ready in namespace {ns}", pods.len())),
     }
     let specs = pods.iter().filter_map(|p| p.spec.clone()).collect();
     (pods, specs)
+}
+
+type Selector = std::collections::BTreeMap<String, String>;
+
+/// The Service's selector and the pods it selects; or what went wrong and its fix.
+async fn pods_behind(
+    client: &Client,
+    svc: &ServiceReference,
+) -> Result<(Selector, Vec<Pod>), (String, String)> {
+    let ns = svc.namespace.as_str();
+    let selector = match Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(&svc.name)
+        .await
+    {
+        Ok(Some(s)) => s.spec.and_then(|s| s.selector).unwrap_or_default(),
+        Ok(None) => {
+            let detail = format!("Service {ns}/{} does not exist", svc.name);
+            return Err((detail, "helm upgrade --install the release again".into()));
+        }
+        Err(e) => return Err((e.to_string(), "check that you may get services".into())),
+    };
+    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    match Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&labels.join(",")))
+        .await
+    {
+        Ok(l) => Ok((selector, l.items)),
+        Err(e) => Err((e.to_string(), "check that you may list pods".into())),
+    }
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -214,11 +206,7 @@ fn is_ready(p: &Pod) -> bool {
 }
 
 /// The Deployment whose pods the Service selects.
-async fn deployment(
-    client: &Client,
-    ns: &str,
-    selector: &std::collections::BTreeMap<String, String>,
-) -> Option<Deployment> {
+async fn deployment(client: &Client, ns: &str, selector: &Selector) -> Option<Deployment> {
     let found = Api::<Deployment>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await;
