@@ -126,14 +126,7 @@ fn workload_identity_deployment_and_job_log_through_azure_ml() {
             },
         });
         kubectl(&["apply", "-f", "-"], &deployment.to_string()).await;
-        create_job(
-            &ns,
-            "train-job",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
+        plain_job(&ns, "train-job").await;
 
         let from_deployment = trained(sh, &ns, "app=train-deploy").await;
         let from_job = trained(sh, &ns, "job-name=train-job").await;
@@ -197,17 +190,7 @@ fn service_principal_with_client_secret_logs_through_azure_ml() {
             "clientId": SP_SECRET_CLIENT, "tenantId": TENANT,
             "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
         }});
-        azureml_binding(sh, &ns, &experiment, identity).await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
-        let run = trained(sh, &ns, "job-name=train").await;
-        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        let run = logged_through_azure_ml(sh, &ns, &experiment, identity).await;
         assert_exchanged(sh, "entra", SP_SECRET_CLIENT, "client_secret", None);
         assert_msal_discovered_the_tenant(sh);
         assert_front_door_saw(sh, &run, SP_SECRET_CLIENT, "client_secret");
@@ -228,17 +211,7 @@ fn service_principal_with_certificate_logs_through_azure_ml() {
             "clientId": SP_CERT_CLIENT, "tenantId": TENANT,
             "certificateSecretRef": {"name": "sp-cert", "key": "tls.pem"},
         }});
-        azureml_binding(sh, &ns, &experiment, identity).await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
-        let run = trained(sh, &ns, "job-name=train").await;
-        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        let run = logged_through_azure_ml(sh, &ns, &experiment, identity).await;
         assert_exchanged(sh, "entra", SP_CERT_CLIENT, "certificate", None);
         assert_msal_discovered_the_tenant(sh);
         assert_front_door_saw(sh, &run, SP_CERT_CLIENT, "certificate");
@@ -253,17 +226,7 @@ fn managed_identity_logs_through_azure_ml() {
         sh.cloud.register_managed_identity(TENANT, MI_CLIENT);
         let experiment = format!("fraud-mi-{}", random_suffix());
         let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
-        azureml_binding(sh, &ns, &experiment, identity).await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
-        let run = trained(sh, &ns, "job-name=train").await;
-        Rest::local(&sh.server).assert_run(&run, &experiment).await;
+        let run = logged_through_azure_ml(sh, &ns, &experiment, identity).await;
         assert_exchanged(sh, "imds", MI_CLIENT, "managed_identity", None);
         assert_front_door_saw(sh, &run, MI_CLIENT, "managed_identity");
     });
@@ -296,14 +259,7 @@ fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
             }),
         )
         .await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
+        plain_job(&ns, "train").await;
         let run = trained(sh, &ns, "job-name=train").await;
         server.assert_run(&run, &experiment).await;
         let pod = job_pod(sh, &ns, "train").await;
@@ -450,14 +406,7 @@ fn rejects_a_service_account_the_application_is_not_federated_with() {
         let experiment = format!("fraud-unfederated-{}", random_suffix());
         let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
         azureml_binding(sh, &ns, &experiment, identity).await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
+        plain_job(&ns, "train").await;
         let log = failed(sh, &ns, "job-name=train").await;
         assert!(
             log.contains("AADSTS70021"),
@@ -498,14 +447,7 @@ fn rejects_a_stale_client_secret() {
             "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
         }});
         azureml_binding(sh, &ns, &experiment, identity).await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
+        plain_job(&ns, "train").await;
         let log = failed(sh, &ns, "job-name=train").await;
         assert!(
             log.contains("AADSTS7000215"),
@@ -582,14 +524,7 @@ fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
             }),
         )
         .await;
-        create_job(
-            &ns,
-            "train",
-            json!({}),
-            json!({}),
-            container(json!(null), json!([])),
-        )
-        .await;
+        plain_job(&ns, "train").await;
         let run = trained(sh, &ns, "job-name=train").await;
         Rest::local(&sh.server).assert_run(&run, &experiment).await;
         let pod = job_pod(sh, &ns, "train").await;
@@ -935,6 +870,33 @@ fn pod_spec(sa: &str, restart: &str, container: Value) -> Value {
         "containers": [container],
         "volumes": [{"name": CA_CONFIGMAP, "configMap": {"name": CA_CONFIGMAP}}],
     })
+}
+
+/// A Job `name` with one plain training container, labelled and nothing else.
+async fn plain_job(ns: &str, name: &str) {
+    create_job(
+        ns,
+        name,
+        json!({}),
+        json!({}),
+        container(json!(null), json!([])),
+    )
+    .await;
+}
+
+/// An azureML binding with `identity`, and a plain Job whose run reaches the MLflow server in
+/// `experiment`; returns the run.
+async fn logged_through_azure_ml(
+    sh: &Shared,
+    ns: &str,
+    experiment: &str,
+    identity: Value,
+) -> Value {
+    azureml_binding(sh, ns, experiment, identity).await;
+    plain_job(ns, "train").await;
+    let run = trained(sh, ns, "job-name=train").await;
+    Rest::local(&sh.server).assert_run(&run, experiment).await;
+    run
 }
 
 async fn create_job(ns: &str, name: &str, labels: Value, annotations: Value, container: Value) {
