@@ -7,7 +7,9 @@ FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Not compiled: Cargo reads the bench targets' and the test harness's manifests to resolve.
 COPY benches ./benches
+COPY test-support ./test-support
 # Cache mounts keep the crate registry and the target directory between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -10,8 +10,7 @@
 
 #[path = "support/args.rs"]
 mod args;
-#[path = "../tests/common/mod.rs"]
-mod common;
+use mlflow_operator_test_support as common;
 #[path = "support/histogram.rs"]
 mod histogram;
 // Its process memory reader is for benchmarks that start the operator themselves.

@@ -15,8 +15,7 @@
 mod args;
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "../tests/common/mod.rs"]
-mod common;
+use mlflow_operator_test_support as common;
 #[path = "support/machine.rs"]
 mod machine;
 

@@ -18,8 +18,7 @@
 mod args;
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "../tests/common/mod.rs"]
-mod common;
+use mlflow_operator_test_support as common;
 #[path = "support/https.rs"]
 mod https;
 #[path = "support/machine.rs"]

@@ -16,7 +16,7 @@
 //! The cases share one runtime, one set of fakes and one release, set up by the first case to
 //! start; when the test process exits the release is uninstalled and the namespaces deleted.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -2,7 +2,7 @@
 //! replica through a Secret, the caBundle kept equal to it, and the serving certificate re-issued
 //! from the same CA before it expires.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::time::Duration;
 

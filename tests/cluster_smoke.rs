@@ -1,6 +1,6 @@
 //! Smoke tests: the local control plane is real and configured the way the operator needs it.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Each test runs its own in-process controller (scoped to the test's namespace, with its own
 //! Lease) against its own fakes.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The API server itself refuses broken bindings (OpenAPI + CEL in the CRD), with a message
 //! that says what to fix; valid ones are accepted.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use common::webhook::ensure_crd;
 use common::with_temp_ns;

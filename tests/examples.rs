@@ -2,7 +2,7 @@
 //! rots: bindings pass the CRD's validation (OpenAPI + CEL), workloads and the MLflow server are
 //! accepted, and the PyTorchJob is accepted once the training operator's CRD exists.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

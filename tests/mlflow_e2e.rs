@@ -4,7 +4,7 @@
 //!
 //! Needs the local control plane and MLFLOW_OPERATOR_MLFLOW_BIN (`hack/test` provides both).
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

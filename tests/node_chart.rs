@@ -8,7 +8,7 @@
 //! in-cluster API access, the webhook through its Service, an injected pod that runs and reads
 //! its token, failover and upgrade under a continuous admission load, uninstall.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,15 @@ use serde_json::json;
 
 use common::helm::helm_ok as helm;
 use common::node::{
-    BUSYBOX, MINUTE, OPERATOR_IMAGE, RELEASE, RELEASE_NS, SELECTOR, TRACK, admission_load,
-    after_more_attempts, container_usage, install_args, is_ready, is_running, jwt_claims,
-    namespace_gone, operators_ready, pods_when,
+    BUSYBOX, MINUTE, RELEASE, RELEASE_NS, SELECTOR, TRACK, admission_load, after_more_attempts,
+    container_usage, install_args, is_ready, is_running, jwt_claims, namespace_gone,
+    operators_ready, pods_when,
 };
 use common::{client, cluster_env, ensure_crd, eventually, kubectl, random_suffix};
+
+/// The image `tests/cluster/images/build operator` builds from the Dockerfile and
+/// `tests/cluster/images/load` imports: the chart's default repository and tag.
+const OPERATOR_IMAGE: &str = concat!("mlflow-operator:", env!("CARGO_PKG_VERSION"));
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT_ID: &str = "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01";

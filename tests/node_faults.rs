@@ -13,7 +13,7 @@
 //! `MLFLOW_OPERATOR_ARM_FAULT_SECONDS` sets how long ARM fails (default 60: twelve retry
 //! periods; RELIABILITY.md's figures are from 180).
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::future::Future;
 use std::sync::Mutex;

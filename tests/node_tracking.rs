@@ -5,7 +5,7 @@
 //! operator scaled to 0, a caBundle that does not verify, and the CRD missing; `explain` gives
 //! the reason for each case the webhook decides.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;

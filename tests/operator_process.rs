@@ -6,7 +6,7 @@
 //! Every process is scoped to its test's namespace (`--namespace`, `--watch-namespace`) and has
 //! its own Lease, certificate Secret and webhook configuration names.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::time::{Duration, Instant};
 

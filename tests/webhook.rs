@@ -1,7 +1,7 @@
 //! The webhook against the real API server: it accepts, mutates or rejects what the contract
 //! (SPEC §4) says, with the chart's webhook settings (SPEC §6).
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,7 +6,7 @@
 //! memory stays bounded and does not accumulate: its RSS is read from /proc before, with each
 //! round's connections held, and after.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! panic, and certificates swapped the way Kubernetes updates Secret volumes are served to new
 //! connections.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::path::Path;
 use std::sync::Arc;

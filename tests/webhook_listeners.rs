@@ -4,7 +4,7 @@
 //! process admits anything: each is found from /proc (the process's socket inodes joined with
 //! the LISTEN rows of /proc/net/tcp and tcp6) and sent `POST /mutate` in plain HTTP.
 
-mod common;
+use mlflow_operator_test_support as common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -6,8 +6,7 @@
 //! `helm` must be on PATH (`tests/cluster/build` builds it; the cluster's env file puts it on
 //! PATH). There is no skipping: a missing `helm` fails every test here.
 
-#[path = "../common/mod.rs"]
-mod common;
+use mlflow_operator_test_support as common;
 
 mod certificates;
 mod install;

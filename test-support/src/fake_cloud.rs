@@ -37,10 +37,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::fake_azure::{
+use crate::fake_azure::{
     Reply, arm_error, entra_error, hang, scripted_error, verify_service_account_token, ws_key,
 };
-use super::fake_tls;
+use crate::fake_tls;
 
 pub const ENTRA_HOST: &str = "login.microsoftonline.com";
 pub const ARM_HOST: &str = "management.azure.com";
@@ -159,11 +159,11 @@ impl FakeCloud {
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let key = |what: &str| {
             use sha2::Digest;
-            let seed = format!("{what}{}{}", super::random_suffix(), super::random_suffix());
+            let seed = format!("{what}{}{}", crate::random_suffix(), crate::random_suffix());
             sha2::Sha256::digest(seed.as_bytes()).to_vec()
         };
         let inner = Arc::new(Inner {
-            sa_issuer: super::cluster_env("CLUSTER_SA_ISSUER"),
+            sa_issuer: crate::cluster_env("CLUSTER_SA_ISSUER"),
             kube,
             signing_key: key("tokens"),
             sas_key: key("sas"),
@@ -837,7 +837,7 @@ async fn arm_workspace(
         }
     };
     let api_version = query.get("api-version").map(String::as_str);
-    if !api_version.is_some_and(|v| super::fake_azure::API_VERSIONS.contains(&v)) {
+    if !api_version.is_some_and(|v| crate::fake_azure::API_VERSIONS.contains(&v)) {
         record_call(&s, "arm", &Method::GET, &path, 400, Some(&claims));
         return arm_error(
             StatusCode::BAD_REQUEST,
@@ -1178,7 +1178,7 @@ fn percent_decode(s: &str) -> String {
 // ---------------------------------------------------------------- names and trust in the cluster
 
 fn hosts_file() -> String {
-    super::cluster_env("CLUSTER_HOSTS_FILE")
+    crate::cluster_env("CLUSTER_HOSTS_FILE")
 }
 
 /// Removes the real host names' mapping to the fakes from the hosts file CoreDNS serves.
@@ -1208,7 +1208,7 @@ pub async fn map_hosts() {
         (ARM_HOST, ARM_IP),
         (AML_HOST, AML_IP),
     ] {
-        super::eventually_ok(
+        crate::eventually_ok(
             &format!("CoreDNS to answer {name} with {ip}"),
             std::time::Duration::from_secs(60),
             || resolve(name),

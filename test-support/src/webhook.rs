@@ -18,7 +18,7 @@ use mlflow_operator::webhook::{self, BindingIndex};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{eventually, helm};
+use crate::{eventually, helm};
 
 pub struct TestWebhook {
     pub client: Client,
@@ -32,7 +32,7 @@ pub struct TestWebhook {
     tasks: tokio::task::JoinSet<()>,
 }
 
-pub use super::ensure_crd;
+pub use crate::ensure_crd;
 
 /// A fresh CA and serving certificate for `names`, loaded into a store ready to serve.
 pub fn serving_certificate(names: &[&str]) -> (Arc<CertStore>, certs::Pems) {

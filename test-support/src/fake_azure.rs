@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
-use super::fake_tls;
+use crate::fake_tls;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -95,15 +95,15 @@ impl FakeAzure {
             use sha2::Digest;
             let seed = format!(
                 "{}{}{}",
-                super::random_suffix(),
+                crate::random_suffix(),
                 arm_url,
-                super::random_suffix()
+                crate::random_suffix()
             );
             sha2::Sha256::digest(seed.as_bytes()).to_vec()
         };
         let inner = Arc::new(Inner {
             identity,
-            sa_issuer: super::cluster_env("CLUSTER_SA_ISSUER"),
+            sa_issuer: crate::cluster_env("CLUSTER_SA_ISSUER"),
             kube,
             signing_key,
             arm_url: arm_url.clone(),

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::watch;
 
-use super::node::{TRACK, Tally, admission_load, after_more_attempts};
+use crate::node::{TRACK, Tally, admission_load, after_more_attempts};
 
 /// Labelled pods created continuously in one namespace, counted by outcome.
 pub struct Load {

@@ -18,7 +18,7 @@ pub struct Log {
 
 /// The cluster's own logs and every container log file on the node.
 pub fn cluster_logs() -> Vec<Log> {
-    let state = std::path::PathBuf::from(super::cluster_env("MLFLOW_OPERATOR_CLUSTER_DIR"));
+    let state = std::path::PathBuf::from(crate::cluster_env("MLFLOW_OPERATOR_CLUSTER_DIR"));
     let mut logs = Vec::new();
     read_logs(&state.join("logs"), &mut logs);
     read_logs(&state.join("node/root/var/log/pods"), &mut logs);

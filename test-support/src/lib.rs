@@ -2,7 +2,6 @@
 //!
 //! There is no skipping: a test that needs the cluster and cannot reach it fails with a message
 //! that says how to start one (`hack/test` does all of it).
-#![allow(dead_code)]
 
 pub mod fake_azure;
 pub mod fake_cloud;
@@ -227,7 +226,7 @@ pub fn random_suffix() -> String {
 
 /// The pinned Kubernetes version (`tests/cluster/versions.env`).
 pub fn pinned_k8s_version() -> String {
-    include_str!("../cluster/versions.env")
+    include_str!("../../tests/cluster/versions.env")
         .lines()
         .find_map(|l| l.strip_prefix("K8S_VERSION="))
         .expect("K8S_VERSION in versions.env")

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{eventually_ok, free_port};
+use crate::{eventually_ok, free_port};
 
 const BIN_VAR: &str = "MLFLOW_OPERATOR_MLFLOW_BIN";
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mlflow-operator");
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/mlflow-operator");
 
 /// Runs the real `helm`, returning (success, stdout, stderr). Panics when helm is not on PATH.
 pub async fn helm(args: &[&str]) -> (bool, String, String) {

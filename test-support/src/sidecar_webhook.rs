@@ -15,7 +15,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::eventually;
+use crate::eventually;
 
 pub struct SidecarWebhook {
     name: String,
@@ -38,7 +38,7 @@ fn answer(review: &Value) -> Value {
 
 impl SidecarWebhook {
     pub async fn start(client: &Client, ns: &str) -> Self {
-        let (store, pems) = super::webhook::serving_certificate(&["127.0.0.1"]);
+        let (store, pems) = crate::webhook::serving_certificate(&["127.0.0.1"]);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -75,7 +75,7 @@ impl SidecarWebhook {
         });
         // Sorts after ours, so the API server calls it second and then reinvokes ours.
         let name = format!("zz-sidecar-{ns}");
-        let mut mwc = super::webhook::webhook_configuration(
+        let mut mwc = crate::webhook::webhook_configuration(
             &name,
             &format!("https://127.0.0.1:{port}/mutate"),
             Some(&pems.ca_cert),
@@ -84,7 +84,7 @@ impl SidecarWebhook {
         .await;
         mwc["webhooks"][0]["name"] = json!("sidecar.example.com");
         mwc["webhooks"][0]["reinvocationPolicy"] = json!("Never");
-        super::webhook::register(client, &mwc).await;
+        crate::webhook::register(client, &mwc).await;
         Self { name, task }
     }
 
@@ -101,7 +101,7 @@ impl SidecarWebhook {
                             dry_run: true,
                             ..Default::default()
                         },
-                        &super::webhook::probe_pod(),
+                        &crate::webhook::probe_pod(),
                     )
                     .await
                     .ok()?;

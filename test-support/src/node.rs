@@ -14,9 +14,6 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 pub const TRACK: &str = "mlflow-operator.io/track";
-/// The image `tests/cluster/images/build operator` builds from the Dockerfile and
-/// `tests/cluster/images/load` imports: the chart's default repository and tag.
-pub const OPERATOR_IMAGE: &str = concat!("mlflow-operator:", env!("CARGO_PKG_VERSION"));
 /// A small image with a shell, made from Debian's busybox-static (`images/build busybox`).
 pub const BUSYBOX: &str = "busybox:1.35";
 /// The release the node suites install, as the README names it.
@@ -33,7 +30,7 @@ pub fn install_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "install",
         RELEASE,
-        super::helm::CHART,
+        crate::helm::CHART,
         "-n",
         RELEASE_NS,
         "--create-namespace",
@@ -77,7 +74,7 @@ pub async fn pods_when(
     timeout: Duration,
     check: impl Fn(&[Pod]) -> bool,
 ) -> Vec<Pod> {
-    super::eventually(what, timeout, || async {
+    crate::eventually(what, timeout, || async {
         let list = pods
             .list(&ListParams::default().labels(selector))
             .await
@@ -190,7 +187,7 @@ fn has_tracking_uri(pod: &Pod) -> bool {
 /// Waits until the load has created `more` further pods (admitted or refused) after now.
 pub async fn after_more_attempts(tally: &Tally, more: usize, timeout: Duration) {
     let target = tally.attempts() + more;
-    super::eventually(
+    crate::eventually(
         &format!("{more} more labelled pod creations"),
         timeout,
         || async { (tally.attempts() >= target).then_some(()) },
@@ -307,7 +304,7 @@ pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String])
 /// Waits until namespace `name` is gone: a previous run's may still be terminating.
 pub async fn namespace_gone(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    super::eventually(
+    crate::eventually(
         &format!("namespace {name} to be gone"),
         Duration::from_secs(120),
         || async { namespaces.get_opt(name).await.ok()?.is_none().then_some(()) },
@@ -318,7 +315,7 @@ pub async fn namespace_gone(client: &Client, name: &str) {
 /// Removes the release (and its namespace) an interrupted run left behind, and waits until the
 /// namespace is gone.
 pub async fn remove_leftover_release(client: &Client, release: &str, release_ns: &str) {
-    let _ = super::helm::helm(&["uninstall", release, "-n", release_ns, "--wait"]).await;
+    let _ = crate::helm::helm(&["uninstall", release, "-n", release_ns, "--wait"]).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(release_ns, &Default::default()).await;
     namespace_gone(client, release_ns).await;
@@ -338,6 +335,12 @@ fn multi_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+impl<S: Send + Sync + 'static> Default for Suite<S> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<S: Send + Sync + 'static> Suite<S> {

@@ -7,7 +7,22 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{eventually, free_port};
+use crate::{eventually, free_port};
+
+/// The `mlflow-operator` binary Cargo built beside the running test or benchmark
+/// (`target/<profile>/deps/<test>` runs, `target/<profile>/mlflow-operator` is the binary; Cargo
+/// builds it for every integration test and benchmark of the package).
+pub fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent());
+    let bin = profile_dir.map(|d| d.join("mlflow-operator"));
+    bin.filter(|b| b.is_file()).unwrap_or_else(|| {
+        panic!(
+            "no mlflow-operator binary beside {}: run the tests with cargo test",
+            exe.display()
+        )
+    })
+}
 
 pub struct OperatorProcess {
     pub label: String,
@@ -26,7 +41,7 @@ impl OperatorProcess {
     pub fn start_with_env(label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mlflow-operator"))
+        let child = Command::new(binary())
             .arg("run")
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .args(args)
