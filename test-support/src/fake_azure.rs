@@ -307,6 +307,18 @@ async fn check_token_request(
             ),
         );
     }
+    check_credential(s, form, &client_id)
+        .await
+        .or_else(|(status, error, description)| fail(status, error, description))
+}
+
+/// The client's proof: a federated assertion for the identity's subject, or its secret.
+async fn check_credential(
+    s: &Inner,
+    form: &HashMap<String, String>,
+    client_id: &str,
+) -> Result<(), (StatusCode, &'static str, String)> {
+    let fail = |status, error, description: String| Err((status, error, description));
     if let Some(assertion) = form.get("client_assertion") {
         if form.get("client_assertion_type").map(String::as_str)
             != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")

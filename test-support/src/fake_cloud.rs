@@ -517,7 +517,6 @@ async fn check_token_request(
     exchange: &mut Exchange,
 ) -> Result<(), Refusal> {
     let bad = StatusCode::BAD_REQUEST;
-    let unauthorized = StatusCode::UNAUTHORIZED;
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return Err((
             bad,
@@ -556,6 +555,20 @@ async fn check_token_request(
             "AADSTS50027: client_assertion_type must be jwt-bearer.".into(),
         ));
     }
+    check_credential(s, form, tenant, &client_id, credential, exchange).await
+}
+
+/// The app's proof, checked against its registered credential.
+async fn check_credential(
+    s: &Inner,
+    form: &HashMap<String, String>,
+    tenant: &str,
+    client_id: &str,
+    credential: Credential,
+    exchange: &mut Exchange,
+) -> Result<(), Refusal> {
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let assertion = form.get("client_assertion");
     match credential {
         Credential::Federated(subjects) => {
             exchange.via = "federated".into();
@@ -605,7 +618,7 @@ async fn check_token_request(
             let Some(assertion) = assertion else {
                 return Err((unauthorized, "invalid_client", "AADSTS7000218: The request body must contain the following parameter: 'client_assertion'.".into()));
             };
-            verify_certificate_assertion(assertion, &der, &public_key_der, tenant, &client_id)
+            verify_certificate_assertion(assertion, &der, &public_key_der, tenant, client_id)
                 .map_err(|e| {
                     (
                         unauthorized,
@@ -675,6 +688,50 @@ fn verify_certificate_assertion(
 
 // ---------------------------------------------------------------- IMDS
 
+/// Why IMDS refuses the request, as (status, error, description, the log's note); None when it
+/// answers with a token.
+fn imds_refusal(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    client_id: &str,
+    assigned: bool,
+) -> Option<(StatusCode, &'static str, String, String)> {
+    let bad = StatusCode::BAD_REQUEST;
+    let resource = q
+        .get("resource")
+        .map(|r| r.trim_end_matches('/').to_string());
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        let why = "Required metadata header not specified";
+        Some((bad, "invalid_request", why.into(), why.into()))
+    } else if !q.contains_key("api-version") {
+        let why = "Required query variable 'api-version' is missing";
+        Some((
+            bad,
+            "invalid_request",
+            why.into(),
+            "api-version missing".into(),
+        ))
+    } else if resource.as_deref() != Some(ARM_RESOURCE) {
+        let why = format!("AADSTS500011: The resource principal named {resource:?} was not found.");
+        Some((
+            bad,
+            "invalid_resource",
+            why,
+            format!("resource {resource:?}"),
+        ))
+    } else if !assigned {
+        let why = format!("Identity not found: client_id '{client_id}' is not assigned to this VM");
+        Some((
+            bad,
+            "invalid_request",
+            why,
+            format!("no identity {client_id:?} assigned"),
+        ))
+    } else {
+        None
+    }
+}
+
 async fn imds_token(
     State(s): State<Arc<Inner>>,
     Query(q): Query<HashMap<String, String>>,
@@ -697,58 +754,31 @@ async fn imds_token(
         )
             .into_response()
     };
-    let resource = q
-        .get("resource")
-        .map(|r| r.trim_end_matches('/').to_string());
     let tenant = s.managed.lock().unwrap().get(&client_id).cloned();
-    let response = if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
-        exchange.status = 400;
-        exchange.error = Some("Required metadata header not specified".into());
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Required metadata header not specified".into(),
-        )
-    } else if !q.contains_key("api-version") {
-        exchange.status = 400;
-        exchange.error = Some("api-version missing".into());
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Required query variable 'api-version' is missing".into(),
-        )
-    } else if resource.as_deref() != Some(ARM_RESOURCE) {
-        exchange.status = 400;
-        exchange.error = Some(format!("resource {resource:?}"));
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_resource",
-            format!("AADSTS500011: The resource principal named {resource:?} was not found."),
-        )
-    } else if let Some(tenant) = tenant {
-        exchange.tenant = tenant.clone();
-        let exp = now() + 3600;
-        let token = access_token(&s, &tenant, &client_id, "managed_identity", None);
-        s.seen(format!("access token of {client_id} via IMDS"), &token);
-        axum::Json(json!({
-            "access_token": token,
-            "client_id": client_id,
-            "expires_in": "3599",
-            "expires_on": exp.to_string(),
-            "ext_expires_in": "3599",
-            "not_before": now().to_string(),
-            "resource": ARM_RESOURCE,
-            "token_type": "Bearer",
-        }))
-        .into_response()
-    } else {
-        exchange.status = 400;
-        exchange.error = Some(format!("no identity {client_id:?} assigned"));
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("Identity not found: client_id '{client_id}' is not assigned to this VM"),
-        )
+    let response = match imds_refusal(&q, &headers, &client_id, tenant.is_some()) {
+        Some((status, error, description, logged)) => {
+            exchange.status = status.as_u16();
+            exchange.error = Some(logged);
+            refuse(status, error, description)
+        }
+        None => {
+            let tenant = tenant.unwrap_or_default();
+            exchange.tenant = tenant.clone();
+            let exp = now() + 3600;
+            let token = access_token(&s, &tenant, &client_id, "managed_identity", None);
+            s.seen(format!("access token of {client_id} via IMDS"), &token);
+            axum::Json(json!({
+                "access_token": token,
+                "client_id": client_id,
+                "expires_in": "3599",
+                "expires_on": exp.to_string(),
+                "ext_expires_in": "3599",
+                "not_before": now().to_string(),
+                "resource": ARM_RESOURCE,
+                "token_type": "Bearer",
+            }))
+            .into_response()
+        }
     };
     s.line(format!(
         "GET {IMDS_IP}/metadata/identity/oauth2/token {} client_id={client_id}{}",
