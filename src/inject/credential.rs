@@ -77,7 +77,7 @@ mod tests {
     use crate::inject::values::env_value;
 
     fn binding(identity: Option<Value>) -> MlflowWorkspaceBinding {
-        let mut spec = json!({"trackingUri": "azureml://westeurope.api.azureml.ms/mlflow/v1.0/x"});
+        let mut spec = json!({"trackingUri": AZUREML});
         if let Some(id) = identity {
             spec["identity"] = id;
         }
@@ -97,65 +97,52 @@ mod tests {
         d
     }
 
+    const AZUREML: &str = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/x";
+
+    fn container(env: Value) -> Value {
+        json!({"name": "train", "image": "i", "env": env})
+    }
+
+    /// One container with no variables of its own, no labels or annotations.
+    fn plain(case: &'static str, identity: Option<Value>, d: Desired, refused: bool) -> Case {
+        let containers = vec![container(json!([]))];
+        (case, identity, d, json!({}), containers, refused)
+    }
+
     #[test]
     fn an_azureml_pod_without_any_credential_is_refused_and_every_way_out_is_accepted() {
-        let azureml = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/x";
-        let wi = Some(json!({"workloadIdentity": {"clientId": "c"}}));
-        let container = |env: Value| json!({"name": "train", "image": "i", "env": env});
-        // (case, binding identity, desired, pod labels/annotations, containers, refused)
-        type Case = (
-            &'static str,
-            Option<Value>,
-            Desired,
-            Value,
-            Vec<Value>,
-            bool,
-        );
         let cases: Vec<Case> = vec![
-            (
-                "no credential anywhere",
-                None,
-                desired(azureml, &[]),
-                json!({}),
-                vec![container(json!([]))],
-                true,
-            ),
-            (
+            plain("no credential anywhere", None, desired(AZUREML, &[]), true),
+            plain(
                 "http server",
                 None,
                 desired("http://mlflow:5000", &[]),
-                json!({}),
-                vec![container(json!([]))],
                 false,
             ),
-            (
+            plain(
                 "binding identity",
-                wi,
-                desired(azureml, &[]),
-                json!({}),
-                vec![container(json!([]))],
+                Some(json!({"workloadIdentity": {"clientId": "c"}})),
+                desired(AZUREML, &[]),
                 false,
             ),
             (
                 "azure-workload-identity pod",
                 None,
-                desired(azureml, &[]),
+                desired(AZUREML, &[]),
                 json!({"labels": {"azure.workload.identity/use": "true"}}),
                 vec![container(json!([]))],
                 false,
             ),
-            (
+            plain(
                 "binding env credential",
                 None,
-                desired(azureml, &[("AZURE_CLIENT_ID", "c")]),
-                json!({}),
-                vec![container(json!([]))],
+                desired(AZUREML, &[("AZURE_CLIENT_ID", "c")]),
                 false,
             ),
             (
                 "container's own secret",
                 None,
-                desired(azureml, &[]),
+                desired(AZUREML, &[]),
                 json!({}),
                 vec![container(
                     json!([{"name": "AZURE_CLIENT_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
@@ -165,7 +152,7 @@ mod tests {
             (
                 "self-configured container",
                 None,
-                desired(azureml, &[]),
+                desired(AZUREML, &[]),
                 json!({}),
                 vec![container(
                     json!([{"name": "MLFLOW_TRACKING_URI", "value": "http://elsewhere"}]),
@@ -175,7 +162,7 @@ mod tests {
             (
                 "skipped container",
                 None,
-                desired(azureml, &[]),
+                desired(AZUREML, &[]),
                 json!({"annotations": {"mlflow-operator.io/skip-containers": "train"}}),
                 vec![container(json!([]))],
                 false,
@@ -183,7 +170,7 @@ mod tests {
             (
                 "one of two containers stuck",
                 None,
-                desired(azureml, &[]),
+                desired(AZUREML, &[]),
                 json!({}),
                 vec![
                     container(json!([{"name": "AZURE_CLIENT_ID", "value": "c"}])),
@@ -192,17 +179,31 @@ mod tests {
                 true,
             ),
         ];
-        for (case, identity, d, meta, containers, refused) in cases {
-            let raw = json!({"metadata": meta, "spec": {"containers": containers}});
-            let pod = pod::read(&raw).unwrap();
-            let got = missing(&binding(identity), &pod, &d, "team");
-            assert_eq!(got.is_some(), refused, "{case}: {got:?}");
-            if let Some(msg) = got {
-                assert!(
-                    msg.contains("spec.identity") && msg.contains("15 minutes"),
-                    "{case}: {msg}"
-                );
-            }
+        for case in cases {
+            refused_or_not(case);
+        }
+    }
+
+    /// (case, binding identity, desired, pod labels/annotations, containers, refused)
+    type Case = (
+        &'static str,
+        Option<Value>,
+        Desired,
+        Value,
+        Vec<Value>,
+        bool,
+    );
+
+    fn refused_or_not((case, identity, d, meta, containers, refused): Case) {
+        let raw = json!({"metadata": meta, "spec": {"containers": containers}});
+        let pod = pod::read(&raw).unwrap();
+        let got = missing(&binding(identity), &pod, &d, "team");
+        assert_eq!(got.is_some(), refused, "{case}: {got:?}");
+        if let Some(msg) = got {
+            assert!(
+                msg.contains("spec.identity") && msg.contains("15 minutes"),
+                "{case}: {msg}"
+            );
         }
     }
 }

@@ -287,90 +287,109 @@ mod tests {
         assert_eq!(pointer(&["a~b"]).to_string(), format!("/{}", escape("a~b")));
     }
 
-    #[test]
-    fn add_if_absent_per_slot() {
-        let a = json!({"name": "A", "value": "1"});
-        let b = json!({"name": "B", "value": "1"});
-        let mount = json!({"name": "v", "mountPath": "/p", "readOnly": true});
-        let volume = json!({"name": "v", "emptyDir": {}});
-        for (slot, wanted, existing, added, conflicts) in [
-            (&ENV, vec![&a, &b], vec![], vec![&a, &b], vec![]),
-            (&ENV, vec![&a, &b], vec![a.clone()], vec![&b], vec![]),
-            (
-                &ENV,
-                vec![&a, &b],
-                vec![json!({"name": "A", "value": "2"})],
-                vec![&b],
-                vec!["A"],
-            ),
-            (
-                &ENV,
-                vec![&a, &b],
-                vec![
-                    json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-                ],
-                vec![&b],
-                vec!["A"],
-            ),
-            (
-                &ENV,
-                vec![&a, &b],
-                vec![a.clone(), b.clone()],
-                vec![],
-                vec![],
-            ),
-            (
-                &ENV,
-                vec![&a],
-                vec![json!({"value": "x"}), json!(3)],
-                vec![&a],
-                vec![],
-            ),
-            (&MOUNT, vec![&mount], vec![], vec![&mount], vec![]),
-            (&MOUNT, vec![&mount], vec![mount.clone()], vec![], vec![]),
-            (
-                &MOUNT,
-                vec![&mount],
-                vec![json!({"name": "v", "mountPath": "/o"})],
-                vec![],
-                vec!["/p"],
-            ),
-            (
-                &MOUNT,
-                vec![&mount],
-                vec![json!({"name": "o", "mountPath": "/p"})],
-                vec![],
-                vec!["/p"],
-            ),
-            (
-                &MOUNT,
-                vec![&mount],
-                vec![json!({"name": "o", "mountPath": "/o"})],
-                vec![&mount],
-                vec![],
-            ),
-            (&VOLUME, vec![&volume], vec![], vec![&volume], vec![]),
-            (&VOLUME, vec![&volume], vec![volume.clone()], vec![], vec![]),
-            (
-                &VOLUME,
-                vec![&volume],
-                vec![json!({"name": "v", "secret": {"secretName": "s"}})],
-                vec![],
-                vec!["v"],
-            ),
-            (
-                &VOLUME,
-                vec![&volume],
-                vec![json!({"name": "w", "emptyDir": {}})],
-                vec![&volume],
-                vec![],
-            ),
-        ] {
+    type AddCase<'a> = (
+        Vec<&'a Value>,
+        Vec<Value>,
+        Vec<&'a Value>,
+        Vec<&'static str>,
+    );
+
+    /// (wanted, existing, added, conflicts) for one slot.
+    fn assert_adds(slot: &Slot, cases: Vec<AddCase<'_>>) {
+        for (wanted, existing, added, conflicts) in cases {
             let m = add_if_absent(slot, &existing, wanted);
             let added: Vec<Value> = added.into_iter().cloned().collect();
             assert_eq!(m.add, added, "{existing:?}");
             assert_eq!(m.conflicts, conflicts, "{existing:?}");
         }
+    }
+
+    #[test]
+    fn add_if_absent_env() {
+        let a = json!({"name": "A", "value": "1"});
+        let b = json!({"name": "B", "value": "1"});
+        assert_adds(
+            &ENV,
+            vec![
+                (vec![&a, &b], vec![], vec![&a, &b], vec![]),
+                (vec![&a, &b], vec![a.clone()], vec![&b], vec![]),
+                (
+                    vec![&a, &b],
+                    vec![json!({"name": "A", "value": "2"})],
+                    vec![&b],
+                    vec!["A"],
+                ),
+                (
+                    vec![&a, &b],
+                    vec![
+                        json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                    ],
+                    vec![&b],
+                    vec!["A"],
+                ),
+                (vec![&a, &b], vec![a.clone(), b.clone()], vec![], vec![]),
+                (
+                    vec![&a],
+                    vec![json!({"value": "x"}), json!(3)],
+                    vec![&a],
+                    vec![],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn add_if_absent_mounts() {
+        let mount = json!({"name": "v", "mountPath": "/p", "readOnly": true});
+        assert_adds(
+            &MOUNT,
+            vec![
+                (vec![&mount], vec![], vec![&mount], vec![]),
+                (vec![&mount], vec![mount.clone()], vec![], vec![]),
+                (
+                    vec![&mount],
+                    vec![json!({"name": "v", "mountPath": "/o"})],
+                    vec![],
+                    vec!["/p"],
+                ),
+                (
+                    vec![&mount],
+                    vec![json!({"name": "o", "mountPath": "/p"})],
+                    vec![],
+                    vec!["/p"],
+                ),
+                (
+                    vec![&mount],
+                    vec![json!({"name": "o", "mountPath": "/o"})],
+                    vec![&mount],
+                    vec![],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn add_if_absent_volumes() {
+        let volume = json!({"name": "v", "emptyDir": {}});
+        assert_adds(
+            &VOLUME,
+            vec![
+                (vec![&volume], vec![], vec![&volume], vec![]),
+                (vec![&volume], vec![volume.clone()], vec![], vec![]),
+                (
+                    vec![&volume],
+                    vec![json!({"name": "v", "secret": {"secretName": "s"}})],
+                    vec![],
+                    vec!["v"],
+                ),
+                (
+                    vec![&volume],
+                    vec![json!({"name": "w", "emptyDir": {}})],
+                    vec![&volume],
+                    vec![],
+                ),
+            ],
+        );
     }
 
     #[test]

@@ -309,16 +309,25 @@ mod tests {
                 (true, &["x=1"], &[], 1),
             ),
         ];
-        for (what, events, (ready, a, b, total)) in cases {
-            let (index, mut writer) = NamespaceIndex::<ConfigMap>::new();
-            for e in events {
-                writer.apply(e);
-            }
-            assert_eq!(index.is_ready(), ready, "{what}: ready");
-            assert_eq!(view(&index, "a"), a, "{what}: namespace a");
-            assert_eq!(view(&index, "b"), b, "{what}: namespace b");
-            assert_eq!(index.len(), total, "{what}: total");
+        for (what, events, expected) in cases {
+            served_after(what, events, expected);
         }
+    }
+
+    /// Applies `events` to a new index; asserts it is (ready, namespace a, namespace b, total).
+    fn served_after(
+        what: &str,
+        events: Vec<watcher::Event<ConfigMap>>,
+        (ready, a, b, total): (bool, &[&str], &[&str], usize),
+    ) {
+        let (index, mut writer) = NamespaceIndex::<ConfigMap>::new();
+        for e in events {
+            writer.apply(e);
+        }
+        assert_eq!(index.is_ready(), ready, "{what}: ready");
+        assert_eq!(view(&index, "a"), a, "{what}: namespace a");
+        assert_eq!(view(&index, "b"), b, "{what}: namespace b");
+        assert_eq!(index.len(), total, "{what}: total");
     }
 
     #[test]

@@ -4,6 +4,20 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// The operations of the pod's patch on its metadata; the whole patch applies.
+fn metadata_ops(p: &Value, b: &MlflowWorkspaceBinding) -> Vec<Value> {
+    let Plan::Inject { patch, .. } = plan_with(p, &[b], None, &Defaults::default()) else {
+        panic!("{p} is injected")
+    };
+    let mut out = p.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    let all = serde_json::to_value(&patch).unwrap();
+    let ops = all.as_array().unwrap().iter();
+    ops.filter(|o| o["path"].as_str().unwrap().starts_with("/metadata"))
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn injected_annotations_are_added_replaced_or_left() {
     let with = |annotations: Value| {
@@ -72,19 +86,7 @@ fn injected_annotations_are_added_replaced_or_left() {
             vec![json!({"op": "add", "path": "/metadata/annotations", "value": both("fraud/0")})],
         ),
     ] {
-        let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) else {
-            panic!()
-        };
-        let all = serde_json::to_value(&patch).unwrap();
-        let annotation_ops: Vec<&Value> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o["path"].as_str().unwrap().starts_with("/metadata"))
-            .collect();
-        assert_eq!(annotation_ops, ops.iter().collect::<Vec<_>>(), "{p}");
-        let mut out = p.clone();
-        json_patch::patch(&mut out, &patch).unwrap();
+        assert_eq!(metadata_ops(&p, &b), ops, "{p}");
     }
     let done = with(both("fraud/3"));
     let (out, _) = apply(&done, &simple());
