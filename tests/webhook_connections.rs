@@ -8,14 +8,12 @@
 
 use mlflow_operator_test_support as common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::eventually;
 use common::operator::OperatorProcess;
-use common::{eventually, free_port};
 use futures::future::join_all;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,21 +42,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
-}
-
-fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
 /// One review over a fresh connection, as the API server sends it; the time to the answer.
@@ -210,22 +193,9 @@ async fn thousands_of_idle_connections_are_bounded_and_clients_are_still_answere
         now_soft >= want,
         "open-file limit {soft}/{hard}: this test needs {want} (`ulimit -n {want}`)"
     );
-    common::ensure_crd(&common::client().await).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, pems) = common::write_loopback_certificate(dir.path());
-    let port = free_port();
-    let op = OperatorProcess::start(
-        "webhook",
-        &[
-            "--no-controller",
-            &format!("--webhook-addr=127.0.0.1:{port}"),
-            &format!("--tls-cert-file={}", cert.display()),
-            &format!("--tls-key-file={}", key.display()),
-        ],
-    );
-    op.wait_status("/readyz", 200, Duration::from_secs(60))
-        .await;
-    let tls = tls_connector(&pems.ca_cert);
+    let (op, ca_pem, port) = OperatorProcess::webhook_only(dir.path()).await;
+    let tls = common::fake_tls::connector(&ca_pem);
     // Warm: the allocator's arenas and the TLS session state of a few real exchanges.
     for _ in 0..20 {
         answered(port, &tls).await.expect("answered at rest");

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::webhook::{self, Limits, Webhook};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
@@ -73,21 +72,10 @@ async fn serve(limits: Limits) -> Server {
 }
 
 async fn connect(s: &Server) -> TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(s.ca.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
         .await
         .unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    mlflow_operator_test_support::fake_tls::connector(&s.ca)
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
         .expect("TLS handshake")

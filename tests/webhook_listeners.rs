@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::free_port;
 use common::operator::OperatorProcess;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -21,25 +20,6 @@ const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionRev
 /// TLS alert record type and the `protocol_version` alert (RFC 8446 §6).
 const ALERT: u8 = 0x15;
 const PROTOCOL_VERSION: u8 = 70;
-
-/// The webhook process with a certificate from files; its CA and webhook port.
-async fn start(dir: &std::path::Path) -> (OperatorProcess, String, u16) {
-    common::ensure_crd(&common::client().await).await;
-    let (cert, key, pems) = common::write_loopback_certificate(dir);
-    let port = free_port();
-    let op = OperatorProcess::start(
-        "webhook",
-        &[
-            "--no-controller",
-            &format!("--webhook-addr=127.0.0.1:{port}"),
-            &format!("--tls-cert-file={}", cert.display()),
-            &format!("--tls-key-file={}", key.display()),
-        ],
-    );
-    op.wait_status("/readyz", 200, Duration::from_secs(60))
-        .await;
-    (op, pems.ca_cert, port)
-}
 
 /// A ClientHello record offering only `version` (0x0301 TLS 1.0, 0x0302 TLS 1.1): no
 /// supported_versions extension, and otherwise what the server accepts (ECDHE with AES-GCM, the
@@ -115,7 +95,7 @@ fn listening_ports(pid: u32) -> BTreeSet<u16> {
 #[tokio::test]
 async fn rejects_tls_1_0_1_1_and_plain_http_and_no_other_listener_admits() {
     let dir = tempfile::tempdir().unwrap();
-    let (op, ca, port) = start(dir.path()).await;
+    let (op, ca, port) = OperatorProcess::webhook_only(dir.path()).await;
 
     for (name, version) in [("TLS 1.0", 0x0301), ("TLS 1.1", 0x0302)] {
         let answer = exchange(port, &legacy_client_hello(version)).await;

@@ -82,3 +82,22 @@ impl axum::serve::Listener for TlsListener {
 pub async fn serve(tcp: TcpListener, acceptor: TlsAcceptor, router: Router) {
     let _ = axum::serve(TlsListener { tcp, acceptor }, router).await;
 }
+
+/// A TLS client that trusts `ca_pem` only: the tests' side of a connection to a server of ours
+/// or of the fakes.
+pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}

@@ -61,6 +61,27 @@ impl OperatorProcess {
         }
     }
 
+    /// The webhook alone (`--no-controller`) on a free loopback port, serving a fresh loopback
+    /// certificate from files in `dir`, once `/readyz` answers 200; returns the CA PEM and the
+    /// port.
+    pub async fn webhook_only(dir: &std::path::Path) -> (Self, String, u16) {
+        crate::ensure_crd(&crate::client().await).await;
+        let (cert, key, pems) = crate::write_loopback_certificate(dir);
+        let port = free_port();
+        let op = Self::start(
+            "webhook",
+            &[
+                "--no-controller",
+                &format!("--webhook-addr=127.0.0.1:{port}"),
+                &format!("--tls-cert-file={}", cert.display()),
+                &format!("--tls-key-file={}", key.display()),
+            ],
+        );
+        op.wait_status("/readyz", 200, Duration::from_secs(60))
+            .await;
+        (op, pems.ca_cert, port)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
