@@ -172,7 +172,7 @@ fn missing_ids_message(inputs: &Inputs<'_>, no_client: bool, no_tenant: bool) ->
     }
     if no_tenant {
         fixes.push(format!(
-            "no tenant id: set spec.identity.workloadIdentity.tenantId on MlflowWorkspaceBinding \"{name}\", annotate ServiceAccount \"{sa}\"{sa_state}: kubectl annotate serviceaccount {sa} -n {ns} {SA_TENANT_ID_ANNOTATION}=<tenant-id>, or set the operator's default tenant (--default-tenant-id)"
+            "no tenant id: set spec.identity.workloadIdentity.tenantId on MlflowWorkspaceBinding \"{name}\", annotate ServiceAccount \"{sa}\"{sa_state}: kubectl annotate serviceaccount {sa} -n {ns} {SA_TENANT_ID_ANNOTATION}=<tenant-id>, or set the operator's default tenant (--default-tenant-id, or AZURE_TENANT_ID in its environment; the chart's azure.tenantId)"
         ));
     }
     format!(
