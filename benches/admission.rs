@@ -22,7 +22,6 @@ use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::webhook::{self, BindingIndex, Webhook};
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 /// A pod as kube-controller-manager creates it for a training Deployment: two containers, a
@@ -189,22 +188,11 @@ async fn serve_floor(listener: tokio::net::TcpListener, store: Arc<CertStore>) {
 
 /// Sequential requests over one kept-alive TLS connection: (p50, p99) in microseconds.
 async fn https_latency(port: u16, ca_pem: &str, body: &[u8], n: usize) -> (f64, f64) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     tcp.set_nodelay(true).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = mlflow_operator_test_support::fake_tls::connector(ca_pem)
         .connect(
             rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
             tcp,
