@@ -185,18 +185,7 @@ impl TestWebhook {
 
     /// Waits until the webhook's cache sees `name` with a Ready status.
     pub async fn wait_binding_ready(&self, name: &str) {
-        let ns = &self.namespace;
-        eventually(
-            &format!("binding {name} Ready in the webhook cache"),
-            Duration::from_secs(30),
-            || async {
-                self.bindings
-                    .get(ns, name)
-                    .filter(|b| b.is_ready())
-                    .map(|_| ())
-            },
-        )
-        .await;
+        self.wait_binding_ready_in(&self.namespace, name).await;
     }
 
     /// Waits until the webhook's cache sees `name` in namespace `ns` with a Ready status.
