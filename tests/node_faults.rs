@@ -374,7 +374,7 @@ fn arm_failing_for_minutes_keeps_the_last_good_uri_and_backs_off() {
             "azureml://northeurope.api.azureml.ms/mlflow/v1.0/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
         );
         sh.cloud
-            .set_workspace_uri(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, &moved);
+            .set_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, &moved);
         sh.cloud.set_arm_reply(None);
         let answering = Instant::now();
         eventually("the new URI once ARM answers again", MINUTE, || async {

@@ -3,6 +3,7 @@
 //! There is no skipping: a test that needs the cluster and cannot reach it fails with a message
 //! that says how to start one (`hack/test` does all of it).
 
+pub mod azure;
 pub mod fake_azure;
 pub mod fake_cloud;
 pub mod fake_tls;
