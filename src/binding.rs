@@ -63,6 +63,7 @@ macro_rules! mlflow_uri_message {
 /// experiment, and which Azure identity the pods use.
 // Each printcolumn repeats `type_ = "string"`, which the lint mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "mlflow-operator.io",
@@ -107,26 +108,23 @@ pub struct MlflowWorkspaceBindingSpec {
     /// An Azure Machine Learning workspace. The controller reads its MLflow tracking URI
     /// (`properties.mlFlowTrackingUri`) from Azure Resource Manager with the operator's own Azure
     /// identity. Exactly one of azureML and trackingUri must be set.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "azureML")]
+    #[serde(rename = "azureML")]
     pub azure_ml: Option<AzureMlWorkspace>,
 
     /// Any MLflow tracking URI: http(s)://host[:port][/path], databricks, databricks://profile,
     /// databricks-uc, or azureml://... Exactly one of azureML and trackingUri must be set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(MLFLOW_URI_RULE).message(mlflow_uri_message!("trackingUri")))]
     #[schemars(length(max = 2048))]
     pub tracking_uri: Option<String>,
 
     /// MLflow model registry URI, injected as MLFLOW_REGISTRY_URI. Defaults to the tracking URI
     /// (MLflow's own default) when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(MLFLOW_URI_RULE).message(mlflow_uri_message!("registryUri")))]
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
 
     /// Default MLflow experiment for the pods (MLFLOW_EXPERIMENT_NAME); MLflow creates it on first
     /// use. A pod can override it with the annotation mlflow-operator.io/experiment-name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 256").message(
         "experimentName must be 1 to 256 characters; remove the field to leave the experiment to the pod"
     ))]
@@ -135,15 +133,12 @@ pub struct MlflowWorkspaceBindingSpec {
 
     /// Which opted-in pods (label mlflow-operator.io/track: "true") of this namespace this binding
     /// applies to. Empty or unset: every opted-in pod of the namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
 
     /// The Azure identity the pods use to reach Azure ML. At most one mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
 
     /// Credentials for MLflow servers that are not Azure ML.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<MlflowAuth>,
 
     /// Extra environment variables for every injected container (for example
@@ -233,6 +228,7 @@ impl AzureCloud {
 }
 
 /// The Azure identity injected into pods. At most one mode.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -243,54 +239,50 @@ pub struct Identity {
     /// (azure-workload-identity compatible). clientId and tenantId default to the pod
     /// ServiceAccount's annotations azure.workload.identity/client-id and
     /// azure.workload.identity/tenant-id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentity>,
 
     /// A managed identity of the node (IMDS). Only AZURE_CLIENT_ID is injected, and only when
     /// clientId is set (a user-assigned identity); omit clientId for the system-assigned identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_identity: Option<ManagedIdentity>,
 
     /// A service principal with a client secret or a certificate kept in a Secret of this
     /// namespace (the "Environment" credential of the Azure ML docs). The operator never reads
     /// the Secret; pods reference it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_principal: Option<ServicePrincipal>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadIdentity {
     /// Client id of the Entra ID application or user-assigned managed identity (a GUID).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.workloadIdentity.clientId")))]
     #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 
     /// Entra ID tenant id (a GUID).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.workloadIdentity.tenantId")))]
     #[schemars(length(max = 36))]
     pub tenant_id: Option<String>,
 
     /// Lifetime of the projected ServiceAccount token, 3600 to 86400 seconds (default 3600).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 3600 && self <= 86400").message(
         "identity.workloadIdentity.tokenExpirationSeconds must be between 3600 and 86400"
     ))]
     pub token_expiration_seconds: Option<i64>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedIdentity {
     /// Client id of a user-assigned managed identity (a GUID). Omit for the system-assigned one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(GUID_RULE).message(guid_message!("identity.managedIdentity.clientId")))]
     #[schemars(length(max = 36))]
     pub client_id: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.clientSecretRef) != has(self.certificateSecretRef)").message(
@@ -308,12 +300,10 @@ pub struct ServicePrincipal {
     pub tenant_id: String,
 
     /// Secret key holding the client secret, injected as AZURE_CLIENT_SECRET by secretKeyRef.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_ref: Option<SecretKeyRef>,
 
     /// Secret key holding a PEM certificate with its private key, mounted read-only; its path is
     /// injected as AZURE_CLIENT_CERTIFICATE_PATH.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_secret_ref: Option<CertificateSecretRef>,
 }
 
@@ -330,6 +320,7 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSecretRef {
@@ -342,7 +333,6 @@ pub struct CertificateSecretRef {
     #[schemars(length(max = 253))]
     pub key: String,
     /// Optional key holding the certificate's password (AZURE_CLIENT_CERTIFICATE_PASSWORD).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
     #[schemars(length(max = 253))]
     pub password_key: Option<String>,
@@ -366,23 +356,20 @@ const SECRET_KEY_RULE: &str = "size(self) <= 253 && self.matches('^[-._a-zA-Z0-9
 const SECRET_KEY_MESSAGE: &str = "must be a Secret key: letters, digits, '-', '_' or '.'";
 
 /// What the controller observed. Written only by the controller (server-side apply).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MlflowWorkspaceBindingStatus {
     /// The metadata.generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The resolved MLflow tracking URI injected as MLFLOW_TRACKING_URI. Kept while a refresh
     /// fails.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub tracking_uri: Option<String>,
     /// The resolved registry URI injected as MLFLOW_REGISTRY_URI, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub registry_uri: Option<String>,
     /// The opted-in pods this binding selects now, by whether they carry its current injection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodCounts>,
     /// Kubernetes conditions; Ready says whether pods can be injected. While Azure Resource
     /// Manager or Entra ID throttles, fails or does not answer, Ready stays True with the last

@@ -28,7 +28,7 @@ use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use serde_json::{Value, json};
 
-use common::fake_cloud::{self, Credential, FakeCloud};
+use common::fake_cloud::{self, Credential, Exchange, FakeCloud};
 use common::helm::helm_ok;
 use common::mlflow::MlflowServer;
 use common::node::{
@@ -98,14 +98,8 @@ extern "C" fn clean_up_at_exit() {
 #[test]
 fn workload_identity_deployment_and_job_log_through_azure_ml() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "wi").await;
-        let experiment = format!("fraud-wi-{}", random_suffix());
-        sh.cloud.register_app(
-            TENANT,
-            TEAM_CLIENT,
-            Credential::Federated(vec![trainer_subject(&ns)]),
-        );
-        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        let (ns, experiment) = team(sh, "wi").await;
+        let identity = federated_team_identity(sh, &ns);
         let uri = azureml_binding(sh, &ns, &experiment, identity).await;
         assert!(uri.starts_with("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/"));
 
@@ -141,13 +135,7 @@ fn workload_identity_deployment_and_job_log_through_azure_ml() {
                 "{run}"
             );
         }
-        assert_exchanged(
-            sh,
-            "entra",
-            TEAM_CLIENT,
-            "federated",
-            Some(&trainer_subject(&ns)),
-        );
+        assert_team_exchanged(sh, &ns);
         assert_front_door_saw(sh, &from_job, TEAM_CLIENT, "federated");
         let arm: Vec<_> = sh
             .cloud
@@ -180,16 +168,9 @@ fn workload_identity_deployment_and_job_log_through_azure_ml() {
 #[test]
 fn service_principal_with_client_secret_logs_through_azure_ml() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "sp-secret").await;
+        let (ns, experiment) = team(sh, "sp-secret").await;
         let secret = format!("s3cr3t~{}", random_suffix());
-        sh.cloud
-            .register_app(TENANT, SP_SECRET_CLIENT, Credential::Secret(secret.clone()));
-        create_secret(sh, &ns, "sp-creds", &[("clientSecret", &secret)]).await;
-        let experiment = format!("fraud-sp-secret-{}", random_suffix());
-        let identity = json!({"servicePrincipal": {
-            "clientId": SP_SECRET_CLIENT, "tenantId": TENANT,
-            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
-        }});
+        let identity = secret_identity(sh, &ns, SP_SECRET_CLIENT, &secret, &secret).await;
         let run = logged_through_azure_ml(sh, &ns, &experiment, identity).await;
         assert_exchanged(sh, "entra", SP_SECRET_CLIENT, "client_secret", None);
         assert_msal_discovered_the_tenant(sh);
@@ -202,11 +183,10 @@ fn service_principal_with_client_secret_logs_through_azure_ml() {
 #[test]
 fn service_principal_with_certificate_logs_through_azure_ml() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "sp-cert").await;
+        let (ns, experiment) = team(sh, "sp-cert").await;
         let (pem, credential) = fake_cloud::service_principal_certificate(SP_CERT_CLIENT);
         sh.cloud.register_app(TENANT, SP_CERT_CLIENT, credential);
         create_secret(sh, &ns, "sp-cert", &[("tls.pem", &pem)]).await;
-        let experiment = format!("fraud-sp-cert-{}", random_suffix());
         let identity = json!({"servicePrincipal": {
             "clientId": SP_CERT_CLIENT, "tenantId": TENANT,
             "certificateSecretRef": {"name": "sp-cert", "key": "tls.pem"},
@@ -222,9 +202,8 @@ fn service_principal_with_certificate_logs_through_azure_ml() {
 #[test]
 fn managed_identity_logs_through_azure_ml() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "mi").await;
+        let (ns, experiment) = team(sh, "mi").await;
         sh.cloud.register_managed_identity(TENANT, MI_CLIENT);
-        let experiment = format!("fraud-mi-{}", random_suffix());
         let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
         let run = logged_through_azure_ml(sh, &ns, &experiment, identity).await;
         assert_exchanged(sh, "imds", MI_CLIENT, "managed_identity", None);
@@ -237,7 +216,7 @@ fn managed_identity_logs_through_azure_ml() {
 #[test]
 fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "basic").await;
+        let (ns, experiment) = team(sh, "basic").await;
         // mlflow refuses admin passwords of 12 characters or fewer.
         let password = format!("trainer-password-{}", random_suffix());
         create_secret(
@@ -248,7 +227,6 @@ fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
         )
         .await;
         let server = in_cluster_server(sh, &ns, Some(("trainer-admin", &password))).await;
-        let experiment = format!("fraud-basic-{}", random_suffix());
         apply_binding(
             sh,
             &ns,
@@ -287,15 +265,9 @@ fn tracking_uri_binding_with_basic_auth_logs_to_an_in_cluster_server() {
 #[test]
 fn experiment_annotation_overrides_the_binding_and_an_own_tracking_uri_is_kept() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "override").await;
-        sh.cloud.register_app(
-            TENANT,
-            TEAM_CLIENT,
-            Credential::Federated(vec![trainer_subject(&ns)]),
-        );
-        let binding_experiment = format!("fraud-binding-{}", random_suffix());
+        let (ns, binding_experiment) = team(sh, "override").await;
         let annotated = format!("fraud-annotated-{}", random_suffix());
-        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        let identity = federated_team_identity(sh, &ns);
         azureml_binding(sh, &ns, &binding_experiment, identity).await;
         let own = example_server(sh).await;
 
@@ -345,14 +317,8 @@ fn experiment_annotation_overrides_the_binding_and_an_own_tracking_uri_is_kept()
 #[test]
 fn pytorchjob_shaped_master_and_worker_both_log() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "pytorch").await;
-        sh.cloud.register_app(
-            TENANT,
-            TEAM_CLIENT,
-            Credential::Federated(vec![trainer_subject(&ns)]),
-        );
-        let experiment = format!("fraud-pytorch-{}", random_suffix());
-        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
+        let (ns, experiment) = team(sh, "pytorch").await;
+        let identity = federated_team_identity(sh, &ns);
         azureml_binding(sh, &ns, &experiment, identity).await;
         for (rank, replica) in ["master", "worker"].iter().enumerate() {
             let labels = json!({
@@ -384,13 +350,7 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
             .await;
             rest.assert_run(&run, &experiment).await;
         }
-        assert_exchanged(
-            sh,
-            "entra",
-            TEAM_CLIENT,
-            "federated",
-            Some(&trainer_subject(&ns)),
-        );
+        assert_team_exchanged(sh, &ns);
     });
 }
 
@@ -399,34 +359,14 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
 #[test]
 fn rejects_a_service_account_the_application_is_not_federated_with() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "unfederated").await;
+        let (ns, experiment) = team(sh, "unfederated").await;
         let other = format!("system:serviceaccount:{ns}:someone-else");
         sh.cloud
             .register_app(TENANT, TEAM_CLIENT, Credential::Federated(vec![other]));
-        let experiment = format!("fraud-unfederated-{}", random_suffix());
         let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
-        azureml_binding(sh, &ns, &experiment, identity).await;
-        plain_job(&ns, "train").await;
-        let log = failed(sh, &ns, "job-name=train").await;
-        assert!(
-            log.contains("AADSTS70021"),
-            "the pod must fail with Entra ID's refusal:\n{log}"
-        );
         let subject = trainer_subject(&ns);
-        let exchanges = sh.cloud.exchanges();
-        assert!(
-            exchanges.iter().any(|e| e.client_id == TEAM_CLIENT
-                && e.subject.as_deref() == Some(subject.as_str())
-                && e.status == 401),
-            "Entra ID must have refused {subject}: {exchanges:#?}"
-        );
-        assert!(
-            Rest::local(&sh.server)
-                .experiment_id(&experiment)
-                .await
-                .is_none(),
-            "nothing may reach the workspace without a token"
-        );
+        let refused = |e: &Exchange| e.subject.as_deref() == Some(subject.as_str());
+        refused_by_entra(sh, (&ns, &experiment), identity, "AADSTS70021", refused).await;
     });
 }
 
@@ -434,38 +374,12 @@ fn rejects_a_service_account_the_application_is_not_federated_with() {
 #[test]
 fn rejects_a_stale_client_secret() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "stale-secret").await;
-        sh.cloud.register_app(
-            TENANT,
-            SP_STALE_CLIENT,
-            Credential::Secret(format!("current-{}", random_suffix())),
-        );
-        create_secret(sh, &ns, "sp-creds", &[("clientSecret", "rotated-away")]).await;
-        let experiment = format!("fraud-stale-{}", random_suffix());
-        let identity = json!({"servicePrincipal": {
-            "clientId": SP_STALE_CLIENT, "tenantId": TENANT,
-            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
-        }});
-        azureml_binding(sh, &ns, &experiment, identity).await;
-        plain_job(&ns, "train").await;
-        let log = failed(sh, &ns, "job-name=train").await;
-        assert!(
-            log.contains("AADSTS7000215"),
-            "the pod must fail with Entra ID's refusal:\n{log}"
-        );
-        let exchanges = sh.cloud.exchanges();
-        assert!(
-            exchanges
-                .iter()
-                .any(|e| e.client_id == SP_STALE_CLIENT && e.status == 401),
-            "Entra ID must have refused {SP_STALE_CLIENT}: {exchanges:#?}"
-        );
-        assert!(
-            Rest::local(&sh.server)
-                .experiment_id(&experiment)
-                .await
-                .is_none()
-        );
+        let (ns, experiment) = team(sh, "stale-secret").await;
+        let current = format!("current-{}", random_suffix());
+        let stale = "rotated-away";
+        let identity = secret_identity(sh, &ns, SP_STALE_CLIENT, &current, stale).await;
+        let refused = |e: &Exchange| e.client_id == SP_STALE_CLIENT;
+        refused_by_entra(sh, (&ns, &experiment), identity, "AADSTS7000215", refused).await;
     });
 }
 
@@ -474,8 +388,7 @@ fn rejects_a_stale_client_secret() {
 #[test]
 fn rejects_a_pod_that_would_reach_azure_ml_with_no_credential() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "no-credential").await;
-        let experiment = format!("fraud-no-credential-{}", random_suffix());
+        let (ns, experiment) = team(sh, "no-credential").await;
         azureml_binding(sh, &ns, &experiment, Value::Null).await;
         let pods: Api<Pod> = Api::namespaced(sh.client.clone(), &ns);
         let pod: Pod = serde_json::from_value(json!({
@@ -504,26 +417,13 @@ fn rejects_a_pod_that_would_reach_azure_ml_with_no_credential() {
 #[test]
 fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
     case(|sh| async move {
-        let ns = team_namespace(sh, "aml-uri").await;
-        sh.cloud.register_app(
-            TENANT,
-            TEAM_CLIENT,
-            Credential::Federated(vec![trainer_subject(&ns)]),
-        );
+        let (ns, experiment) = team(sh, "aml-uri").await;
+        let identity = federated_team_identity(sh, &ns);
         let uri = sh
             .cloud
             .add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
-        let experiment = format!("fraud-aml-uri-{}", random_suffix());
-        apply_binding(
-            sh,
-            &ns,
-            json!({
-                "trackingUri": uri,
-                "experimentName": experiment,
-                "identity": {"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}},
-            }),
-        )
-        .await;
+        let spec = json!({"trackingUri": uri, "experimentName": experiment, "identity": identity});
+        apply_binding(sh, &ns, spec).await;
         plain_job(&ns, "train").await;
         let run = trained(sh, &ns, "job-name=train").await;
         Rest::local(&sh.server).assert_run(&run, &experiment).await;
@@ -541,13 +441,7 @@ fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
             !log.iter().any(|l| l.contains("/metadata/endpoints")),
             "no client may ask ARM for cloud metadata: {log:#?}"
         );
-        assert_exchanged(
-            sh,
-            "entra",
-            TEAM_CLIENT,
-            "federated",
-            Some(&trainer_subject(&ns)),
-        );
+        assert_team_exchanged(sh, &ns);
     });
 }
 
@@ -564,37 +458,21 @@ fn azureml_tracking_uri_binding_logs_without_asking_arm_for_cloud_metadata() {
 #[test]
 fn no_token_secret_or_assertion_reaches_any_log() {
     case(|sh| async move {
-        let wi = team_namespace(sh, "sweep-wi").await;
-        sh.cloud.register_app(
-            TENANT,
-            TEAM_CLIENT,
-            Credential::Federated(vec![trainer_subject(&wi)]),
-        );
-        let identity = json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}});
-        azureml_binding(sh, &wi, &format!("sweep-wi-{}", random_suffix()), identity).await;
+        let (wi, experiment) = team(sh, "sweep-wi").await;
+        let identity = federated_team_identity(sh, &wi);
+        azureml_binding(sh, &wi, &experiment, identity).await;
 
-        let mi = team_namespace(sh, "sweep-mi").await;
+        let (mi, experiment) = team(sh, "sweep-mi").await;
         sh.cloud.register_managed_identity(TENANT, MI_CLIENT);
         let identity = json!({"managedIdentity": {"clientId": MI_CLIENT}});
-        azureml_binding(sh, &mi, &format!("sweep-mi-{}", random_suffix()), identity).await;
+        azureml_binding(sh, &mi, &experiment, identity).await;
 
-        let sp = team_namespace(sh, "sweep-sp").await;
-        let client_secret = format!(
-            "sweep-client-secret-{}-{}",
-            random_suffix(),
-            random_suffix()
-        );
-        sh.cloud.register_app(
-            TENANT,
-            SP_SWEEP_CLIENT,
-            Credential::Secret(client_secret.clone()),
-        );
-        create_secret(sh, &sp, "sp-creds", &[("clientSecret", &client_secret)]).await;
-        let identity = json!({"servicePrincipal": {
-            "clientId": SP_SWEEP_CLIENT, "tenantId": TENANT,
-            "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
-        }});
-        azureml_binding(sh, &sp, &format!("sweep-sp-{}", random_suffix()), identity).await;
+        let (sp, experiment) = team(sh, "sweep-sp").await;
+        let suffix = format!("{}-{}", random_suffix(), random_suffix());
+        let client_secret = format!("sweep-client-secret-{suffix}");
+        let identity =
+            secret_identity(sh, &sp, SP_SWEEP_CLIENT, &client_secret, &client_secret).await;
+        azureml_binding(sh, &sp, &experiment, identity).await;
 
         for ns in [&wi, &mi, &sp] {
             create_job(
@@ -781,6 +659,72 @@ async fn team_namespace(sh: &Shared, prefix: &str) -> String {
     name
 }
 
+/// A team namespace and a fresh experiment name for one case.
+async fn team(sh: &Shared, case: &str) -> (String, String) {
+    let ns = team_namespace(sh, case).await;
+    (ns, format!("fraud-{case}-{}", random_suffix()))
+}
+
+/// The team's application, federated with the namespace's `trainer` ServiceAccount, as a
+/// binding's identity.
+fn federated_team_identity(sh: &Shared, ns: &str) -> Value {
+    let federated = Credential::Federated(vec![trainer_subject(ns)]);
+    sh.cloud.register_app(TENANT, TEAM_CLIENT, federated);
+    json!({"workloadIdentity": {"clientId": TEAM_CLIENT, "tenantId": TENANT}})
+}
+
+/// A service principal registered with the secret `registered`, whose Secret `sp-creds` in the
+/// namespace holds `in_secret`, as a binding's identity.
+async fn secret_identity(
+    sh: &Shared,
+    ns: &str,
+    client_id: &str,
+    registered: &str,
+    in_secret: &str,
+) -> Value {
+    let secret = Credential::Secret(registered.to_string());
+    sh.cloud.register_app(TENANT, client_id, secret);
+    create_secret(sh, ns, "sp-creds", &[("clientSecret", in_secret)]).await;
+    json!({"servicePrincipal": {
+        "clientId": client_id, "tenantId": TENANT,
+        "clientSecretRef": {"name": "sp-creds", "key": "clientSecret"},
+    }})
+}
+
+/// A Job under a binding with `identity` fails with Entra ID's `code`, Entra ID refused the
+/// exchange `refused` picks, and nothing reached the workspace.
+async fn refused_by_entra(
+    sh: &Shared,
+    (ns, experiment): (&str, &str),
+    identity: Value,
+    code: &str,
+    refused: impl Fn(&Exchange) -> bool,
+) {
+    azureml_binding(sh, ns, experiment, identity).await;
+    plain_job(ns, "train").await;
+    let log = failed(sh, ns, "job-name=train").await;
+    assert!(
+        log.contains(code),
+        "the pod must fail with Entra ID's refusal {code}:\n{log}"
+    );
+    let exchanges = sh.cloud.exchanges();
+    assert!(
+        exchanges.iter().any(|e| e.status == 401 && refused(e)),
+        "Entra ID must have refused the exchange: {exchanges:#?}"
+    );
+    let rest = Rest::local(&sh.server);
+    assert!(
+        rest.experiment_id(experiment).await.is_none(),
+        "nothing may reach the workspace without a token"
+    );
+}
+
+/// Entra ID exchanged the `trainer` ServiceAccount's token for the team's application.
+fn assert_team_exchanged(sh: &Shared, ns: &str) {
+    let subject = trainer_subject(ns);
+    assert_exchanged(sh, "entra", TEAM_CLIENT, "federated", Some(&subject));
+}
+
 fn trainer_subject(ns: &str) -> String {
     format!("system:serviceaccount:{ns}:trainer")
 }
@@ -932,27 +876,32 @@ async fn job_pod(sh: &Shared, ns: &str, job: &str) -> Value {
     serde_json::to_value(&list[0]).unwrap()
 }
 
+/// The first pod matching `selector`: the pod, its name, phase and log so far.
+async fn first_pod(
+    pods: &Api<Pod>,
+    selector: &str,
+) -> Result<(Pod, String, String, String), String> {
+    let selected = kube::api::ListParams::default().labels(selector);
+    let list = pods.list(&selected).await.map_err(|e| e.to_string())?;
+    let pod = list.items.first().ok_or("no pod yet")?.clone();
+    let name = pod.metadata.name.clone().unwrap();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+    let log = pods.logs(&name, &LogParams::default()).await;
+    Ok((
+        pod,
+        name,
+        phase.unwrap_or_default(),
+        log.unwrap_or_default(),
+    ))
+}
+
 /// Waits for the pod matching `selector` to print train.py's result line; returns it. Fails
 /// with the pod's log when the pod fails or the deadline passes.
 async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
     let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
     let what = format!("a pod matching {selector} in {ns} to log its run");
     let (pod, result) = eventually_ok(&what, 6 * MINUTE, || async {
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(selector))
-            .await
-            .map_err(|e| e.to_string())?;
-        let pod = list.items.first().ok_or("no pod yet")?.clone();
-        let name = pod.metadata.name.clone().unwrap();
-        let phase = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        let log = pods
-            .logs(&name, &LogParams::default())
-            .await
-            .unwrap_or_default();
+        let (pod, name, phase, log) = first_pod(&pods, selector).await?;
         if let Some(line) = log
             .lines()
             .rev()
@@ -1016,21 +965,7 @@ async fn failed(sh: &Shared, ns: &str, selector: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
     let what = format!("a pod matching {selector} in {ns} to fail");
     eventually_ok(&what, 6 * MINUTE, || async {
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(selector))
-            .await
-            .map_err(|e| e.to_string())?;
-        let pod = list.items.first().ok_or("no pod yet")?.clone();
-        let name = pod.metadata.name.clone().unwrap();
-        let phase = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        let log = pods
-            .logs(&name, &LogParams::default())
-            .await
-            .unwrap_or_default();
+        let (pod, name, phase, log) = first_pod(&pods, selector).await?;
         match phase.as_str() {
             "Failed" => Ok(log),
             "Succeeded" => panic!("pod {name} was expected to fail but succeeded:\n{log}"),
@@ -1299,22 +1234,20 @@ async fn in_cluster_server(sh: &Shared, ns: &str, admin: Option<(&str, &str)>) -
     });
     kubectl(&["apply", "-f", "-"], &manifest.to_string()).await;
     let rest = server_rest(sh, ns, admin).await;
-    // The port opens before the app answers.
-    eventually_ok(
-        "the basic-auth MLflow server to answer",
-        2 * MINUTE,
-        || async {
-            let (status, body) = rest
-                .get(
-                    "/api/2.0/mlflow/experiments/get-by-name",
-                    &[("experiment_name", "Default")],
-                )
-                .await;
-            (status == 200)
-                .then_some(())
-                .ok_or(format!("{status} {body}"))
-        },
-    )
+    answering(rest, "the basic-auth MLflow server").await
+}
+
+/// `rest` once its server answers: the port opens before the app does.
+async fn answering(rest: Rest, what: &str) -> Rest {
+    let default = [("experiment_name", "Default")];
+    eventually_ok(&format!("{what} to answer"), 2 * MINUTE, || async {
+        let (status, body) = rest
+            .get("/api/2.0/mlflow/experiments/get-by-name", &default)
+            .await;
+        (status == 200)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    })
     .await;
     rest
 }
@@ -1329,21 +1262,5 @@ async fn example_server(sh: &Shared) -> Rest {
     .unwrap();
     kubectl(&["apply", "-f", "-"], &manifest).await;
     let rest = server_rest(sh, "mlflow", None).await;
-    eventually_ok(
-        "the example MLflow server to answer",
-        2 * MINUTE,
-        || async {
-            let (status, body) = rest
-                .get(
-                    "/api/2.0/mlflow/experiments/get-by-name",
-                    &[("experiment_name", "Default")],
-                )
-                .await;
-            (status == 200)
-                .then_some(())
-                .ok_or(format!("{status} {body}"))
-        },
-    )
-    .await;
-    rest
+    answering(rest, "the example MLflow server").await
 }

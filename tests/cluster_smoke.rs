@@ -4,6 +4,7 @@ use mlflow_operator_test_support as common;
 
 use std::time::Duration;
 
+use common::node::pods_when;
 use common::{cluster_env, eventually, with_temp_ns};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -69,19 +70,9 @@ async fn a_pod_runs_on_the_node_and_reaches_the_api_server_and_dns_through_servi
 async fn deployment_yields_a_replicaset_and_pods() {
     with_temp_ns("smoke-deploy", |client, ns| async move {
         let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "train"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "train"}},
-                "template": {
-                    "metadata": {"labels": {"app": "train"}},
-                    "spec": {"containers": [{"name": "c", "image": common::node::BUSYBOX,
-                        "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}
-                }
-            }
-        }))
-        .unwrap();
+        let spec = json!({"containers": [{"name": "c", "image": common::node::BUSYBOX,
+            "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]});
+        let d = common::deployment("train", 2, json!({}), spec);
         deploys.create(&PostParams::default(), &d).await.unwrap();
         let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
         let rs = eventually(
@@ -99,22 +90,11 @@ async fn deployment_yields_a_replicaset_and_pods() {
         .await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let rs_name = rs.name_any();
-        eventually(
-            "two Pods owned by the ReplicaSet",
-            Duration::from_secs(60),
-            || async {
-                let list = pods
-                    .list(&ListParams::default().labels("app=train"))
-                    .await
-                    .ok()?;
-                let owned = list
-                    .items
-                    .iter()
-                    .filter(|p| p.owner_references().iter().any(|o| o.name == rs_name))
-                    .count();
-                (owned == 2).then_some(())
-            },
-        )
+        let owned = |p: &Pod| p.owner_references().iter().any(|o| o.name == rs_name);
+        let what = "two Pods owned by the ReplicaSet";
+        pods_when(&pods, "app=train", what, Duration::from_secs(60), |ps| {
+            ps.iter().filter(|p| owned(p)).count() == 2
+        })
         .await;
     })
     .await;

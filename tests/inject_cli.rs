@@ -6,114 +6,15 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BINDING: &str = "\
-apiVersion: mlflow-operator.io/v1alpha1
-kind: MlflowWorkspaceBinding
-metadata:
-  name: fraud
-  namespace: team-a
-  generation: 2
-spec:
-  trackingUri: https://mlflow.example.com
-  experimentName: fraud-detection
-";
-
-const WI_BINDING: &str = "\
-apiVersion: mlflow-operator.io/v1alpha1
-kind: MlflowWorkspaceBinding
-metadata: {name: wi, namespace: team-a}
-spec:
-  trackingUri: https://mlflow.example.com
-  identity:
-    workloadIdentity: {tenantId: 22222222-2222-2222-2222-222222222222}
-";
-
-const CONFIG_MAP: &str = "\
-# settings kept as written
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: settings   # trailing comment
-data:
-  a: '1'
-";
-
-const LABELLED: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: train
-  namespace: team-a
-spec:
-  selector: {matchLabels: {app: train}}
-  template:
-    metadata:
-      labels: {app: train, mlflow-operator.io/track: 'true'}
-    spec:
-      containers:
-      - name: train
-        image: trainer:1
-        env:
-        - {name: KEEP, value: me}
-";
-
-const UNLABELLED: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  template:
-    metadata: {labels: {app: web}}   # no opt-in label
-    spec:
-      containers: [{name: web, image: nginx}]
-";
-
-const CRONJOB: &str = "\
-apiVersion: batch/v1
-kind: CronJob
-metadata: {name: nightly}
-spec:
-  schedule: '0 0 * * *'
-  jobTemplate:
-    spec:
-      template:
-        metadata:
-          labels: {mlflow-operator.io/track: 'true'}
-        spec:
-          restartPolicy: Never
-          containers: [{name: job, image: trainer:1}]
-";
-
-const JOB_WITH_SIDECAR: &str = "\
-apiVersion: batch/v1
-kind: Job
-metadata: {name: once}
-spec:
-  template:
-    metadata:
-      labels: {mlflow-operator.io/track: 'true'}
-    spec:
-      restartPolicy: Never
-      initContainers:
-      - name: logs
-        image: shipper:1
-        restartPolicy: Always
-      containers: [{name: job, image: trainer:1}]
-";
-
-const STATEFULSET: &str = "\
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db}
-spec:
-  serviceName: db
-  template:
-    metadata:
-      labels: {mlflow-operator.io/track: 'true'}
-    spec:
-      futurePodField: {keep: true}
-      containers: [{name: db, image: db:1}]
-";
+// The manifests are files so they read as what a user would pipe in.
+const BINDING: &str = include_str!("fixtures/inject/binding.yaml");
+const WI_BINDING: &str = include_str!("fixtures/inject/wi-binding.yaml");
+const CONFIG_MAP: &str = include_str!("fixtures/inject/config-map.yaml");
+const LABELLED: &str = include_str!("fixtures/inject/labelled.yaml");
+const UNLABELLED: &str = include_str!("fixtures/inject/unlabelled.yaml");
+const CRONJOB: &str = include_str!("fixtures/inject/cronjob.yaml");
+const JOB_WITH_SIDECAR: &str = include_str!("fixtures/inject/job-with-sidecar.yaml");
+const STATEFULSET: &str = include_str!("fixtures/inject/statefulset.yaml");
 
 struct Run {
     code: i32,
@@ -283,15 +184,7 @@ fn input_file_and_service_account_flags() {
 /// the preview must too, or it refuses a pod the webhook injects.
 #[test]
 fn default_tenant_comes_from_azure_tenant_id_as_in_run() {
-    const NO_TENANT: &str = "\
-apiVersion: mlflow-operator.io/v1alpha1
-kind: MlflowWorkspaceBinding
-metadata: {name: wi, namespace: team-a}
-spec:
-  trackingUri: https://mlflow.example.com
-  identity:
-    workloadIdentity: {clientId: 11111111-1111-1111-1111-111111111111}
-";
+    const NO_TENANT: &str = include_str!("fixtures/inject/no-tenant-binding.yaml");
     let tenant = "33333333-3333-3333-3333-333333333333";
     let run = inject_with_env(NO_TENANT, LABELLED, &[], &[("AZURE_TENANT_ID", tenant)]);
     assert_eq!(run.code, 0, "{}", run.stderr);

@@ -47,6 +47,22 @@ async fn webhook_and_binding(
     wh
 }
 
+/// Runs `test` in a fresh namespace with the webhook and a Ready binding for `server` (see
+/// `webhook_and_binding`); stops the webhook afterwards.
+async fn with_binding(
+    prefix: &str,
+    server: &MlflowServer,
+    spec: Value,
+    test: impl AsyncFnOnce(&Client, &str),
+) {
+    with_temp_ns(prefix, |client, ns| async move {
+        let wh = webhook_and_binding(&client, &ns, server, spec).await;
+        test(&client, &ns).await;
+        wh.stop().await;
+    })
+    .await;
+}
+
 /// Creates a labelled training pod through the API server and returns it as stored.
 async fn create_pod(client: &Client, ns: &str, annotations: Value) -> Pod {
     let p: Pod = serde_json::from_value(json!({
@@ -116,15 +132,9 @@ async fn assert_logged(server: &MlflowServer, experiment: &str) {
 #[tokio::test]
 async fn a_pod_injected_by_the_webhook_logs_a_run_with_the_real_mlflow_client() {
     let server = MlflowServer::start().await;
-    with_temp_ns("mlflow-e2e", |client, ns| async move {
-        let wh = webhook_and_binding(
-            &client,
-            &ns,
-            &server,
-            json!({"experimentName": "fraud-detection"}),
-        )
-        .await;
-        let pod = create_pod(&client, &ns, json!({})).await;
+    let spec = json!({"experimentName": "fraud-detection"});
+    with_binding("mlflow-e2e", &server, spec, async |client, ns| {
+        let pod = create_pod(client, ns, json!({})).await;
         let env = plain_env(&pod);
         assert_eq!(
             env.get("MLFLOW_TRACKING_URI"),
@@ -140,7 +150,6 @@ async fn a_pod_injected_by_the_webhook_logs_a_run_with_the_real_mlflow_client() 
         let out = run_python(&env, TRAIN, CLIENT_TIMEOUT).await;
         eprintln!("{out}");
         assert_logged(&server, "fraud-detection").await;
-        wh.stop().await;
     })
     .await;
 }
@@ -148,17 +157,11 @@ async fn a_pod_injected_by_the_webhook_logs_a_run_with_the_real_mlflow_client() 
 #[tokio::test]
 async fn the_experiment_annotation_overrides_the_binding() {
     let server = MlflowServer::start().await;
-    with_temp_ns("mlflow-e2e-ann", |client, ns| async move {
-        let wh = webhook_and_binding(
-            &client,
-            &ns,
-            &server,
-            json!({"experimentName": "fraud-detection"}),
-        )
-        .await;
+    let spec = json!({"experimentName": "fraud-detection"});
+    with_binding("mlflow-e2e-ann", &server, spec, async |client, ns| {
         let pod = create_pod(
-            &client,
-            &ns,
+            client,
+            ns,
             json!({"mlflow-operator.io/experiment-name": "override-exp"}),
         )
         .await;
@@ -176,7 +179,6 @@ async fn the_experiment_annotation_overrides_the_binding() {
             None,
             "the binding's experiment is not used"
         );
-        wh.stop().await;
     })
     .await;
 }
@@ -230,24 +232,18 @@ async fn basic_auth_credentials_come_from_the_secret_by_reference() {
     .status();
     assert_eq!(anonymous, reqwest::StatusCode::UNAUTHORIZED);
 
-    with_temp_ns("mlflow-e2e-auth", |client, ns| async move {
+    let spec = json!({"experimentName": "secured", "auth": {"secretName": "mlflow-creds"}});
+    with_binding("mlflow-e2e-auth", &server, spec, async |client, ns| {
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "mlflow-creds"},
             "stringData": {"username": auth.username, "password": auth.password}
         }))
         .unwrap();
-        Api::<Secret>::namespaced(client.clone(), &ns)
+        Api::<Secret>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &secret)
             .await
             .expect("create the credentials Secret");
-        let wh = webhook_and_binding(
-            &client,
-            &ns,
-            &server,
-            json!({"experimentName": "secured", "auth": {"secretName": "mlflow-creds"}}),
-        )
-        .await;
-        let pod = create_pod(&client, &ns, json!({})).await;
+        let pod = create_pod(client, ns, json!({})).await;
 
         // The pod carries references, never the credentials themselves.
         let entries = env_of(&pod, "train");
@@ -271,7 +267,7 @@ async fn basic_auth_credentials_come_from_the_secret_by_reference() {
             "the password is not in the pod"
         );
 
-        let env = resolve_env(&client, &ns, &pod).await;
+        let env = resolve_env(client, ns, &pod).await;
         assert_eq!(env.get("MLFLOW_TRACKING_USERNAME"), Some(&auth.username));
         assert!(
             !env.contains_key("MLFLOW_TRACKING_TOKEN"),
@@ -279,7 +275,6 @@ async fn basic_auth_credentials_come_from_the_secret_by_reference() {
         );
         run_python(&env, TRAIN, CLIENT_TIMEOUT).await;
         assert_logged(&server, "secured").await;
-        wh.stop().await;
     })
     .await;
 }

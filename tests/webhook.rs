@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::node::pods_when;
 use common::webhook::{TestWebhook, env_of, env_value, ready_binding, set_status};
 use common::{eventually, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -53,6 +54,15 @@ fn refusal_message(err: kube::Error) -> String {
 async fn bind(client: &Client, wh: &TestWebhook, spec: Value) {
     ready_binding(client, &wh.namespace, "b", spec, URI).await;
     wh.wait_binding_ready("b").await;
+}
+
+/// Runs `test` with a webhook as `with_webhook` gives it and a Ready binding `b` of `spec`.
+async fn with_binding(prefix: &str, spec: Value, test: impl AsyncFnOnce(&Client, &TestWebhook)) {
+    with_webhook(prefix, async |client, wh| {
+        bind(client, wh, spec).await;
+        test(client, wh).await;
+    })
+    .await;
 }
 
 /// Runs `test` with a webhook registered for a fresh namespace (`wh.namespace`), effective
@@ -106,83 +116,66 @@ async fn accepts_and_injects_a_labelled_pod() {
 
 #[tokio::test]
 async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
-    with_webhook("wh-unlabelled", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(client, wh, json!({"trackingUri": URI})).await;
-        let before = common::webhook::admissions_total(&wh.metrics);
-        let p = create(
-            client,
-            ns,
-            &pod("p", json!({"app": "x"}), json!({}), one_container()),
-        )
-        .await
-        .unwrap();
-        assert!(env_of(&p, "train").is_empty());
-        assert!(
-            !p.metadata
-                .annotations
-                .unwrap_or_default()
-                .contains_key("mlflow-operator.io/injected")
-        );
-        assert_eq!(
-            common::webhook::admissions_total(&wh.metrics),
-            before,
-            "the objectSelector keeps the webhook out"
-        );
-    })
+    with_binding(
+        "wh-unlabelled",
+        json!({"trackingUri": URI}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let before = common::webhook::admissions_total(&wh.metrics);
+            let p = create(
+                client,
+                ns,
+                &pod("p", json!({"app": "x"}), json!({}), one_container()),
+            )
+            .await
+            .unwrap();
+            assert!(env_of(&p, "train").is_empty());
+            assert!(
+                !p.metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .contains_key("mlflow-operator.io/injected")
+            );
+            assert_eq!(
+                common::webhook::admissions_total(&wh.metrics),
+                before,
+                "the objectSelector keeps the webhook out"
+            );
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_injected() {
-    with_webhook("wh-deploy", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(
-            client,
-            wh,
-            json!({"trackingUri": URI, "experimentName": "e"}),
-        )
-        .await;
-        let d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "train"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "train"}},
-                "template": {
-                    "metadata": {"labels": {"app": "train", "mlflow-operator.io/track": "true"}},
-                    "spec": one_container()
-                }
+    with_binding(
+        "wh-deploy",
+        json!({"trackingUri": URI, "experimentName": "e"}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let d = common::deployment("train", 2, tracked(), one_container());
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .create(&PostParams::default(), &d)
+                .await
+                .unwrap();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let what = "2 pods from the ReplicaSet";
+            let made = pods_when(&pods, "app=train", what, Duration::from_secs(60), |ps| {
+                ps.len() == 2
+            })
+            .await;
+            for p in made {
+                assert_eq!(
+                    env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
+                    Some(URI)
+                );
+                assert_eq!(
+                    env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(),
+                    Some("e")
+                );
             }
-        }))
-        .unwrap();
-        Api::<Deployment>::namespaced(client.clone(), ns)
-            .create(&PostParams::default(), &d)
-            .await
-            .unwrap();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let made = eventually(
-            "2 pods from the ReplicaSet",
-            Duration::from_secs(60),
-            || async {
-                let l = pods
-                    .list(&ListParams::default().labels("app=train"))
-                    .await
-                    .ok()?;
-                (l.items.len() == 2).then_some(l.items)
-            },
-        )
-        .await;
-        for p in made {
-            assert_eq!(
-                env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
-                Some(URI)
-            );
-            assert_eq!(
-                env_value(&p, "train", "MLFLOW_EXPERIMENT_NAME").as_deref(),
-                Some("e")
-            );
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -233,47 +226,44 @@ async fn workload_identity_comes_from_service_account_annotations_and_is_refused
 
 #[tokio::test]
 async fn managed_identity_injects_only_the_client_id() {
-    with_webhook("wh-mi", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(
-            client,
-            wh,
-            json!({"trackingUri": URI, "identity": {"managedIdentity": {"clientId": CLIENT_ID}}}),
-        )
-        .await;
-        let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
-            .await
-            .unwrap();
-        let env = env_of(&p, "train");
-        assert_eq!(
-            env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(),
-            Some(CLIENT_ID)
-        );
-        for absent in [
-            "AZURE_FEDERATED_TOKEN_FILE",
-            "MSI_ENDPOINT",
-            "IDENTITY_ENDPOINT",
-            "AZURE_TENANT_ID",
-        ] {
-            assert!(
-                !env.contains_key(absent),
-                "{absent} must not be injected: {env:?}"
+    with_binding(
+        "wh-mi",
+        json!({"trackingUri": URI, "identity": {"managedIdentity": {"clientId": CLIENT_ID}}}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
+                .await
+                .unwrap();
+            let env = env_of(&p, "train");
+            assert_eq!(
+                env_value(&p, "train", "AZURE_CLIENT_ID").as_deref(),
+                Some(CLIENT_ID)
             );
-        }
-        let vols = p.spec.unwrap().volumes.unwrap_or_default();
-        assert!(
-            !vols.iter().any(|v| v.name.starts_with("mlflow-operator-")),
-            "{vols:?}"
-        );
-    })
+            for absent in [
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "MSI_ENDPOINT",
+                "IDENTITY_ENDPOINT",
+                "AZURE_TENANT_ID",
+            ] {
+                assert!(
+                    !env.contains_key(absent),
+                    "{absent} must not be injected: {env:?}"
+                );
+            }
+            let vols = p.spec.unwrap().volumes.unwrap_or_default();
+            assert!(
+                !vols.iter().any(|v| v.name.starts_with("mlflow-operator-")),
+                "{vols:?}"
+            );
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_us() {
-    with_webhook("wh-azwi", async |client, wh| {
+    with_binding("wh-azwi", json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}}), async |client, wh| {
         let ns = &wh.namespace;
-        bind(client, wh, json!({"trackingUri": URI, "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT_ID}}})).await;
         let labels = json!({"mlflow-operator.io/track": "true", "azure.workload.identity/use": "true"});
         let p = create(client, ns, &pod("p", labels, json!({}), one_container())).await.unwrap();
         let env = env_of(&p, "train");
@@ -287,9 +277,8 @@ async fn azure_workload_identity_pods_get_mlflow_settings_but_no_identity_from_u
 
 #[tokio::test]
 async fn user_env_is_preserved_and_a_self_configured_container_gets_no_mlflow_variables() {
-    with_webhook("wh-userenv", async |client, wh| {
+    with_binding("wh-userenv", json!({"trackingUri": URI, "experimentName": "from-binding"}), async |client, wh| {
         let ns = &wh.namespace;
-        bind(client, wh, json!({"trackingUri": URI, "experimentName": "from-binding"})).await;
         let spec = json!({"containers": [
             {"name": "train", "image": "x", "env": [
                 {"name": "MLFLOW_EXPERIMENT_NAME", "value": "mine"},
@@ -512,109 +501,113 @@ async fn a_pod_naming_another_namespaces_binding_is_refused_and_never_gets_its_v
 
 #[tokio::test]
 async fn a_native_sidecar_is_preserved_and_injected() {
-    with_webhook("wh-sidecar", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(client, wh, json!({"trackingUri": URI})).await;
-        let spec = json!({
-            "initContainers": [{"name": "logshipper", "image": "x", "restartPolicy": "Always"}],
-            "containers": [{"name": "train", "image": "x"}]
-        });
-        let p = create(client, ns, &pod("p", tracked(), json!({}), spec))
-            .await
-            .unwrap();
-        let init = &p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
-        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
-        assert_eq!(
-            env_value(&p, "logshipper", "MLFLOW_TRACKING_URI").as_deref(),
-            Some(URI)
-        );
-    })
+    with_binding(
+        "wh-sidecar",
+        json!({"trackingUri": URI}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let spec = json!({
+                "initContainers": [{"name": "logshipper", "image": "x", "restartPolicy": "Always"}],
+                "containers": [{"name": "train", "image": "x"}]
+            });
+            let p = create(client, ns, &pod("p", tracked(), json!({}), spec))
+                .await
+                .unwrap();
+            let init = &p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+            assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+            assert_eq!(
+                env_value(&p, "logshipper", "MLFLOW_TRACKING_URI").as_deref(),
+                Some(URI)
+            );
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_sidecar_added_by_a_later_webhook_gets_the_env_through_reinvocation_without_duplicates() {
-    with_webhook("wh-reinvoke", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(
-            client,
-            wh,
-            json!({"trackingUri": URI, "experimentName": "e"}),
-        )
-        .await;
-        let sidecar = common::sidecar_webhook::SidecarWebhook::start(client, ns).await;
-        sidecar.wait_effective(client, ns).await;
-        let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
-            .await
-            .unwrap();
-        let names: Vec<_> = p
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        assert_eq!(names, ["train", "added-sidecar"]);
-        for c in ["train", "added-sidecar"] {
-            let env: Vec<_> = p
+    with_binding(
+        "wh-reinvoke",
+        json!({"trackingUri": URI, "experimentName": "e"}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let sidecar = common::sidecar_webhook::SidecarWebhook::start(client, ns).await;
+            sidecar.wait_effective(client, ns).await;
+            let p = create(client, ns, &pod("p", tracked(), json!({}), one_container()))
+                .await
+                .unwrap();
+            let names: Vec<_> = p
                 .spec
                 .as_ref()
                 .unwrap()
                 .containers
                 .iter()
-                .find(|x| x.name == c)
-                .unwrap()
-                .env
-                .clone()
-                .unwrap_or_default();
-            let count = env
-                .iter()
-                .filter(|e| e.name == "MLFLOW_TRACKING_URI")
-                .count();
-            assert_eq!(
-                count, 1,
-                "{c} has MLFLOW_TRACKING_URI exactly once: {env:?}"
-            );
-        }
-        sidecar.stop(client).await;
-    })
+                .map(|c| c.name.clone())
+                .collect();
+            assert_eq!(names, ["train", "added-sidecar"]);
+            for c in ["train", "added-sidecar"] {
+                let env: Vec<_> = p
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers
+                    .iter()
+                    .find(|x| x.name == c)
+                    .unwrap()
+                    .env
+                    .clone()
+                    .unwrap_or_default();
+                let count = env
+                    .iter()
+                    .filter(|e| e.name == "MLFLOW_TRACKING_URI")
+                    .count();
+                assert_eq!(
+                    count, 1,
+                    "{c} has MLFLOW_TRACKING_URI exactly once: {env:?}"
+                );
+            }
+            sidecar.stop(client).await;
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn kubectl_server_side_dry_run_shows_the_mutation_and_creates_nothing() {
-    with_webhook("wh-dryrun", async |client, wh| {
-        let ns = &wh.namespace;
-        bind(client, wh, json!({"trackingUri": URI})).await;
-        let manifest = serde_json::to_string(&json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "dry", "namespace": ns, "labels": tracked()},
-            "spec": one_container()
-        }))
-        .unwrap();
-        let out = common::kubectl(
-            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-            &manifest,
-        )
-        .await;
-        let shown: Value = serde_json::from_str(&out).unwrap();
-        let env = &shown["spec"]["containers"][0]["env"];
-        assert!(
-            env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "MLFLOW_TRACKING_URI" && e["value"] == URI),
-            "{env}"
-        );
-        assert!(
-            Api::<Pod>::namespaced(client.clone(), ns)
-                .get_opt("dry")
-                .await
-                .unwrap()
-                .is_none()
-        );
-    })
+    with_binding(
+        "wh-dryrun",
+        json!({"trackingUri": URI}),
+        async |client, wh| {
+            let ns = &wh.namespace;
+            let manifest = serde_json::to_string(&json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "dry", "namespace": ns, "labels": tracked()},
+                "spec": one_container()
+            }))
+            .unwrap();
+            let out = common::kubectl(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                &manifest,
+            )
+            .await;
+            let shown: Value = serde_json::from_str(&out).unwrap();
+            let env = &shown["spec"]["containers"][0]["env"];
+            assert!(
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["name"] == "MLFLOW_TRACKING_URI" && e["value"] == URI),
+                "{env}"
+            );
+            assert!(
+                Api::<Pod>::namespaced(client.clone(), ns)
+                    .get_opt("dry")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        },
+    )
     .await;
 }
 

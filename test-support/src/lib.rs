@@ -281,3 +281,25 @@ pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .collect()
 }
+
+/// A Deployment `name` of `replicas` pods labelled `app: <name>` and `labels`, running `spec`.
+pub fn deployment(
+    name: &str,
+    replicas: i32,
+    labels: serde_json::Value,
+    spec: serde_json::Value,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let mut pod_labels = serde_json::json!({"app": name});
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        pod_labels[k] = v.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": pod_labels}, "spec": spec},
+        },
+    }))
+    .expect("a valid Deployment")
+}

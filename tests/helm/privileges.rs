@@ -16,7 +16,7 @@ use serde_json::json;
 use super::release::Installed;
 
 /// One question to the API server's authorizer: may the subject `verb` this resource?
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Ask<'a> {
     verb: &'a str,
     group: &'a str,
@@ -42,6 +42,129 @@ fn ask<'a>(
         name,
         namespace,
     }
+}
+
+/// Every verb of `verbs` on `resource` (in `group`, named `name`) in each of `namespaces`.
+fn asks<'a>(
+    verbs: &[&'a str],
+    group: &'a str,
+    resource: &'a str,
+    name: &'a str,
+    namespaces: &[&'a str],
+) -> Vec<Ask<'a>> {
+    let each_ns = |verb: &'a str| {
+        namespaces
+            .iter()
+            .map(move |ns| ask(verb, group, resource, name, ns))
+    };
+    verbs.iter().flat_map(|verb| each_ns(verb)).collect()
+}
+
+/// What the operator must never be allowed.
+fn denied<'a>(installed: &'a Installed, other_mwc: &'a str) -> Vec<Ask<'a>> {
+    let (test, release) = (installed.test_ns.as_str(), installed.release_ns.as_str());
+    let (own_secret, lease) = (
+        installed.flag("--cert-secret"),
+        installed.flag("--lease-name"),
+    );
+    let own_mwc = installed.fullname.as_str();
+    let (webhooks, vwc) = (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+    );
+    let mwc = "mutatingwebhookconfigurations";
+    let (bindings, ours) = ("mlflowworkspacebindings", "mlflow-operator.io");
+    let crd = "mlflowworkspacebindings.mlflow-operator.io";
+    let (leases, coordination) = ("leases", "coordination.k8s.io");
+    let rbac = "rbac.authorization.k8s.io";
+    let every = "";
+    [
+        // Secrets: never outside its own namespace, never listed, only its own by name.
+        asks(&["get", "list", "watch"], "", "secrets", "", &[test, every]),
+        asks(&["get"], "", "secrets", "sp-creds", &[test]),
+        asks(&["create"], "", "secrets", "", &[test]),
+        asks(&["list", "watch"], "", "secrets", "", &[release]),
+        asks(&["get"], "", "secrets", "other", &[release]),
+        asks(&["patch", "delete"], "", "secrets", own_secret, &[release]),
+        // Pods are answered about and watched (metadata only, for status.pods), never touched.
+        asks(
+            &["get", "create", "update", "patch", "delete"],
+            "",
+            "pods",
+            "",
+            &[test],
+        ),
+        asks(&["create"], "", "pods/exec", "", &[test]),
+        asks(&["get"], "", "pods/log", "", &[test]),
+        asks(&["create"], "", "pods/eviction", "", &[test]),
+        // ServiceAccounts are read for their annotations; no tokens are minted.
+        asks(
+            &["create"],
+            "",
+            "serviceaccounts/token",
+            "",
+            &[test, release],
+        ),
+        asks(
+            &["create", "update", "patch", "delete"],
+            "",
+            "serviceaccounts",
+            "",
+            &[test],
+        ),
+        // Its own MutatingWebhookConfiguration's caBundle only.
+        asks(&["get", "patch"], webhooks, mwc, other_mwc, &[every]),
+        asks(&["update", "delete"], webhooks, mwc, own_mwc, &[every]),
+        asks(&["list", "watch", "create"], webhooks, mwc, "", &[every]),
+        asks(&["patch"], webhooks, vwc, own_mwc, &[every]),
+        // Bindings are the teams': read through watches only, and only their status written.
+        asks(
+            &["get", "create", "update", "patch", "delete"],
+            ours,
+            bindings,
+            "",
+            &[test],
+        ),
+        asks(
+            &["update"],
+            ours,
+            "mlflowworkspacebindings/status",
+            "",
+            &[test],
+        ),
+        asks(
+            &["update", "delete"],
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            crd,
+            &[every],
+        ),
+        // Its own Lease only, in its own namespace.
+        asks(&["get", "patch"], coordination, leases, "other", &[release]),
+        asks(&["list"], coordination, leases, "", &[release]),
+        asks(
+            &["update", "delete"],
+            coordination,
+            leases,
+            lease,
+            &[release],
+        ),
+        asks(&["create"], coordination, leases, "", &[test]),
+        asks(&["get"], coordination, leases, lease, &[test]),
+        // Nothing else of the cluster.
+        asks(&["get"], "", "configmaps", "", &[test]),
+        asks(&["list"], "", "configmaps", "", &[release]),
+        asks(&["get", "list"], "", "nodes", "", &[every]),
+        asks(&["list"], "", "namespaces", "", &[every]),
+        asks(&["create"], "", "events", "", &[test]),
+        asks(&["delete"], "events.k8s.io", "events", "", &[test]),
+        asks(&["update"], "apps", "deployments", own_mwc, &[release]),
+        asks(&["create"], rbac, "clusterrolebindings", "", &[every]),
+        asks(&["escalate", "bind"], rbac, "clusterroles", "", &[every]),
+        asks(&["impersonate"], "", "serviceaccounts", "", &[test]),
+        asks(&["impersonate"], "", "users", "", &[every]),
+    ]
+    .concat()
 }
 
 /// Least privilege, as the API server's authorizer answers SubjectAccessReviews for the chart's
@@ -88,169 +211,8 @@ pub async fn assert_least_privilege(installed: &Installed) {
         );
     }
 
-    let own_secret = installed.flag("--cert-secret");
-    let lease = installed.flag("--lease-name");
-    let own_mwc = fullname.as_str();
     let other_mwc = format!("{fullname}-other");
-    let bindings = "mlflowworkspacebindings";
-    let crd = "mlflowworkspacebindings.mlflow-operator.io";
-    let mut denied = vec![
-        // Secrets: never outside its own namespace, never listed, only its own by name.
-        ask("get", "", "secrets", "", test_ns),
-        ask("list", "", "secrets", "", test_ns),
-        ask("watch", "", "secrets", "", test_ns),
-        ask("get", "", "secrets", "", ""),
-        ask("list", "", "secrets", "", ""),
-        ask("watch", "", "secrets", "", ""),
-        ask("get", "", "secrets", "sp-creds", test_ns),
-        ask("create", "", "secrets", "", test_ns),
-        ask("list", "", "secrets", "", release_ns),
-        ask("watch", "", "secrets", "", release_ns),
-        ask("get", "", "secrets", "other", release_ns),
-        ask("patch", "", "secrets", own_secret, release_ns),
-        ask("delete", "", "secrets", own_secret, release_ns),
-        // Pods are answered about and watched (metadata only, for status.pods), never touched.
-        ask("get", "", "pods", "", test_ns),
-        ask("create", "", "pods", "", test_ns),
-        ask("update", "", "pods", "", test_ns),
-        ask("patch", "", "pods", "", test_ns),
-        ask("delete", "", "pods", "", test_ns),
-        ask("create", "", "pods/exec", "", test_ns),
-        ask("get", "", "pods/log", "", test_ns),
-        ask("create", "", "pods/eviction", "", test_ns),
-        // ServiceAccounts are read for their annotations; no tokens are minted.
-        ask("create", "", "serviceaccounts/token", "", test_ns),
-        ask("create", "", "serviceaccounts/token", "", release_ns),
-        ask("create", "", "serviceaccounts", "", test_ns),
-        ask("update", "", "serviceaccounts", "", test_ns),
-        ask("patch", "", "serviceaccounts", "", test_ns),
-        ask("delete", "", "serviceaccounts", "", test_ns),
-        // Its own MutatingWebhookConfiguration's caBundle only.
-        ask(
-            "get",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            &other_mwc,
-            "",
-        ),
-        ask(
-            "patch",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            &other_mwc,
-            "",
-        ),
-        ask(
-            "update",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            own_mwc,
-            "",
-        ),
-        ask(
-            "delete",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            own_mwc,
-            "",
-        ),
-        ask(
-            "list",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        ask(
-            "watch",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        ask(
-            "create",
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        ask(
-            "patch",
-            "admissionregistration.k8s.io",
-            "validatingwebhookconfigurations",
-            own_mwc,
-            "",
-        ),
-        // Bindings are the teams': read, and only their status written.
-        ask("create", "mlflow-operator.io", bindings, "", test_ns),
-        ask("update", "mlflow-operator.io", bindings, "", test_ns),
-        ask("patch", "mlflow-operator.io", bindings, "", test_ns),
-        ask("delete", "mlflow-operator.io", bindings, "", test_ns),
-        ask(
-            "update",
-            "mlflow-operator.io",
-            "mlflowworkspacebindings/status",
-            "",
-            test_ns,
-        ),
-        ask(
-            "update",
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            crd,
-            "",
-        ),
-        ask(
-            "delete",
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            crd,
-            "",
-        ),
-        // Its own Lease only, in its own namespace.
-        ask("get", "coordination.k8s.io", "leases", "other", release_ns),
-        ask(
-            "patch",
-            "coordination.k8s.io",
-            "leases",
-            "other",
-            release_ns,
-        ),
-        ask("list", "coordination.k8s.io", "leases", "", release_ns),
-        ask("update", "coordination.k8s.io", "leases", lease, release_ns),
-        ask("delete", "coordination.k8s.io", "leases", lease, release_ns),
-        ask("create", "coordination.k8s.io", "leases", "", test_ns),
-        ask("get", "coordination.k8s.io", "leases", lease, test_ns),
-        // Nothing else of the cluster.
-        ask("get", "", "configmaps", "", test_ns),
-        ask("list", "", "configmaps", "", release_ns),
-        ask("get", "", "nodes", "", ""),
-        ask("list", "", "nodes", "", ""),
-        ask("list", "", "namespaces", "", ""),
-        ask("create", "", "events", "", test_ns),
-        ask("delete", "events.k8s.io", "events", "", test_ns),
-        ask("update", "apps", "deployments", fullname, release_ns),
-        ask(
-            "create",
-            "rbac.authorization.k8s.io",
-            "clusterrolebindings",
-            "",
-            "",
-        ),
-        ask(
-            "escalate",
-            "rbac.authorization.k8s.io",
-            "clusterroles",
-            "",
-            "",
-        ),
-        ask("bind", "rbac.authorization.k8s.io", "clusterroles", "", ""),
-        ask("impersonate", "", "serviceaccounts", "", test_ns),
-        ask("impersonate", "", "users", "", ""),
-    ];
-    // The operator reads bindings through watches only: not one by one.
-    denied.push(ask("get", "mlflow-operator.io", bindings, "", test_ns));
+    let denied = denied(installed, &other_mwc);
     for a in &denied {
         assert!(
             !authorized(installed, a).await,
