@@ -4,6 +4,8 @@
 //! binding is refused at `kubectl apply` with a message that says what to fix, instead of failing
 //! later in the controller or the webhook.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -147,6 +149,71 @@ pub struct MlflowWorkspaceBindingSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
+
+    /// Tags for every run the pods start, given to MLflow as MLFLOW_RUN_CONTEXT: where the run
+    /// ran (Kubernetes names) and static tags of your own. Unset: no run tags.
+    pub run_tags: Option<RunTags>,
+
+    /// MLflow's system metrics (CPU, memory, disk, network, GPU) for every run the pods start,
+    /// logged as system/<pod name>/...; the training image needs psutil. Unset: off.
+    pub system_metrics: Option<SystemMetrics>,
+}
+
+/// MLflow run tags: the pod's Kubernetes whereabouts and static tags.
+#[serde_with::skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTags {
+    /// Tag each run with OpenTelemetry's Kubernetes names: k8s.namespace.name, k8s.pod.name,
+    /// k8s.pod.uid, k8s.node.name, k8s.container.name, container.image.name (the image as the
+    /// spec writes it), the controlling owner as k8s.<kind>.name (k8s.job.name,
+    /// k8s.replicaset.name, ...; k8s.deployment.name and k8s.cronjob.name where the owner's name
+    /// tells them), and mlflow-operator.binding (<namespace>/<name>). Default true.
+    pub kubernetes: Option<bool>,
+
+    /// Static tags for every run, at most 20. Keys follow MLflow's tag-key rules: 1 to 250 of
+    /// A-Z a-z 0-9 _ - . : / and space, not a path that resolves elsewhere (no leading or
+    /// trailing /, no //, no . or .. segment). Values up to 1000 characters. Where a key is also
+    /// one of the Kubernetes tags, the Kubernetes tag wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 20, "additionalProperties" = {"type": "string", "maxLength": 1000}))]
+    #[x_kube(validation = Rule::new(TAG_KEYS_RULE).message(TAG_KEYS_MESSAGE))]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl RunTags {
+    /// Whether the Kubernetes tags are wanted (the default).
+    pub fn kubernetes(&self) -> bool {
+        self.kubernetes.unwrap_or(true)
+    }
+}
+
+/// CEL rule of `runTags.extra`'s keys: MLflow's tag-key characters (ASCII) and path rules.
+const TAG_KEYS_RULE: &str = "self.all(k, size(k) <= 250 && k.matches('^[A-Za-z0-9_.: /-]+$') && !k.startsWith('/') && !k.endsWith('/') && !k.contains('//') && !k.matches('(^|/)[.][.]?(/|$)'))";
+const TAG_KEYS_MESSAGE: &str = "runTags.extra keys must be MLflow tag keys: 1 to 250 of A-Z a-z 0-9 _ - . : / and space, with no leading or trailing /, no //, and no . or .. path segment";
+
+/// MLflow system metrics for every run.
+#[serde_with::skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemMetrics {
+    /// MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING; each pod's metrics are told apart by its name
+    /// (MLFLOW_SYSTEM_METRICS_NODE_ID). Default true.
+    pub enabled: Option<bool>,
+
+    /// Seconds between two samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), 1 to 3600.
+    /// Unset: MLflow's default (10).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message(
+        "systemMetrics.samplingIntervalSeconds must be between 1 and 3600"
+    ))]
+    pub sampling_interval_seconds: Option<i32>,
+}
+
+impl SystemMetrics {
+    /// Whether system metrics are on (the default when the block is given).
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
 }
 
 /// An Azure Machine Learning workspace, addressed the way Azure Resource Manager addresses it.

@@ -13,6 +13,7 @@ mod credential;
 mod identity;
 mod patch;
 mod pod;
+mod run_context;
 mod select;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,8 @@ pub(crate) struct PodView<'a> {
     /// `metadata.annotations` holds this key (with any value).
     pub annotation_keys: BTreeSet<&'a str>,
     pub service_account: &'a str,
+    /// The controlling owner (`ownerReferences` entry with `controller: true`), if any.
+    pub owner: Option<Owner<'a>>,
     pub containers: Vec<ContainerView<'a>>,
     /// `spec.volumes`, None when absent or null.
     pub volumes: Option<&'a Vec<Value>>,
@@ -60,6 +62,26 @@ impl<'a> OptOuts<'a> {
     }
 }
 
+/// The object that controls a pod: a ReplicaSet, Job, StatefulSet, a training operator's job...
+#[derive(Debug, PartialEq)]
+pub(crate) struct Owner<'a> {
+    pub kind: &'a str,
+    pub name: &'a str,
+}
+
+/// The controller among `metadata.ownerReferences`; entries of other shapes are ignored (the
+/// API server validates them, and a template has none).
+fn controller_owner(metadata: Option<&serde_json::Map<String, Value>>) -> Option<Owner<'_>> {
+    let refs = metadata?.get("ownerReferences")?.as_array()?;
+    let controller = refs
+        .iter()
+        .find(|r| r.get("controller") == Some(&Value::Bool(true)))?;
+    Some(Owner {
+        kind: controller.get("kind")?.as_str()?,
+        name: controller.get("name")?.as_str()?,
+    })
+}
+
 /// One entry of `spec.containers` or `spec.initContainers`.
 #[derive(Debug)]
 pub(crate) struct ContainerView<'a> {
@@ -68,6 +90,8 @@ pub(crate) struct ContainerView<'a> {
     /// Index in that list of the raw JSON (patch paths use it).
     pub index: usize,
     pub name: &'a str,
+    /// `image` as the spec writes it, if a string.
+    pub image: Option<&'a str>,
     /// `env`, None when absent or null.
     pub env: Option<&'a Vec<Value>>,
     /// `volumeMounts`, None when absent or null.
@@ -147,6 +171,7 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
                 list,
                 index,
                 name,
+                image: c.get("image").and_then(Value::as_str),
                 env: optional_array(c, "env", &at)?,
                 mounts: optional_array(c, "volumeMounts", &at)?,
                 has_env_from,
@@ -166,6 +191,7 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             .map(|(k, _)| k.as_str())
             .collect(),
         service_account: service_account_name(pod),
+        owner: controller_owner(metadata),
         containers,
         volumes: optional_array(spec, "volumes", "spec.")?,
     })

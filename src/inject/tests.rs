@@ -145,4 +145,5 @@ mod containers;
 mod identity;
 mod patch;
 mod properties;
+mod run_tags;
 mod values;

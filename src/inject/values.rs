@@ -7,7 +7,11 @@ use serde_json::{Value, json};
 use super::identity;
 use super::patch::TRACKING_URI;
 use super::pod::PodView;
+use super::run_context::RunContext;
 use crate::binding::{AzureCloud, EXPERIMENT_ANNOTATION, MlflowWorkspaceBinding};
+
+/// The label a Deployment's ReplicaSet puts on its pods, the suffix of the ReplicaSet's name.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 pub(crate) const AZWI_SUFFIX: &str = " (identity: azure-workload-identity)";
 
@@ -22,6 +26,8 @@ pub(crate) struct Desired {
     pub mounts: Vec<Value>,
     /// Appended to the injected annotation.
     pub annotation_suffix: &'static str,
+    /// Run tags and system metrics, which differ per container.
+    pub run_context: Option<RunContext>,
 }
 
 impl Desired {
@@ -144,6 +150,8 @@ pub(crate) fn desired(
             d.push_env(entry);
         }
     }
+    let template_hash = pod.labels.get(POD_TEMPLATE_HASH).copied();
+    d.run_context = RunContext::of(b, ctx.namespace, pod.owner.as_ref(), template_hash);
     Ok(d)
 }
 

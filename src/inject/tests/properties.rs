@@ -136,7 +136,7 @@ fn binding_strategy() -> impl Strategy<Value = MlflowWorkspaceBinding> {
         json!({"servicePrincipal": {"clientId": CLIENT, "tenantId": TENANT,
                 "certificateSecretRef": {"name": "c", "key": "tls.pem", "passwordKey": "pw"}}}),
     ]);
-    (identity, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(identity, azure, exp, auth, extra)| {
+    (identity, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(identity, azure, exp, auth, extra, tags)| {
         let mut spec = if azure {
             json!({"azureML": {"subscriptionId": CLIENT, "resourceGroup": "rg", "workspaceName": "ws", "cloud": "AzureChinaCloud"}})
         } else {
@@ -153,6 +153,10 @@ fn binding_strategy() -> impl Strategy<Value = MlflowWorkspaceBinding> {
         }
         if extra {
             spec["env"] = json!([{"name": "EXTRA", "value": "x"}, {"name": "MLFLOW_TRACKING_INSECURE_TLS", "value": "true"}]);
+        }
+        if tags {
+            spec["runTags"] = json!({"extra": {"team": "fraud", "MLFLOW_TRACKING_URI": "$(x)"}});
+            spec["systemMetrics"] = json!({"samplingIntervalSeconds": 5});
         }
         mwb("b", spec)
     })
