@@ -354,6 +354,67 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
     });
 }
 
+/// Every run says where it came from: a Job's run, through the Azure ML front door with workload
+/// identity, carries every Kubernetes tag with the real pod name, uid and node (never a literal
+/// `$(`), the image, the Job, the binding and the extra tags, hostile text included, as MLflow's
+/// REST API returns them.
+#[test]
+fn a_jobs_run_carries_the_pod_it_came_from() {
+    case(|sh| async move {
+        let (ns, experiment) = team(sh, "tags").await;
+        let identity = federated_team_identity(sh, &ns);
+        let hostile = "it's \"quoted\" $(MLFLOW_OPERATOR_POD_NAME) $$(x) $ \\ 漢 🚀";
+        let mut spec = azureml_spec(&experiment, identity);
+        spec["runTags"] = json!({"extra": {"team": "fraud", "note": hostile}});
+        apply_binding(sh, &ns, spec).await;
+        plain_job(&ns, "train").await;
+        let run = trained(sh, &ns, "job-name=train").await;
+        let pod = job_pod(sh, &ns, "train").await;
+        let run_id = run["run_id"].as_str().unwrap();
+        let stored = Rest::local(&sh.server).run(run_id).await.expect("the run");
+        let tags: BTreeMap<String, String> = stored["data"]["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["key"].as_str().unwrap().into(),
+                    t["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        println!("run {run_id} tags as MLflow returned them: {tags:#?}");
+        let meta = &pod["metadata"];
+        let binding = format!("{ns}/train");
+        for (key, want) in [
+            ("k8s.namespace.name", ns.as_str()),
+            ("k8s.pod.name", meta["name"].as_str().unwrap()),
+            ("k8s.pod.uid", meta["uid"].as_str().unwrap()),
+            ("k8s.node.name", pod["spec"]["nodeName"].as_str().unwrap()),
+            ("k8s.container.name", "train"),
+            ("container.image.name", TRAINING_IMAGE),
+            ("k8s.job.name", "train"),
+            ("mlflow-operator.binding", binding.as_str()),
+            ("team", "fraud"),
+            ("note", hostile),
+        ] {
+            assert_eq!(
+                tags.get(key).map(String::as_str),
+                Some(want),
+                "tag {key}: {tags:#?}"
+            );
+        }
+        let unexpanded: Vec<_> = tags
+            .iter()
+            .filter(|(k, v)| *k != "note" && v.contains("$("))
+            .collect();
+        assert!(
+            unexpanded.is_empty(),
+            "unexpanded references: {unexpanded:?}"
+        );
+    });
+}
+
 /// The fake Entra ID checks the federation: a pod whose ServiceAccount the application is not
 /// federated with gets AADSTS70021, its run never starts, and the pod fails (rather than hangs).
 #[test]
@@ -775,6 +836,11 @@ async fn apply_binding(sh: &Shared, ns: &str, spec: Value) -> String {
 
 /// An azureML binding of the fake workspace; `identity` null: none.
 async fn azureml_binding(sh: &Shared, ns: &str, experiment: &str, identity: Value) -> String {
+    apply_binding(sh, ns, azureml_spec(experiment, identity)).await
+}
+
+/// The spec of a binding to the suite's workspace with `identity` (null: none).
+fn azureml_spec(experiment: &str, identity: Value) -> Value {
     let mut spec = json!({
         "azureML": {
             "subscriptionId": SUBSCRIPTION,
@@ -786,7 +852,7 @@ async fn azureml_binding(sh: &Shared, ns: &str, experiment: &str, identity: Valu
     if !identity.is_null() {
         spec["identity"] = identity;
     }
-    apply_binding(sh, ns, spec).await
+    spec
 }
 
 /// The training container: the example image, its own command, plus only the CA bundle.

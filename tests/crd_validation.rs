@@ -196,6 +196,60 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             ),
             "must be the name of a Secret",
         ),
+        (
+            "a run tag key with a character MLflow refuses",
+            with(
+                tracking.clone(),
+                &["runTags"],
+                json!({"extra": {"team$": "fraud"}}),
+            ),
+            "runTags.extra keys must be MLflow tag keys",
+        ),
+        (
+            "a run tag key that is a path resolving elsewhere",
+            with(
+                tracking.clone(),
+                &["runTags"],
+                json!({"extra": {"a/../b": "x"}}),
+            ),
+            "no . or .. path segment",
+        ),
+        (
+            "a run tag key over 250 characters",
+            with(
+                tracking.clone(),
+                &["runTags"],
+                json!({"extra": {"k".repeat(251): "x"}}),
+            ),
+            "1 to 250 of",
+        ),
+        (
+            "more than 20 run tags",
+            with(
+                tracking.clone(),
+                &["runTags", "extra"],
+                (0..21).map(|i| (format!("t{i}"), json!("x"))).collect(),
+            ),
+            "must have at most 20 items",
+        ),
+        (
+            "a run tag value over 1000 characters",
+            with(
+                tracking.clone(),
+                &["runTags"],
+                json!({"extra": {"a": "v".repeat(1001)}}),
+            ),
+            "Too long",
+        ),
+        (
+            "a sampling interval of 0",
+            with(
+                tracking.clone(),
+                &["systemMetrics"],
+                json!({"samplingIntervalSeconds": 0}),
+            ),
+            "samplingIntervalSeconds must be between 1 and 3600",
+        ),
     ]
 }
 
@@ -236,6 +290,12 @@ fn valid_cases() -> Vec<(&'static str, Value)> {
         (
             "basic auth, selector and extra env",
             json!({"trackingUri": "https://mlflow.example.com", "auth": {"secretName": "mlflow-creds"}, "podSelector": {"matchLabels": {"team": "fraud"}}, "env": [{"name": "MLFLOW_TRACKING_INSECURE_TLS", "value": "true"}]}),
+        ),
+        (
+            "run tags and system metrics",
+            json!({"trackingUri": "https://mlflow.example.com",
+                   "runTags": {"kubernetes": true, "extra": {"team": "fraud", "cost-center/id": "4711", "a b:c_d.e": "x"}},
+                   "systemMetrics": {"enabled": true, "samplingIntervalSeconds": 10}}),
         ),
     ]
 }
