@@ -18,7 +18,7 @@
 
 use mlflow_operator_test_support as common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -319,7 +319,9 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
     case(|sh| async move {
         let (ns, experiment) = team(sh, "pytorch").await;
         let identity = federated_team_identity(sh, &ns);
-        azureml_binding(sh, &ns, &experiment, identity).await;
+        let mut spec = azureml_spec(&experiment, identity);
+        spec["systemMetrics"] = json!({"samplingIntervalSeconds": 1});
+        apply_binding(sh, &ns, spec).await;
         for (rank, replica) in ["master", "worker"].iter().enumerate() {
             let labels = json!({
                 "training.kubeflow.org/job-name": "mnist",
@@ -335,12 +337,14 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
                     {"name": "MASTER_PORT", "value": "23456"},
                     {"name": "WORLD_SIZE", "value": "2"},
                     {"name": "RANK", "value": rank.to_string()},
+                    {"name": "EPOCH_SECONDS", "value": "2"},
                 ]),
             );
             c["name"] = json!("pytorch");
             create_job(&ns, &format!("mnist-{replica}-0"), labels, json!({}), c).await;
         }
         let rest = Rest::local(&sh.server);
+        let mut node_ids = BTreeSet::new();
         for replica in ["master", "worker"] {
             let run = trained(
                 sh,
@@ -349,7 +353,11 @@ fn pytorchjob_shaped_master_and_worker_both_log() {
             )
             .await;
             rest.assert_run(&run, &experiment).await;
+            let (_, metrics) = run_record(&rest, &run).await;
+            let pod = job_pod(sh, &ns, &format!("mnist-{replica}-0")).await;
+            node_ids.insert(assert_system_metrics_of(&metrics, &pod));
         }
+        assert_eq!(node_ids.len(), 2, "two pods, two node ids: {node_ids:?}");
         assert_team_exchanged(sh, &ns);
     });
 }
@@ -370,48 +378,73 @@ fn a_jobs_run_carries_the_pod_it_came_from() {
         plain_job(&ns, "train").await;
         let run = trained(sh, &ns, "job-name=train").await;
         let pod = job_pod(sh, &ns, "train").await;
-        let run_id = run["run_id"].as_str().unwrap();
-        let stored = Rest::local(&sh.server).run(run_id).await.expect("the run");
-        let tags: BTreeMap<String, String> = stored["data"]["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                (
-                    t["key"].as_str().unwrap().into(),
-                    t["value"].as_str().unwrap().into(),
-                )
-            })
-            .collect();
-        println!("run {run_id} tags as MLflow returned them: {tags:#?}");
-        let meta = &pod["metadata"];
-        let binding = format!("{ns}/train");
-        for (key, want) in [
-            ("k8s.namespace.name", ns.as_str()),
-            ("k8s.pod.name", meta["name"].as_str().unwrap()),
-            ("k8s.pod.uid", meta["uid"].as_str().unwrap()),
-            ("k8s.node.name", pod["spec"]["nodeName"].as_str().unwrap()),
-            ("k8s.container.name", "train"),
-            ("container.image.name", TRAINING_IMAGE),
-            ("k8s.job.name", "train"),
-            ("mlflow-operator.binding", binding.as_str()),
-            ("team", "fraud"),
-            ("note", hostile),
-        ] {
-            assert_eq!(
-                tags.get(key).map(String::as_str),
-                Some(want),
-                "tag {key}: {tags:#?}"
-            );
-        }
-        let unexpanded: Vec<_> = tags
-            .iter()
-            .filter(|(k, v)| *k != "note" && v.contains("$("))
-            .collect();
-        assert!(
-            unexpanded.is_empty(),
-            "unexpanded references: {unexpanded:?}"
-        );
+        let (tags, _) = run_record(&Rest::local(&sh.server), &run).await;
+        let owner = [("k8s.job.name", "train")];
+        let extra = [("team", "fraud"), ("note", hostile)];
+        assert_tagged_with_its_pod(&tags, &pod, &owner, &extra);
+    });
+}
+
+/// The same with any MLflow server (the in-cluster example server): a Job's and a Deployment's
+/// runs carry their pod's tags, the Deployment's its ReplicaSet and Deployment; with
+/// `systemMetrics`, each run has system metrics under its own pod's name.
+#[test]
+fn job_and_deployment_runs_carry_their_pods_and_system_metrics() {
+    case(|sh| async move {
+        let (ns, experiment) = team(sh, "where").await;
+        let server = example_server(sh).await;
+        let spec = json!({
+            "trackingUri": "http://mlflow.mlflow.svc.cluster.local:5000",
+            "experimentName": experiment,
+            "runTags": {"kubernetes": true, "extra": {"team": "fraud"}},
+            "systemMetrics": {"enabled": true, "samplingIntervalSeconds": 1},
+        });
+        apply_binding(sh, &ns, spec).await;
+        let slow = json!([{"name": "EPOCH_SECONDS", "value": "2"}]);
+        create_job(
+            &ns,
+            "train",
+            json!({}),
+            json!({}),
+            container(json!(null), slow.clone()),
+        )
+        .await;
+        let command = json!(["sh", "-c", "python /app/train.py && exec sleep 3600"]);
+        let template = pod_spec("trainer", "Always", container(command, slow));
+        let deployment = common::deployment("train-deploy", 1, json!({TRACK: "true"}), template);
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(sh.client.clone(), &ns)
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("create the Deployment");
+        let extra = [("team", "fraud")];
+        let from_job = trained(sh, &ns, "job-name=train").await;
+        let (tags, metrics) = run_record(&server, &from_job).await;
+        let pod = job_pod(sh, &ns, "train").await;
+        assert_tagged_with_its_pod(&tags, &pod, &[("k8s.job.name", "train")], &extra);
+        assert_system_metrics_of(&metrics, &pod);
+
+        let from_deployment = trained(sh, &ns, "app=train-deploy").await;
+        let (tags, metrics) = run_record(&server, &from_deployment).await;
+        let pods: Api<Pod> = Api::namespaced(sh.client.clone(), &ns);
+        let one = |ps: &[Pod]| ps.len() == 1;
+        let pod = pods_when(
+            &pods,
+            "app=train-deploy",
+            "the Deployment's pod",
+            MINUTE,
+            one,
+        )
+        .await;
+        let pod = serde_json::to_value(&pod[0]).unwrap();
+        let replicaset = pod["metadata"]["ownerReferences"][0]["name"]
+            .as_str()
+            .unwrap();
+        let owner = [
+            ("k8s.replicaset.name", replicaset),
+            ("k8s.deployment.name", "train-deploy"),
+        ];
+        assert_tagged_with_its_pod(&tags, &pod, &owner, &extra);
+        assert_system_metrics_of(&metrics, &pod);
     });
 }
 
@@ -717,6 +750,73 @@ async fn team_namespace(sh: &Shared, prefix: &str) -> String {
         sas.get_opt("default").await.ok().flatten()
     })
     .await;
+    name
+}
+
+/// The run's tags and metric keys as MLflow's REST API returns them.
+async fn run_record(rest: &Rest, run: &Value) -> (BTreeMap<String, String>, Vec<String>) {
+    let run_id = run["run_id"].as_str().unwrap();
+    let stored = rest.run(run_id).await.expect("the run");
+    let entries = |kind: &str| stored["data"][kind].as_array().cloned().unwrap_or_default();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let pair = |t: &Value| (text(&t["key"]), text(&t["value"]));
+    let tags: BTreeMap<String, String> = entries("tags").iter().map(pair).collect();
+    let metrics = entries("metrics").iter().map(|m| text(&m["key"])).collect();
+    println!("run {run_id} tags as MLflow returned them: {tags:#?}");
+    (tags, metrics)
+}
+
+/// Every Kubernetes tag of `pod` (its real name, uid and node, never a `$(` reference), its
+/// owner's tags and the extra tags are on the run.
+fn assert_tagged_with_its_pod(
+    tags: &BTreeMap<String, String>,
+    pod: &Value,
+    owner: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) {
+    let meta = &pod["metadata"];
+    let ns = meta["namespace"].as_str().unwrap();
+    let binding = format!("{ns}/train");
+    let mut want = vec![
+        ("k8s.namespace.name", ns),
+        ("k8s.pod.name", meta["name"].as_str().unwrap()),
+        ("k8s.pod.uid", meta["uid"].as_str().unwrap()),
+        ("k8s.node.name", pod["spec"]["nodeName"].as_str().unwrap()),
+        ("k8s.container.name", "train"),
+        ("container.image.name", TRAINING_IMAGE),
+        ("mlflow-operator.binding", binding.as_str()),
+    ];
+    want.extend_from_slice(owner);
+    want.extend_from_slice(extra);
+    for (key, value) in want {
+        let got = tags.get(key).map(String::as_str);
+        assert_eq!(got, Some(value), "tag {key}: {tags:#?}");
+    }
+    let ours = |k: &str| k.starts_with("k8s.") || k.starts_with("container.");
+    let unexpanded: Vec<_> = tags
+        .iter()
+        .filter(|(k, v)| ours(k) && v.contains("$("))
+        .collect();
+    assert!(
+        unexpanded.is_empty(),
+        "unexpanded references: {unexpanded:?}"
+    );
+}
+
+/// The run has system metrics under its pod's name (`system/<pod>/...`); returns the name.
+fn assert_system_metrics_of(metrics: &[String], pod: &Value) -> String {
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let prefix = format!("system/{name}/");
+    let system: Vec<_> = metrics
+        .iter()
+        .filter(|m| m.starts_with("system/"))
+        .collect();
+    let cpu = |m: &&String| m.starts_with(&prefix) && m.ends_with("cpu_utilization_percentage");
+    assert!(
+        system.iter().any(cpu),
+        "system metrics under {prefix}: {system:?}"
+    );
+    assert!(system.iter().all(|m| m.starts_with(&prefix)), "{system:?}");
     name
 }
 

@@ -7,6 +7,7 @@ and one artifact, then prints what landed so the pod's log says where the run we
 import json
 import os
 import tempfile
+import time
 
 import mlflow
 
@@ -40,10 +41,13 @@ def start_run() -> mlflow.ActiveRun:
 def main() -> None:
     show_environment()
     epochs = int(os.environ.get("EPOCHS", "3"))
+    # How long an epoch takes: long enough for mlflow's system metrics to sample the run.
+    epoch_seconds = float(os.environ.get("EPOCH_SECONDS", "0"))
     with start_run() as run:
         mlflow.log_param("epochs", epochs)
         loss = 1.0
         for epoch in range(epochs):
+            time.sleep(epoch_seconds)
             loss *= 0.5
             mlflow.log_metric("loss", loss, step=epoch)
         mlflow.set_tag("trained-by", "mlflow-operator-example")
