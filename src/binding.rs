@@ -391,14 +391,9 @@ pub struct SecretKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSecretRef {
-    /// Name of a Secret in the binding's namespace.
-    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(SECRET_NAME_MESSAGE))]
-    #[schemars(length(max = 253))]
-    pub name: String,
-    /// Key holding the PEM certificate and private key.
-    #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
-    #[schemars(length(max = 253))]
-    pub key: String,
+    /// The Secret and the key holding the PEM certificate and private key.
+    #[serde(flatten)]
+    pub secret: SecretKeyRef,
     /// Optional key holding the certificate's password (AZURE_CLIENT_CERTIFICATE_PASSWORD).
     #[x_kube(validation = Rule::new(SECRET_KEY_RULE).message(SECRET_KEY_MESSAGE))]
     #[schemars(length(max = 253))]

@@ -101,12 +101,13 @@ fn service_principal(d: &mut Desired, sp: &ServicePrincipal, authority: &str) {
             &secret.key,
             false,
         ));
-    } else if let Some(cert) = &sp.certificate_secret_ref {
+    } else if let Some(cert_ref) = &sp.certificate_secret_ref {
+        let cert = &cert_ref.secret;
         d.push_env(env_value(
             "AZURE_CLIENT_CERTIFICATE_PATH",
             &format!("{SP_CERT_DIR}/{}", cert.key),
         ));
-        if let Some(pw) = &cert.password_key {
+        if let Some(pw) = &cert_ref.password_key {
             d.push_env(env_secret(
                 "AZURE_CLIENT_CERTIFICATE_PASSWORD",
                 &cert.name,
