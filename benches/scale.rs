@@ -283,21 +283,31 @@ async fn wait_ready(ready: tokio::task::JoinHandle<Instant>, n: usize) -> Instan
 
 /// Every binding without a status, as if the operator had never seen it.
 async fn clear_statuses(client: &Client, setup: &Setup, shape: &Shape) {
+    for_each_binding(setup, shape, |ns, j| async move {
+        Api::<MlflowWorkspaceBinding>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &format!("b-{j}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": null})),
+            )
+            .await
+            .expect("clear a binding's status");
+    })
+    .await;
+}
+
+/// Runs `each` for binding `b-j` of every namespace, `IN_FLIGHT` at a time.
+async fn for_each_binding<F, Fut>(setup: &Setup, shape: &Shape, each: F)
+where
+    F: Fn(String, usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let all = setup
         .namespaces
         .iter()
         .flat_map(|ns| (0..shape.per_namespace).map(move |j| (ns.clone(), j)));
     futures::stream::iter(all)
-        .for_each_concurrent(IN_FLIGHT, |(ns, j)| async move {
-            Api::<MlflowWorkspaceBinding>::namespaced(client.clone(), &ns)
-                .patch_status(
-                    &format!("b-{j}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": null})),
-                )
-                .await
-                .expect("clear a binding's status");
-        })
+        .for_each_concurrent(IN_FLIGHT, |(ns, j)| each(ns, j))
         .await;
 }
 
@@ -346,29 +356,24 @@ async fn unresolved_at_start(client: &Client, setup: &Setup, shape: &Shape) -> P
 /// Creates every binding, `IN_FLIGHT` at a time; binding `b-j` of each namespace uses
 /// workspace `ws-j % 10`.
 async fn create_bindings(client: &Client, setup: &Setup, shape: &Shape) {
-    let all = setup
-        .namespaces
-        .iter()
-        .flat_map(|ns| (0..shape.per_namespace).map(move |j| (ns.clone(), j)));
-    futures::stream::iter(all)
-        .for_each_concurrent(IN_FLIGHT, |(ns, j)| async move {
-            let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
-                "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
-                "metadata": {"name": format!("b-{j}"), "labels": {LABEL: setup.run}},
-                "spec": {
-                    "azureML": {"subscriptionId": SUB, "resourceGroup": RG,
-                                "workspaceName": workspace(j % WORKSPACES)},
-                    "experimentName": "scale",
-                    "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT}}
-                }
-            }))
-            .unwrap();
-            Api::<MlflowWorkspaceBinding>::namespaced(client.clone(), &ns)
-                .create(&PostParams::default(), &b)
-                .await
-                .expect("create binding");
-        })
-        .await;
+    for_each_binding(setup, shape, |ns, j| async move {
+        let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+            "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": format!("b-{j}"), "labels": {LABEL: setup.run}},
+            "spec": {
+                "azureML": {"subscriptionId": SUB, "resourceGroup": RG,
+                            "workspaceName": workspace(j % WORKSPACES)},
+                "experimentName": "scale",
+                "identity": {"workloadIdentity": {"clientId": CLIENT_ID, "tenantId": TENANT}}
+            }
+        }))
+        .unwrap();
+        Api::<MlflowWorkspaceBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("create binding");
+    })
+    .await;
 }
 
 /// Watches the run's bindings; resolves when `n` of them are Ready, with the time it happened.
