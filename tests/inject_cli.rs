@@ -15,6 +15,7 @@ const UNLABELLED: &str = include_str!("fixtures/inject/unlabelled.yaml");
 const CRONJOB: &str = include_str!("fixtures/inject/cronjob.yaml");
 const JOB_WITH_SIDECAR: &str = include_str!("fixtures/inject/job-with-sidecar.yaml");
 const STATEFULSET: &str = include_str!("fixtures/inject/statefulset.yaml");
+const RUN_TAGS_BINDING: &str = include_str!("fixtures/inject/run-tags-binding.yaml");
 
 struct Run {
     code: i32,
@@ -306,4 +307,53 @@ fn list_items_are_injected() {
         "fraud/2"
     );
     assert_eq!(d[0]["items"][1]["metadata"]["name"], "cm");
+}
+
+/// The preview shows run tags as the kubelet will get them: downward-API variables first, then
+/// MLFLOW_RUN_CONTEXT naming them, literal text escaped for JSON and `$(...)`, and the
+/// system-metrics variables with the pod's name as node id.
+#[test]
+fn run_tags_and_system_metrics_are_previewed_as_injected() {
+    let run = inject(RUN_TAGS_BINDING, CRONJOB, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let d = docs(&run.stdout);
+    let c = &d[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_names(c),
+        [
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_OPERATOR_POD_NAME",
+            "MLFLOW_OPERATOR_POD_UID",
+            "MLFLOW_OPERATOR_NODE_NAME",
+            "MLFLOW_RUN_CONTEXT",
+            "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+            "MLFLOW_SYSTEM_METRICS_NODE_ID",
+        ]
+    );
+    let value = |name: &str| {
+        let entry = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name);
+        entry.unwrap().clone()
+    };
+    assert_eq!(
+        value("MLFLOW_OPERATOR_POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let context = concat!(
+        r#"{"k8s.namespace.name":"team-a","k8s.pod.name":"$(MLFLOW_OPERATOR_POD_NAME)","#,
+        r#""k8s.pod.uid":"$(MLFLOW_OPERATOR_POD_UID)","k8s.node.name":"$(MLFLOW_OPERATOR_NODE_NAME)","#,
+        r#""mlflow-operator.binding":"team-a/fraud","k8s.container.name":"job","#,
+        r#""container.image.name":"trainer:1","team":"it's \"q\" $$(x)"}"#
+    );
+    assert_eq!(value("MLFLOW_RUN_CONTEXT")["value"], context);
+    assert_eq!(
+        value("MLFLOW_SYSTEM_METRICS_NODE_ID")["value"],
+        "$(MLFLOW_OPERATOR_POD_NAME)"
+    );
+    let again = inject(RUN_TAGS_BINDING, &run.stdout, &[]);
+    assert_eq!(again.stdout, run.stdout, "a second preview changes nothing");
 }
