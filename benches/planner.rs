@@ -16,7 +16,7 @@ use divan::Bencher;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::{reflector, watcher};
-use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::binding::{MlflowWorkspaceBinding, RunTags, SystemMetrics};
 use mlflow_operator::inject::{self, Defaults, NamespaceView, Plan};
 use mlflow_operator::webhook::{BindingIndex, Webhook};
 use serde_json::{Value, json};
@@ -124,12 +124,33 @@ fn injected(plan: &Plan) -> bool {
 
 #[divan::bench(args = PAYLOADS)]
 fn plan(bencher: Bencher, payload: &str) {
-    let (pod, b, sa, defaults) = (
-        pod(payload),
-        binding(NS, "fraud"),
-        service_account(),
-        Defaults::default(),
-    );
+    bench_plan(bencher, payload, binding(NS, "fraud"));
+}
+
+/// `plan` with the binding's run tags (Kubernetes and 3 extra) and system metrics on: every
+/// container gets its own MLFLOW_RUN_CONTEXT.
+#[divan::bench(args = PAYLOADS)]
+fn plan_with_run_tags(bencher: Bencher, payload: &str) {
+    let mut b = binding(NS, "fraud");
+    let extra = [
+        ("team", "fraud"),
+        ("cost-center", "4711"),
+        ("project", "churn"),
+    ];
+    let extra = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    b.spec.run_tags = Some(RunTags {
+        kubernetes: None,
+        extra,
+    });
+    b.spec.system_metrics = Some(SystemMetrics::default());
+    bench_plan(bencher, payload, b);
+}
+
+fn bench_plan(bencher: Bencher, payload: &str, b: MlflowWorkspaceBinding) {
+    let (pod, sa, defaults) = (pod(payload), service_account(), Defaults::default());
     let view = NamespaceView {
         namespace: NS,
         bindings: vec![&b],

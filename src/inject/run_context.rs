@@ -17,23 +17,21 @@ pub(crate) const POD_NAME: &str = "MLFLOW_OPERATOR_POD_NAME";
 pub(crate) const POD_UID: &str = "MLFLOW_OPERATOR_POD_UID";
 pub(crate) const NODE_NAME: &str = "MLFLOW_OPERATOR_NODE_NAME";
 
-/// A tag's value: text as it is, or a variable the kubelet fills in.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum TagValue {
-    Text(String),
-    Var(&'static str),
-}
+/// The tags each container adds for itself; an extra tag of either key gives way.
+const CONTAINER_KEYS: [&str; 2] = ["k8s.container.name", "container.image.name"];
 
-/// What a binding wants in every injected container, beyond the pod-wide env.
+/// What a binding wants in every injected container, beyond the pod-wide env. The pod's part of
+/// the JSON is encoded once per pod; a container only adds its own name and image.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct RunContext {
-    /// The pod's tags, in order (the container's own two are added per container).
-    pod_tags: Vec<(String, TagValue)>,
-    /// The binding's static tags; a Kubernetes tag of the same key wins.
-    extra: Vec<(String, String)>,
+    /// `"key":"value",` members of the pod's Kubernetes tags, encoded.
+    pod_members: String,
+    /// `,"key":"value"` members of the binding's extra tags that no Kubernetes tag overrides.
+    extra_members: String,
     kubernetes: bool,
-    /// `Some(interval)` when system metrics are on.
-    metrics: Option<Option<i32>>,
+    /// The downward-API entries, then (after MLFLOW_RUN_CONTEXT) the system-metrics entries.
+    before: Vec<Value>,
+    after: Vec<Value>,
 }
 
 /// The downward-API entry `MLFLOW_OPERATOR_*` for `field`.
@@ -72,6 +70,45 @@ pub(crate) fn workload_of(
     }
 }
 
+/// The pod's Kubernetes tags as `(key, encoded value)`: text, or a `$(...)` reference.
+fn pod_tags(
+    b: &MlflowWorkspaceBinding,
+    namespace: &str,
+    owner: Option<&Owner<'_>>,
+    pod_template_hash: Option<&str>,
+) -> Vec<(String, String)> {
+    let reference = |var: &str| format!("\"$({var})\"");
+    let mut tags = vec![
+        ("k8s.namespace.name".to_string(), literal(namespace)),
+        ("k8s.pod.name".into(), reference(POD_NAME)),
+        ("k8s.pod.uid".into(), reference(POD_UID)),
+        ("k8s.node.name".into(), reference(NODE_NAME)),
+    ];
+    if let Some(owner) = owner {
+        let key = format!("k8s.{}.name", owner.kind.to_ascii_lowercase());
+        tags.push((key, literal(owner.name)));
+        if let Some((key, name)) = workload_of(owner, pod_template_hash) {
+            tags.push((key.into(), literal(&name)));
+        }
+    }
+    let binding = b.metadata.name.as_deref().unwrap_or_default();
+    let binding = literal(&format!("{namespace}/{binding}"));
+    tags.push(("mlflow-operator.binding".into(), binding));
+    tags
+}
+
+/// The system-metrics entries: on, the interval if set, and the pod's name as node id.
+fn metrics_env(interval: Option<i32>) -> Vec<Value> {
+    let mut env = vec![json!({"name": "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "value": "true"})];
+    if let Some(seconds) = interval {
+        let value = seconds.to_string();
+        env.push(json!({"name": "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "value": value}));
+    }
+    let node = format!("$({POD_NAME})");
+    env.push(json!({"name": "MLFLOW_SYSTEM_METRICS_NODE_ID", "value": node}));
+    env
+}
+
 impl RunContext {
     /// What `b` asks for a pod in `namespace` owned by `owner`; None when it asks for nothing.
     pub(crate) fn of(
@@ -86,96 +123,67 @@ impl RunContext {
             return None;
         }
         let kubernetes = tags.is_some_and(|t| t.kubernetes());
-        let mut pod_tags = Vec::new();
-        if kubernetes {
-            let text = |s: &str| TagValue::Text(s.to_string());
-            pod_tags.push(("k8s.namespace.name".into(), text(namespace)));
-            pod_tags.push(("k8s.pod.name".into(), TagValue::Var(POD_NAME)));
-            pod_tags.push(("k8s.pod.uid".into(), TagValue::Var(POD_UID)));
-            pod_tags.push(("k8s.node.name".into(), TagValue::Var(NODE_NAME)));
-            if let Some(owner) = owner {
-                let key = format!("k8s.{}.name", owner.kind.to_ascii_lowercase());
-                pod_tags.push((key, text(owner.name)));
-                if let Some((key, name)) = workload_of(owner, pod_template_hash) {
-                    pod_tags.push((key.into(), TagValue::Text(name)));
-                }
-            }
-            let binding = b.metadata.name.as_deref().unwrap_or_default();
-            pod_tags.push((
-                "mlflow-operator.binding".into(),
-                text(&format!("{namespace}/{binding}")),
-            ));
+        let pod = match kubernetes {
+            true => pod_tags(b, namespace, owner, pod_template_hash),
+            false => Vec::new(),
+        };
+        let pod_members: String = pod
+            .iter()
+            .map(|(k, v)| format!("{}:{v},", literal(k)))
+            .collect();
+        let ours = |k: &str| {
+            kubernetes && (CONTAINER_KEYS.contains(&k) || pod.iter().any(|(p, _)| p == k))
+        };
+        let extra = tags.into_iter().flat_map(|t| t.extra.iter());
+        let extra_members: String = extra
+            .filter(|(k, _)| !ours(k))
+            .map(|(k, v)| format!(",{}:{}", literal(k), literal(v)))
+            .collect();
+        let mut before = Vec::new();
+        if kubernetes || metrics.is_some() {
+            before.push(downward(POD_NAME, "metadata.name"));
         }
-        let extra = tags
-            .map(|t| {
-                t.extra
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
+        if kubernetes {
+            before.push(downward(POD_UID, "metadata.uid"));
+            before.push(downward(NODE_NAME, "spec.nodeName"));
+        }
+        let after = metrics
+            .map(|m| metrics_env(m.sampling_interval_seconds))
             .unwrap_or_default();
-        let metrics = metrics.map(|m| m.sampling_interval_seconds);
         Some(Self {
-            pod_tags,
-            extra,
+            pod_members,
+            extra_members,
             kubernetes,
-            metrics,
+            before,
+            after,
         })
     }
 
     /// The `MLFLOW_RUN_CONTEXT` value for container `c`, None without tags.
     pub(crate) fn run_context(&self, c: &ContainerView<'_>) -> Option<String> {
-        let mut tags: Vec<(&str, TagValue)> = Vec::new();
         if self.kubernetes {
-            tags.extend(self.pod_tags.iter().map(|(k, v)| (k.as_str(), v.clone())));
-            tags.push(("k8s.container.name", TagValue::Text(c.name.to_string())));
-            if let Some(image) = c.image {
-                tags.push(("container.image.name", TagValue::Text(image.to_string())));
-            }
+            let image = c
+                .image
+                .map(|i| format!(",\"container.image.name\":{}", literal(i)));
+            return Some(format!(
+                "{{{}\"k8s.container.name\":{}{}{}}}",
+                self.pod_members,
+                literal(c.name),
+                image.unwrap_or_default(),
+                self.extra_members
+            ));
         }
-        for (k, v) in &self.extra {
-            if !tags.iter().any(|(key, _)| key == k) {
-                tags.push((k.as_str(), TagValue::Text(v.clone())));
-            }
-        }
-        if tags.is_empty() {
-            return None;
-        }
-        let members: Vec<String> = tags
-            .iter()
-            .map(|(k, v)| match v {
-                TagValue::Text(t) => format!("{}:{}", literal(k), literal(t)),
-                TagValue::Var(var) => format!("{}:\"$({var})\"", literal(k)),
-            })
-            .collect();
-        Some(format!("{{{}}}", members.join(",")))
+        let members = self.extra_members.strip_prefix(',')?;
+        Some(format!("{{{members}}}"))
     }
 
-    /// The env entries for container `c`, the downward-API variables first.
+    /// The env entries for container `c`: the downward-API variables first.
     pub(crate) fn env(&self, c: &ContainerView<'_>) -> Vec<Value> {
-        let mut env = Vec::new();
-        let context = self.run_context(c);
-        if context.is_some() && self.kubernetes || self.metrics.is_some() {
-            env.push(downward(POD_NAME, "metadata.name"));
-        }
-        if context.is_some() && self.kubernetes {
-            env.push(downward(POD_UID, "metadata.uid"));
-            env.push(downward(NODE_NAME, "spec.nodeName"));
-        }
-        if let Some(context) = context {
+        let mut env = self.before.clone();
+        if let Some(context) = self.run_context(c) {
             env.push(json!({"name": RUN_CONTEXT, "value": context}));
         }
-        if let Some(interval) = self.metrics {
-            env.push(json!({"name": "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "value": "true"}));
-            if let Some(seconds) = interval {
-                let value = seconds.to_string();
-                env.push(
-                    json!({"name": "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "value": value}),
-                );
-            }
-            let node = format!("$({POD_NAME})");
-            env.push(json!({"name": "MLFLOW_SYSTEM_METRICS_NODE_ID", "value": node}));
-        }
+        env.extend(self.after.iter().cloned());
         env
     }
 }
