@@ -2,6 +2,7 @@
 //! "restricted" for its pod, and RBAC checked with SubjectAccessReviews for its ServiceAccount.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -14,6 +15,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use super::release::Installed;
+use crate::common::eventually;
 
 /// One question to the API server's authorizer: may the subject `verb` this resource?
 #[derive(Clone, Debug)]
@@ -323,18 +325,20 @@ pub async fn assert_pss_restricted(client: &Client, namespace: &str, deploy: &De
         dry_run: true,
         ..Default::default()
     };
-    if let Err(e) = pods.create(&dry, &pod).await {
-        panic!("the chart's pod is not Pod Security restricted: {e}");
-    }
-    // And the check is real: a privileged pod is refused in that namespace.
+    // The check is real: a pod that escalates privileges is refused. PodSecurity admission reads
+    // namespace labels through an informer, so it enforces them shortly after the patch.
     let mut bad = pod.clone();
     bad.spec.as_mut().unwrap().containers[0]
         .security_context
         .as_mut()
         .unwrap()
         .allow_privilege_escalation = Some(true);
-    assert!(
-        pods.create(&dry, &bad).await.is_err(),
-        "PodSecurity admission did not refuse allowPrivilegeEscalation: true"
-    );
+    let what = "PodSecurity admission to refuse allowPrivilegeEscalation: true";
+    eventually(what, Duration::from_secs(30), || async {
+        pods.create(&dry, &bad).await.is_err().then_some(())
+    })
+    .await;
+    if let Err(e) = pods.create(&dry, &pod).await {
+        panic!("the chart's pod is not Pod Security restricted: {e}");
+    }
 }
