@@ -1,6 +1,25 @@
 # Shared by the scripts of tests/cluster (and hack/, .ci/run). Sourced, not run.
 # shellcheck shell=bash
+# A Kubernetes version asked for in the environment (`K8S_VERSION=v1.34.4 tests/cluster/up`) wins
+# over the pin; everything else stays pinned.
+asked_k8s_version=${K8S_VERSION:-}
 source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
+K8S_VERSION=${asked_k8s_version:-$K8S_VERSION}
+unset asked_k8s_version
+
+# The Go wrapper module that builds $K8S_VERSION: k8s/ for the pinned version, k8s-v<major.minor>/
+# for another one (its go.mod names the exact version).
+k8s_module() {
+  local dir minor=${K8S_VERSION%.*}
+  dir=$(dirname "${BASH_SOURCE[0]}")
+  for m in k8s "k8s-$minor"; do
+    if grep -q "k8s.io/kubernetes $K8S_VERSION\b" "$dir/$m/go.mod" 2>/dev/null; then
+      echo "$m"; return
+    fi
+  done
+  echo "no Go module builds Kubernetes $K8S_VERSION: tests/cluster/k8s-$minor/go.mod must require k8s.io/kubernetes $K8S_VERSION (see tests/cluster/README.md)" >&2
+  return 1
+}
 STATE=${MLFLOW_OPERATOR_CLUSTER_DIR:-/dev/shm/mlflow-operator-cluster}
 [ -d /dev/shm ] || STATE=${MLFLOW_OPERATOR_CLUSTER_DIR:-${TMPDIR:-/tmp}/mlflow-operator-cluster}
 
