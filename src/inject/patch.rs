@@ -161,15 +161,11 @@ pub(crate) fn merge_container(
     }
     // A self-configured container's own azureml:// URI decides its cloud, not the binding's.
     let own_cloud = self_conf.then(|| own_azureml_cloud(existing_env)).flatten();
-    // Per-container entries never repeat a name the pod-wide ones (the binding's env) hold.
     let per_container: Vec<Value> = d.run_context.iter().flat_map(|r| r.env(c)).collect();
-    let per_container = per_container
-        .iter()
-        .filter(|e| !d.env.iter().any(|w| env_name(w) == env_name(e)));
     let wanted = d
         .env
         .iter()
-        .chain(per_container)
+        .chain(&per_container)
         .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))))
         .filter(|e| own_cloud.is_none() || env_name(e) != Some(CURRENT_CLOUD))
         .chain(own_cloud.iter());

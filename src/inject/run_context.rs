@@ -10,6 +10,7 @@
 use serde_json::{Value, json};
 
 use super::pod::{ContainerView, Owner};
+use super::values::env_name;
 use crate::binding::MlflowWorkspaceBinding;
 
 pub(crate) const RUN_CONTEXT: &str = "MLFLOW_RUN_CONTEXT";
@@ -29,6 +30,8 @@ pub(crate) struct RunContext {
     /// `,"key":"value"` members of the binding's extra tags that no Kubernetes tag overrides.
     extra_members: String,
     kubernetes: bool,
+    /// The binding's own env names MLFLOW_RUN_CONTEXT: it is not added per container.
+    context_taken: bool,
     /// The downward-API entries, then (after MLFLOW_RUN_CONTEXT) the system-metrics entries.
     before: Vec<Value>,
     after: Vec<Value>,
@@ -111,11 +114,13 @@ fn metrics_env(interval: Option<i32>) -> Vec<Value> {
 
 impl RunContext {
     /// What `b` asks for a pod in `namespace` owned by `owner`; None when it asks for nothing.
+    /// `pod_wide` is the env every container already gets: a name it holds is not added again.
     pub(crate) fn of(
         b: &MlflowWorkspaceBinding,
         namespace: &str,
         owner: Option<&Owner<'_>>,
         pod_template_hash: Option<&str>,
+        pod_wide: &[Value],
     ) -> Option<Self> {
         let tags = b.spec.run_tags.as_ref();
         let metrics = b.spec.system_metrics.as_ref().filter(|m| m.enabled());
@@ -147,13 +152,18 @@ impl RunContext {
             before.push(downward(POD_UID, "metadata.uid"));
             before.push(downward(NODE_NAME, "spec.nodeName"));
         }
-        let after = metrics
+        let mut after = metrics
             .map(|m| metrics_env(m.sampling_interval_seconds))
             .unwrap_or_default();
+        let taken = |name: Option<&str>| pod_wide.iter().any(|w| env_name(w) == name);
+        before.retain(|e| !taken(env_name(e)));
+        after.retain(|e| !taken(env_name(e)));
+        let context_taken = taken(Some(RUN_CONTEXT));
         Some(Self {
             pod_members,
             extra_members,
             kubernetes,
+            context_taken,
             before,
             after,
         })
@@ -180,7 +190,7 @@ impl RunContext {
     /// The env entries for container `c`: the downward-API variables first.
     pub(crate) fn env(&self, c: &ContainerView<'_>) -> Vec<Value> {
         let mut env = self.before.clone();
-        if let Some(context) = self.run_context(c) {
+        if let Some(context) = self.run_context(c).filter(|_| !self.context_taken) {
             env.push(json!({"name": RUN_CONTEXT, "value": context}));
         }
         env.extend(self.after.iter().cloned());

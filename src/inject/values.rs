@@ -151,7 +151,8 @@ pub(crate) fn desired(
         }
     }
     let template_hash = pod.labels.get(POD_TEMPLATE_HASH).copied();
-    d.run_context = RunContext::of(b, ctx.namespace, pod.owner.as_ref(), template_hash);
+    let owner = pod.owner.as_ref();
+    d.run_context = RunContext::of(b, ctx.namespace, owner, template_hash, &d.env);
     Ok(d)
 }
 

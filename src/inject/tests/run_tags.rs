@@ -379,3 +379,19 @@ fn the_expansion_port_matches_kubernetes() {
         assert_eq!(kubelet_expand(input, &vars), want, "{input}");
     }
 }
+
+#[test]
+fn a_name_the_bindings_own_env_holds_is_not_added_again() {
+    let env = json!([{"name": "MLFLOW_RUN_CONTEXT", "value": "{}"},
+                     {"name": "MLFLOW_OPERATOR_POD_NAME", "value": "fixed"}]);
+    let b = tagged(json!({"runTags": {}, "systemMetrics": {}, "env": env}));
+    let (p, _) = apply(&one(), &b);
+    let names = names(&p, "containers", 0);
+    for once in ["MLFLOW_RUN_CONTEXT", "MLFLOW_OPERATOR_POD_NAME"] {
+        assert_eq!(names.iter().filter(|n| *n == once).count(), 1, "{names:?}");
+    }
+    assert_eq!(
+        get(&p, "containers", 0, "MLFLOW_RUN_CONTEXT").unwrap()["value"],
+        "{}"
+    );
+}
