@@ -13,7 +13,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
-use super::{Core, Exchange};
+use super::{Core, Exchange, b64url, now};
 
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -109,7 +109,7 @@ impl Core {
         via: &str,
         subject: Option<&str>,
     ) -> String {
-        let now = jiff::Timestamp::now().as_second();
+        let now = now();
         let claims = json!({
             "iss": format!("https://sts.windows.net/{tenant}/"),
             "aud": self.0.addresses.resource,
@@ -380,10 +380,6 @@ pub async fn verify_service_account_token(
     jsonwebtoken::decode::<Value>(token, &key, &validation)
         .map(|d| d.claims)
         .map_err(|e| e.to_string())
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The assertion MSAL signs with the certificate's key: RS256 with `x5t` (SHA-1 thumbprint) or

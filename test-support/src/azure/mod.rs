@@ -65,6 +65,17 @@ pub(crate) async fn hang() -> axum::response::Response {
     axum::http::StatusCode::GATEWAY_TIMEOUT.into_response()
 }
 
+/// Unpadded base64url, as JWT headers and SAS signatures use it.
+pub(crate) fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
 /// A fresh random key, so tokens of one fake are worthless to another.
 pub(crate) fn random_key(what: &str) -> Vec<u8> {
     use sha2::Digest;

@@ -9,11 +9,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::AML_HOST;
-use crate::azure::{Call, Core};
+use crate::azure::{Call, Core, b64url, now};
 
 const STORAGE_ACCOUNT: &str = "fakeamlstorage";
 const STORAGE_CONTAINER: &str = "azureml";
@@ -26,14 +25,6 @@ pub(super) struct FrontDoor {
     pub sas_key: Vec<u8>,
     pub mlflow_url: String,
     pub http: reqwest::Client,
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 /// `(scope, rest)` of `/{prefix}/subscriptions/.../workspaces/{ws}{rest}`.

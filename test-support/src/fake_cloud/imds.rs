@@ -9,11 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ARM_RESOURCE, IMDS_IP};
-use crate::azure::{Core, Exchange};
-
-fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
+use crate::azure::{Core, Exchange, now};
 
 /// Why IMDS refuses the request, as (status, error, description, the log's note); None when it
 /// answers with a token.
