@@ -147,12 +147,11 @@ async fn workspace(
     let name = ws.to_lowercase();
     let reply = core.0.replies.lock().unwrap().next(&name);
     let client_id = call.client_id.clone().unwrap_or_default();
-    let (response, delay) = answer(&core, reply, &client_id, (&sub, &rg, &ws));
+    let answer = answer(&core, reply, &client_id, (&sub, &rg, &ws));
     // Recorded before any delay, so a call the client gives up on still counts.
-    let status = if delay == Some(Duration::MAX) {
-        0
-    } else {
-        response.status().as_u16()
+    let status = match &answer {
+        Answer::Now(r) | Answer::After(r, _) => r.status().as_u16(),
+        Answer::Never => 0,
     };
     let workspace = Some(name);
     core.record_call(
@@ -163,37 +162,41 @@ async fn workspace(
             ..call
         },
     );
-    match delay {
-        Some(Duration::MAX) => super::hang().await,
-        Some(d) => {
-            tokio::time::sleep(d).await;
+    match answer {
+        Answer::Now(response) => response,
+        Answer::After(response, delay) => {
+            tokio::time::sleep(delay).await;
             response
         }
-        None => response,
+        Answer::Never => super::hang().await,
     }
 }
 
-/// ARM's answer and how long it waits before giving it (`Duration::MAX`: never).
+/// ARM's answer to one call, and when it gives it.
+enum Answer {
+    Now(Response),
+    After(Response, Duration),
+    /// Taken, never answered (status 0 in the call log).
+    Never,
+}
+
 fn answer(
     core: &Core,
     reply: Option<Reply>,
     client_id: &str,
     (sub, rg, ws): (&str, &str, &str),
-) -> (Response, Option<Duration>) {
+) -> Answer {
     let scope = scope(sub, rg, ws);
     let found = || match core.workspace_uri(sub, rg, ws) {
         Some(uri) => found(core, &scope, ws, &uri),
         None => not_found(rg, ws),
     };
     match reply {
-        None => (found(), None),
-        Some(Reply::Delay(d)) => (found(), Some(d)),
-        Some(Reply::Hang) => (
-            StatusCode::GATEWAY_TIMEOUT.into_response(),
-            Some(Duration::MAX),
-        ),
-        Some(Reply::NotFound) => (not_found(rg, ws), None),
-        Some(other) => (scripted_error(&other, client_id, &scope), None),
+        None => Answer::Now(found()),
+        Some(Reply::Delay(d)) => Answer::After(found(), d),
+        Some(Reply::Hang) => Answer::Never,
+        Some(Reply::NotFound) => Answer::Now(not_found(rg, ws)),
+        Some(other) => Answer::Now(scripted_error(&other, client_id, &scope)),
     }
 }
 
