@@ -103,23 +103,9 @@ fn workload_identity_deployment_and_job_log_through_azure_ml() {
         let uri = azureml_binding(sh, &ns, &experiment, identity).await;
         assert!(uri.starts_with("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/"));
 
-        let deployment = json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "train-deploy", "namespace": ns},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "train-deploy"}},
-                "template": {
-                    "metadata": {"labels": {"app": "train-deploy", TRACK: "true"}},
-                    "spec": pod_spec(
-                        "trainer",
-                        "Always",
-                        container(json!(["sh", "-c", "python /app/train.py && exec sleep 3600"]), json!([])),
-                    ),
-                },
-            },
-        });
-        kubectl(&["apply", "-f", "-"], &deployment.to_string()).await;
+        let command = json!(["sh", "-c", "python /app/train.py && exec sleep 3600"]);
+        let template = pod_spec("trainer", "Always", container(command, json!([])));
+        create_deployment(sh, &ns, "train-deploy", template).await;
         plain_job(&ns, "train-job").await;
 
         let from_deployment = trained(sh, &ns, "app=train-deploy").await;
@@ -411,11 +397,7 @@ fn job_and_deployment_runs_carry_their_pods_and_system_metrics() {
         .await;
         let command = json!(["sh", "-c", "python /app/train.py && exec sleep 3600"]);
         let template = pod_spec("trainer", "Always", container(command, slow));
-        let deployment = common::deployment("train-deploy", 1, json!({TRACK: "true"}), template);
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(sh.client.clone(), &ns)
-            .create(&PostParams::default(), &deployment)
-            .await
-            .expect("create the Deployment");
+        create_deployment(sh, &ns, "train-deploy", template).await;
         let extra = [("team", "fraud")];
         let from_job = trained(sh, &ns, "job-name=train").await;
         let (tags, metrics) = run_record(&server, &from_job).await;
@@ -751,6 +733,15 @@ async fn team_namespace(sh: &Shared, prefix: &str) -> String {
     })
     .await;
     name
+}
+
+/// A labelled Deployment of one pod running `template`.
+async fn create_deployment(sh: &Shared, ns: &str, name: &str, template: Value) {
+    let deployment = common::deployment(name, 1, json!({TRACK: "true"}), template);
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(sh.client.clone(), ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
 }
 
 /// The run's tags and metric keys as MLflow's REST API returns them.
