@@ -145,7 +145,8 @@ pub struct MlflowWorkspaceBindingSpec {
 
     /// Extra environment variables for every injected container (for example
     /// MLFLOW_TRACKING_INSECURE_TLS). Like every injected variable, never overrides a variable the
-    /// container already sets.
+    /// container already sets. valueFrom.fileKeyRef needs Kubernetes 1.35 or later: on an older
+    /// API server the binding is not Ready (reason UnsupportedByCluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,

@@ -11,6 +11,7 @@
 
 pub mod arm;
 pub mod cache;
+pub mod compat;
 pub mod credential;
 mod pods;
 mod reconcile;
@@ -68,6 +69,7 @@ pub async fn run(
     let shared = Shared {
         arm: Arc::new(ArmClient::new(cfg.azure.clone(), metrics.clone())?),
         cache: Arc::new(Cache::new(cfg.refresh_interval, cfg.error_retry)),
+        server: compat::ApiServer::read(&client).await,
         client: client.clone(),
         cfg: cfg.clone(),
         metrics: metrics.clone(),

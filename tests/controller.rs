@@ -691,3 +691,38 @@ async fn an_entra_outage_is_authority_unavailable_until_it_ends() {
     })
     .await;
 }
+
+/// `env[].valueFrom.fileKeyRef` is dropped from pods by an API server older than 1.35: there
+/// the binding is not Ready and says which variable and what to use instead; from 1.35 it is
+/// Ready like any other.
+#[tokio::test]
+async fn a_binding_env_the_api_server_would_drop_is_not_ready_on_older_servers() {
+    with_temp_ns("ctl-envfile", |client, ns| async move {
+        let op = Operator::start(&client, config(&ns, "lease-envfile", None, AzureEnv::default()));
+        let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+        let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+            "apiVersion": "mlflow-operator.io/v1alpha1",
+            "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": "envfile"},
+            "spec": {"trackingUri": "https://mlflow.example.com", "env": [
+                {"name": "PLAIN", "value": "1"},
+                {"name": "TOKEN", "valueFrom": {"fileKeyRef": {"volumeName": "config", "path": "env", "key": "TOKEN"}}}
+            ]}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &b).await.unwrap();
+        let server = client.apiserver_version().await.unwrap();
+        let minor: u32 = server.minor.trim_end_matches('+').parse().unwrap();
+        if minor >= 35 {
+            wait_ready(&api, "envfile", "True", "Resolved").await;
+        } else {
+            let b = wait_ready(&api, "envfile", "False", "UnsupportedByCluster").await;
+            let message = &b.ready_condition().unwrap().message;
+            for part in ["spec.env[1] (TOKEN)", "fileKeyRef", &server.git_version, "secretKeyRef"] {
+                assert!(message.contains(part), "{part} missing from: {message}");
+            }
+        }
+        op.stop().await;
+    })
+    .await;
+}

@@ -49,7 +49,7 @@ impl Drop for Cleanup {
         };
         run(
             &["uninstall", RELEASE, "-n", RELEASE_NS, "--wait=false"],
-            "helm",
+            &common::helm::program(),
         );
         run(
             &["delete", "namespace", &self.team_ns, "--wait=false"],

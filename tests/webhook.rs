@@ -11,6 +11,7 @@ use common::node::pods_when;
 use common::webhook::{TestWebhook, env_of, env_value, ready_binding, set_status};
 use common::{eventually, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -147,9 +148,9 @@ async fn unlabelled_pod_is_untouched_and_the_webhook_is_not_called() {
 }
 
 #[tokio::test]
-async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_injected() {
+async fn pods_of_a_labelled_deployment_and_job_made_by_the_controller_manager_are_injected() {
     with_binding(
-        "wh-deploy",
+        "wh-workloads",
         json!({"trackingUri": URI, "experimentName": "e"}),
         async |client, wh| {
             let ns = &wh.namespace;
@@ -158,13 +159,28 @@ async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_inject
                 .create(&PostParams::default(), &d)
                 .await
                 .unwrap();
+            Api::<Job>::namespaced(client.clone(), ns)
+                .create(&PostParams::default(), &job("batch", 2))
+                .await
+                .unwrap();
             let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let what = "2 pods from the ReplicaSet";
-            let made = pods_when(&pods, "app=train", what, Duration::from_secs(60), |ps| {
-                ps.len() == 2
-            })
-            .await;
-            for p in made {
+            let minute = Duration::from_secs(60);
+            let from_replica_set = pods_when(
+                &pods,
+                "app=train",
+                "2 pods from the ReplicaSet",
+                minute,
+                |ps| ps.len() == 2,
+            );
+            let from_job = pods_when(
+                &pods,
+                "batch.kubernetes.io/job-name=batch",
+                "2 pods from the Job",
+                minute,
+                |ps| ps.len() == 2,
+            );
+            let (a, b) = tokio::join!(from_replica_set, from_job);
+            for p in a.into_iter().chain(b) {
                 assert_eq!(
                     env_value(&p, "train", "MLFLOW_TRACKING_URI").as_deref(),
                     Some(URI)
@@ -177,6 +193,21 @@ async fn pods_of_a_labelled_deployment_made_by_the_controller_manager_are_inject
         },
     )
     .await;
+}
+
+/// A labelled Job running `parallelism` pods of [`one_container`] at once.
+fn job(name: &str, parallelism: i32) -> Job {
+    let mut spec = one_container();
+    spec["restartPolicy"] = json!("Never");
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "parallelism": parallelism,
+            "completions": parallelism,
+            "template": {"metadata": {"labels": tracked()}, "spec": spec},
+        },
+    }))
+    .expect("a valid Job")
 }
 
 #[tokio::test]

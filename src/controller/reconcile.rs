@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::arm::{ArmClient, WorkspaceKey};
 use super::cache::{Cache, Freshness};
+use super::compat::ApiServer;
 use super::pods::{self, Pods};
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
@@ -57,6 +58,7 @@ pub(super) struct Shared {
     pub arm: Arc<ArmClient>,
     pub cache: Arc<Cache>,
     pub metrics: Metrics,
+    pub server: ApiServer,
 }
 
 struct Ctx {
@@ -154,8 +156,20 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
 /// The binding's resolution, and when to look again.
 async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration) {
     let Shared {
-        cfg, arm, cache, ..
+        cfg,
+        arm,
+        cache,
+        server,
+        ..
     } = &ctx.shared;
+    if let Some(message) = server.refuses(&b.spec) {
+        let res = Resolution::Failed {
+            reason: "UnsupportedByCluster",
+            message,
+            transient: false,
+        };
+        return (res, cfg.refresh_interval);
+    }
     if let Some(uri) = &b.spec.tracking_uri {
         let message = "spec.trackingUri is used as the tracking URI".to_string();
         let res = Resolution::Resolved {

@@ -1,5 +1,6 @@
 //! The real `helm` on the chart of this repository (`charts/mlflow-operator`). `helm` must be on
-//! PATH (`tests/cluster/build` builds it; the cluster's env file puts it on PATH): there is no
+//! PATH (`tests/cluster/build` builds it; the cluster's env file puts it on PATH), or named by
+//! `MLFLOW_OPERATOR_HELM` (how `hack/test` runs the Helm tests again with Helm 4): there is no
 //! skipping.
 
 use std::process::Stdio;
@@ -8,17 +9,24 @@ use serde_json::Value;
 
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/mlflow-operator");
 
+/// The helm binary every test runs: `MLFLOW_OPERATOR_HELM`, else `helm` on PATH.
+pub fn program() -> String {
+    std::env::var("MLFLOW_OPERATOR_HELM").unwrap_or_else(|_| "helm".to_string())
+}
+
 /// Runs the real `helm`, returning (success, stdout, stderr). Panics when helm is not on PATH.
 pub async fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new("helm")
+    let out = tokio::process::Command::new(program())
         .args(args)
         .stdin(Stdio::null())
         .output()
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run `helm` ({e}): put a helm v3 binary on PATH (tests/cluster/build \
-                 builds one; `source $MLFLOW_OPERATOR_CLUSTER_DIR/env` puts it on PATH)"
+                "cannot run `{}` ({e}): put a helm binary on PATH (tests/cluster/build \
+                 builds one; `source $MLFLOW_OPERATOR_CLUSTER_DIR/env` puts it on PATH) or \
+                 name one in MLFLOW_OPERATOR_HELM",
+                program()
             )
         });
     (

@@ -279,7 +279,7 @@ pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String])
         let _ = std::process::Command::new(bin).args(args).output();
     };
     run(
-        "helm",
+        &crate::helm::program(),
         &[
             "uninstall",
             release,

@@ -14,6 +14,7 @@ mod privileges;
 mod rbac;
 mod release;
 mod render;
+mod versions;
 
 use serde_json::Value;
 

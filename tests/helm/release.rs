@@ -189,14 +189,14 @@ fn set_flag(args: &mut [String], name: &str, value: &str) {
 
 /// A Helm release in its own namespace; uninstalled (and the namespace deleted) on drop, also
 /// when the test panics.
-struct Release {
-    name: String,
-    namespace: String,
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("helm")
+        let _ = std::process::Command::new(super::common::helm::program())
             .args([
                 "uninstall",
                 &self.name,
