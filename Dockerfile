@@ -10,10 +10,13 @@ COPY src ./src
 # Not compiled: Cargo reads the bench targets' and the test harness's manifests to resolve.
 COPY benches ./benches
 COPY test-support ./test-support
-# Cache mounts keep the crate registry and the target directory between builds.
+# Cache mounts keep the crate registry and the target directory between builds. The sources are
+# touched first: cargo compares mtimes, and a cached target built from another checkout at a later
+# time would otherwise count older edited files as built (an image of stale code).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin mlflow-operator \
+    touch src/lib.rs src/main.rs \
+ && cargo build --release --locked --bin mlflow-operator \
  && install -D -m 0755 target/release/mlflow-operator /out/mlflow-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
