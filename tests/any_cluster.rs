@@ -50,7 +50,10 @@ impl Drop for Cleanup {
             let _ = Command::new("sh").arg("-c").arg(cmd).output();
         };
         run("kubectl delete -f examples/quickstart.yaml --ignore-not-found --wait=false");
-        run("${MLFLOW_OPERATOR_HELM:-helm} uninstall mlflow-operator -n mlflow-operator --wait");
+        let helm = mlflow_operator_test_support::helm::program();
+        run(&format!(
+            "{helm} uninstall mlflow-operator -n mlflow-operator --wait"
+        ));
         run("kubectl delete namespace mlflow-operator team-a --ignore-not-found --wait");
     }
 }

@@ -711,14 +711,13 @@ async fn a_binding_env_the_api_server_would_drop_is_not_ready_on_older_servers()
         }))
         .unwrap();
         api.create(&PostParams::default(), &b).await.unwrap();
-        let server = client.apiserver_version().await.unwrap();
-        let minor: u32 = server.minor.trim_end_matches('+').parse().unwrap();
+        let (minor, git_version) = common::server_version(&client).await;
         if minor >= 35 {
             wait_ready(&api, "envfile", "True", "Resolved").await;
         } else {
             let b = wait_ready(&api, "envfile", "False", "UnsupportedByCluster").await;
             let message = &b.ready_condition().unwrap().message;
-            for part in ["spec.env[1] (TOKEN)", "fileKeyRef", &server.git_version, "secretKeyRef"] {
+            for part in ["spec.env[1] (TOKEN)", "fileKeyRef", &git_version, "secretKeyRef"] {
                 assert!(message.contains(part), "{part} missing from: {message}");
             }
         }

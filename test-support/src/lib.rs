@@ -269,6 +269,20 @@ pub async fn kubectl(args: &[&str], stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The API server's minor version (managed clusters spell it `34+`) and its `gitVersion`.
+pub async fn server_version(client: &Client) -> (u32, String) {
+    let info = client
+        .apiserver_version()
+        .await
+        .expect("the API server's /version");
+    let minor = info
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .expect("a numeric minor version");
+    (minor, info.git_version)
+}
+
 /// The Events about object `name` in namespace `ns`.
 pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<Event> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
