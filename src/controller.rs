@@ -14,6 +14,7 @@ pub mod cache;
 pub mod compat;
 pub mod credential;
 mod pods;
+mod ready_gauge;
 mod reconcile;
 pub mod status;
 

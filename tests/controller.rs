@@ -343,6 +343,12 @@ async fn bindings_sharing_a_workspace_make_one_arm_call() {
         })
         .await;
         assert_eq!(fake.arm_calls("shared"), 1);
+        // A deleted binding leaves the gauge when the watch sees it go, with no reconcile.
+        api.delete("a", &Default::default()).await.unwrap();
+        eventually("the deleted binding uncounted", WAIT, || async {
+            (op.ready_gauge("True") == 2).then_some(())
+        })
+        .await;
         op.stop().await;
     })
     .await;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,6 +23,7 @@ use super::arm::{ArmClient, WorkspaceKey};
 use super::cache::{Cache, Freshness};
 use super::compat::ApiServer;
 use super::pods::{self, Pods};
+use super::ready_gauge::ReadyGauge;
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
 use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, TRUE, UNKNOWN};
@@ -66,6 +67,7 @@ struct Ctx {
     recorder: Recorder,
     store: Store<MlflowWorkspaceBinding>,
     pods: Pods,
+    gauge: Arc<ReadyGauge>,
     /// When each binding's status was last written.
     written: Mutex<HashMap<ObjectRef<MlflowWorkspaceBinding>, Instant>>,
 }
@@ -119,8 +121,11 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
     // As Controller::new, but managedFields never reach the store: nothing reads them, and
     // with 1,000 bindings they were most of the process's heap (8 of 23 MiB at its peak).
     let (store, writer) = reflector::store();
+    let gauge = Arc::new(ReadyGauge::new(shared.metrics.clone()));
+    let watched = gauge.clone();
     let trigger = watcher(api, watcher::Config::default())
         .modify(|b| b.managed_fields_mut().clear())
+        .inspect_ok(move |event| watched.observe(event))
         .reflect(writer)
         .applied_objects();
     let (pods, pods_writer) = Pods::new();
@@ -139,6 +144,7 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
         recorder: Recorder::new(client, reporter),
         store: controller.store(),
         pods,
+        gauge,
         written: Mutex::default(),
     });
     controller
@@ -245,7 +251,7 @@ async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Acti
         status::set_pods(&mut desired, &current, &report, now);
         ctx.pods.report_metric(&b, &report, metrics);
     }
-    update_gauge(&ctx, &b, &desired);
+    ctx.gauge.set(&b, &desired);
     if b.status.as_ref() == Some(&desired) {
         return Ok(Action::requeue(requeue));
     }
@@ -346,42 +352,6 @@ fn count_resolve_error(metrics: &Metrics, reason: &str) {
             reason: reason.to_string(),
         })
         .inc();
-}
-
-fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> String {
-    s.and_then(MlflowWorkspaceBindingStatus::ready)
-        .map(|c| c.status.clone())
-        .unwrap_or_else(|| UNKNOWN.to_string())
-}
-
-/// Recounts `bindings{ready}` from the controller's cache, with this reconcile's result.
-fn update_gauge(ctx: &Ctx, b: &MlflowWorkspaceBinding, desired: &MlflowWorkspaceBindingStatus) {
-    let this = ObjectRef::from(b);
-    let mut counts = std::collections::BTreeMap::from([
-        (TRUE.to_string(), 0i64),
-        (FALSE.to_string(), 0),
-        (UNKNOWN.to_string(), 0),
-    ]);
-    let mut seen = false;
-    for o in ctx.store.state() {
-        let ready = if ObjectRef::from(o.as_ref()) == this {
-            seen = true;
-            ready_of(Some(desired))
-        } else {
-            ready_of(o.status.as_ref())
-        };
-        *counts.entry(ready).or_default() += 1;
-    }
-    if !seen {
-        *counts.entry(ready_of(Some(desired))).or_default() += 1;
-    }
-    for (ready, n) in counts {
-        ctx.shared
-            .metrics
-            .bindings
-            .get_or_create(&ReadyLabels { ready })
-            .set(n);
-    }
 }
 
 /// Zeroes `bindings{ready}` and drops `pods`: a replica that no longer leads no longer knows.

@@ -7,6 +7,10 @@ use serde_json::Value;
 
 use crate::binding::{SKIP_CONTAINERS_ANNOTATION, TRACK_LABEL};
 
+mod sparse;
+
+pub use sparse::SparsePod;
+
 /// The label azure-workload-identity's own webhook acts on.
 pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";
 

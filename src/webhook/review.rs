@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::answer::Outcome;
+use crate::inject::SparsePod;
 
 /// A parsed AdmissionReview request: only what the webhook needs, the object kept raw.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,8 +81,9 @@ struct RawRequest {
     namespace: String,
     #[serde(default)]
     operation: String,
+    /// Only what the planner reads of the pod is built.
     #[serde(default)]
-    object: Value,
+    object: SparsePod,
     #[serde(rename = "dryRun", default)]
     dry_run: Option<bool>,
 }
@@ -134,6 +136,7 @@ pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, Unreadable> {
     let namespace = if req.namespace.is_empty() {
         let ns = req
             .object
+            .0
             .pointer("/metadata/namespace")
             .and_then(Value::as_str);
         ns.unwrap_or_default().to_string()
@@ -145,7 +148,7 @@ pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, Unreadable> {
         operation: req.operation,
         namespace,
         dry_run: req.dry_run.unwrap_or(false),
-        object: req.object,
+        object: req.object.0,
     })
 }
 

@@ -234,6 +234,16 @@ proptest! {
     }
 
     #[test]
+    fn the_webhook_plans_on_its_sparse_parse_as_on_the_whole_pod(
+        p in prop_oneof![any_json(), pod_strategy()],
+        b in binding_strategy(),
+    ) {
+        let sparse: crate::inject::SparsePod = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        let defaults = Defaults::default();
+        prop_assert_eq!(plan_with(&sparse.0, &[&b], None, &defaults), plan_with(&p, &[&b], None, &defaults));
+    }
+
+    #[test]
     fn applying_the_plan_twice_changes_nothing_the_second_time(p in pod_strategy(), b in binding_strategy()) {
         let (once, _) = apply(&p, &b);
         let second = plan_with(&once, &[&b], None, &Defaults::default());
