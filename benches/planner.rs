@@ -8,6 +8,11 @@
 //! - `namespace_lookup`: reading the pod's namespace from the per-namespace index, against
 //!   copying the whole reflector Store and filtering it (what every admission did before).
 //!
+//! - `scan`: only validating the review's JSON, building nothing: the least any webhook that
+//!   reads the pod pays, against which `review` is measured.
+//!
+//! The allocator is the one the binary ships with (mimalloc).
+//!
 //! Run: `cargo bench --bench planner`. Under `cargo test` every benchmark runs once, checked.
 
 use std::sync::Arc;
@@ -20,6 +25,9 @@ use mlflow_operator::binding::{MlflowWorkspaceBinding, RunTags, SystemMetrics};
 use mlflow_operator::inject::{self, Defaults, NamespaceView, Plan};
 use mlflow_operator::webhook::{BindingIndex, Webhook};
 use serde_json::{Value, json};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     divan::main();
@@ -159,6 +167,14 @@ fn bench_plan(bencher: Bencher, payload: &str, b: MlflowWorkspaceBinding) {
     let plan = inject::plan(&pod, &view, &defaults);
     assert!(injected(&plan), "{payload}: {plan:?}");
     bencher.bench_local(|| inject::plan(divan::black_box(&pod), &view, &defaults));
+}
+
+#[divan::bench(args = PAYLOADS)]
+fn scan(bencher: Bencher, payload: &str) {
+    let body = review_body(payload);
+    bencher.bench_local(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(&body)).unwrap()
+    });
 }
 
 /// One review answered from the caches: it never waits.

@@ -1,8 +1,6 @@
 //! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
 //! the injected annotation. Nothing the pod already has is ever changed.
 
-use std::collections::HashMap;
-
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{Value, json};
@@ -54,7 +52,8 @@ pub(crate) struct Slot {
     taken_by: fn(existing: &Value, wanted: &Value) -> bool,
     reported: &'static str,
     /// When an entry is taken exactly by another with the same key: the key, so long lists
-    /// (a container with 200 env entries) are indexed once instead of scanned per wanted entry.
+    /// (a container with 200 env entries) are read once for all wanted entries instead of once
+    /// per wanted entry.
     key: Option<fn(&Value) -> Option<&str>>,
 }
 
@@ -77,17 +76,25 @@ pub(crate) const VOLUME: Slot = Slot {
     key: None,
 };
 
-/// The first existing entry that takes `w`'s slot.
-fn taken<'e>(
-    slot: &Slot,
-    existing: &'e [Value],
-    by_key: &HashMap<&str, &'e Value>,
-    w: &Value,
-) -> Option<&'e Value> {
-    match slot.key {
-        Some(key) => key(w).and_then(|k| by_key.get(k).copied()),
-        None => existing.iter().find(|e| (slot.taken_by)(e, w)),
+/// For each wanted entry, the first existing entry that takes its slot. A keyed slot reads the
+/// existing list once, comparing keys with the few wanted ones: hashing all 200 names of a
+/// long env list cost more than the comparisons.
+fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[&Value]) -> Vec<Option<&'e Value>> {
+    let Some(key) = slot.key else {
+        let first = |w: &&Value| existing.iter().find(|e| (slot.taken_by)(e, w));
+        return wanted.iter().map(first).collect();
+    };
+    let keys: Vec<Option<&str>> = wanted.iter().map(|w| key(w)).collect();
+    let mut found = vec![None; wanted.len()];
+    for e in existing {
+        let Some(k) = key(e) else { continue };
+        for (slot, want) in found.iter_mut().zip(&keys) {
+            if slot.is_none() && *want == Some(k) {
+                *slot = Some(e);
+            }
+        }
     }
+    found
 }
 
 /// Add-if-absent: a wanted entry whose slot is taken is never added; an identical entry is
@@ -97,24 +104,16 @@ pub(crate) fn add_if_absent<'a>(
     existing: &[Value],
     wanted: impl IntoIterator<Item = &'a Value>,
 ) -> Merge {
-    let mut by_key: HashMap<&str, &Value> = HashMap::new();
-    if let Some(key) = slot.key {
-        // The first entry of a key takes it, as a scan in order would find.
-        for e in existing {
-            if let Some(k) = key(e) {
-                by_key.entry(k).or_insert(e);
-            }
-        }
-    }
+    let wanted: Vec<&Value> = wanted.into_iter().collect();
     let mut m = Merge::default();
-    for w in wanted {
-        match taken(slot, existing, &by_key, w) {
-            Some(e) if e == w => {}
+    for (w, e) in wanted.iter().zip(taken(slot, existing, &wanted)) {
+        match e {
+            Some(e) if e == *w => {}
             Some(_) => {
                 let id = w.get(slot.reported).and_then(Value::as_str);
                 m.conflicts.push(id.unwrap_or("").to_string());
             }
-            None => m.add.push(w.clone()),
+            None => m.add.push((*w).clone()),
         }
     }
     m
