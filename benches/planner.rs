@@ -8,6 +8,7 @@
 //! - `namespace_lookup`: reading the pod's namespace from the per-namespace index, against
 //!   copying the whole reflector Store and filtering it (what every admission did before).
 //!
+//! - `parse`: reading the review as the webhook does (the pod's fields the planner reads);
 //! - `scan`: only validating the review's JSON, building nothing: the least any webhook that
 //!   reads the pod pays, against which `review` is measured.
 //!
@@ -175,6 +176,12 @@ fn scan(bencher: Bencher, payload: &str) {
     bencher.bench_local(|| {
         serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(&body)).unwrap()
     });
+}
+
+#[divan::bench(args = PAYLOADS)]
+fn parse(bencher: Bencher, payload: &str) {
+    let body = review_body(payload);
+    bencher.bench_local(|| mlflow_operator::webhook::parse_review(divan::black_box(&body)).unwrap());
 }
 
 /// One review answered from the caches: it never waits.
