@@ -181,7 +181,8 @@ fn scan(bencher: Bencher, payload: &str) {
 #[divan::bench(args = PAYLOADS)]
 fn parse(bencher: Bencher, payload: &str) {
     let body = review_body(payload);
-    bencher.bench_local(|| mlflow_operator::webhook::parse_review(divan::black_box(&body)).unwrap());
+    bencher
+        .bench_local(|| mlflow_operator::webhook::parse_review(divan::black_box(&body)).unwrap());
 }
 
 /// One review answered from the caches: it never waits.
