@@ -142,74 +142,30 @@ mod tests {
             binding("b", None),
             binding("c", Some("False")),
         );
-        let reconciled = |name, ready| binding(name, Some(ready)).status.unwrap();
-        type Step<'a> = Box<dyn Fn(&ReadyGauge) + 'a>;
-        // (what happens, [True, False, Unknown] after it)
-        let steps: Vec<(&str, Step, [i64; 3])> = vec![
-            (
-                "relist starts",
-                Box::new(|g| g.observe(&Event::Init)),
-                [0, 0, 0],
-            ),
-            (
-                "a listed",
-                Box::new(|g| g.observe(&Event::InitApply(a.clone()))),
-                [1, 0, 0],
-            ),
-            (
-                "b listed",
-                Box::new(|g| g.observe(&Event::InitApply(b.clone()))),
-                [1, 0, 1],
-            ),
-            (
-                "relist done",
-                Box::new(|g| g.observe(&Event::InitDone)),
-                [1, 0, 1],
-            ),
-            (
-                "b reconciled",
-                Box::new(|g| g.set(&b, &reconciled("b", "False"))),
-                [1, 1, 0],
-            ),
-            (
-                "b again, same",
-                Box::new(|g| g.set(&b, &reconciled("b", "False"))),
-                [1, 1, 0],
-            ),
-            (
-                "c created",
-                Box::new(|g| g.observe(&Event::Apply(c.clone()))),
-                [1, 2, 0],
-            ),
-            (
-                "a deleted",
-                Box::new(|g| g.observe(&Event::Delete(a.clone()))),
-                [0, 2, 0],
-            ),
-            (
-                "a deleted twice",
-                Box::new(|g| g.observe(&Event::Delete(a.clone()))),
-                [0, 2, 0],
-            ),
-            (
-                "relist starts",
-                Box::new(|g| g.observe(&Event::Init)),
-                [0, 2, 0],
-            ),
-            (
-                "only c listed",
-                Box::new(|g| g.observe(&Event::InitApply(c.clone()))),
-                [0, 2, 0],
-            ),
-            (
-                "b gone in the gap",
-                Box::new(|g| g.observe(&Event::InitDone)),
-                [0, 1, 0],
-            ),
+        let b_false = binding("b", Some("False"));
+        let watch = Some;
+        // (what happens: a watch event, else b reconciled to Ready False; then [True, False,
+        // Unknown])
+        let steps = [
+            ("relist starts", watch(Event::Init), [0, 0, 0]),
+            ("a listed", watch(Event::InitApply(a.clone())), [1, 0, 0]),
+            ("b listed", watch(Event::InitApply(b.clone())), [1, 0, 1]),
+            ("relist done", watch(Event::InitDone), [1, 0, 1]),
+            ("b reconciled", None, [1, 1, 0]),
+            ("b again, same", None, [1, 1, 0]),
+            ("c created", watch(Event::Apply(c.clone())), [1, 2, 0]),
+            ("a deleted", watch(Event::Delete(a.clone())), [0, 2, 0]),
+            ("a deleted twice", watch(Event::Delete(a)), [0, 2, 0]),
+            ("relist starts", watch(Event::Init), [0, 2, 0]),
+            ("only c listed", watch(Event::InitApply(c)), [0, 2, 0]),
+            ("b gone in the gap", watch(Event::InitDone), [0, 1, 0]),
         ];
         let g = ReadyGauge::new(Metrics::new());
-        for (what, step, want) in steps {
-            step(&g);
+        for (what, event, want) in steps {
+            match event {
+                Some(event) => g.observe(&event),
+                None => g.set(&b, b_false.status.as_ref().unwrap()),
+            }
             assert_eq!(counts(&g), want, "{what}");
         }
     }
