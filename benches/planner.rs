@@ -181,8 +181,11 @@ fn scan(bencher: Bencher, payload: &str) {
 #[divan::bench(args = PAYLOADS)]
 fn parse(bencher: Bencher, payload: &str) {
     let body = review_body(payload);
-    bencher
-        .bench_local(|| mlflow_operator::webhook::parse_review(divan::black_box(&body)).unwrap());
+    let b = binding(NS, "fraud");
+    bencher.bench_local(|| {
+        let req = mlflow_operator::webhook::parse_review(divan::black_box(&body)).unwrap();
+        req.pod(&inject::EnvNames::of([&b])).unwrap()
+    });
 }
 
 /// One review answered from the caches: it never waits.

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::cli::inject::{Offline, load_binding};
-use mlflow_operator::inject::{Defaults, NamespaceView, Plan, plan};
+use mlflow_operator::inject::{Defaults, EnvNames, NamespaceView, Plan, plan};
 use serde_json::json;
 
 fn binding() -> MlflowWorkspaceBinding {
@@ -50,12 +50,23 @@ pub fn admission_review(data: &[u8]) -> Reached {
         bindings: vec![&b],
         service_account: Some(&sa),
     };
-    let patch = match plan(&req.object, &view, &Defaults::default()) {
+    // As the webhook reads it (of the env, what the namespace's bindings may need), and with
+    // every env entry: the plans are the same.
+    let (Ok(pod), Ok(whole)) = (req.pod(&EnvNames::of([&b])), req.pod(&EnvNames::all())) else {
+        return Reached::Unreadable;
+    };
+    let planned = plan(&pod, &view, &Defaults::default());
+    assert_eq!(
+        planned,
+        plan(&whole, &view, &Defaults::default()),
+        "the sparse parse changed the plan"
+    );
+    let patch = match planned {
         Plan::Inject { patch, .. } => patch,
         Plan::Allow { .. } => return Reached::Unchanged,
         Plan::Refuse(_) => return Reached::Refused,
     };
-    let mut object = req.object.clone();
+    let mut object = whole;
     json_patch::patch(&mut object, &patch).expect("a planned patch applies to its pod");
     // Reinvocation: planning the patched pod again changes nothing more.
     if let Plan::Inject { patch, .. } = plan(&object, &view, &Defaults::default()) {

@@ -19,7 +19,7 @@ mod select;
 mod tests;
 mod values;
 
-pub use pod::{SparsePod, is_opted_in, service_account_name};
+pub use pod::{EnvNames, is_opted_in, parse_pod, service_account_name};
 pub(crate) use select::selector_matches;
 
 /// The binding the webhook picks for a pod with these labels and annotations, Ready or not: the

@@ -38,7 +38,7 @@ pub use service_accounts::ServiceAccounts;
 pub use serving::{Serving, start};
 
 use crate::binding::MlflowWorkspaceBinding;
-use crate::inject::{self, Defaults, NamespaceView, Plan, service_account_name};
+use crate::inject::{self, Defaults, EnvNames, NamespaceView, Plan, service_account_name};
 use crate::metrics::Metrics;
 
 /// The bindings the webhook chooses from, by namespace.
@@ -92,7 +92,10 @@ impl Webhook {
         if req.operation != "CREATE" {
             return Answer::skipped_operation(&req.uid);
         }
-        let plan = self.plan(&req).await;
+        let plan = match self.plan(&req).await {
+            Ok(plan) => plan,
+            Err(error) => return Answer::unreadable(&Unreadable::new(Some(req.uid), error)),
+        };
         if let (Plan::Refuse(refusal), Some(events), false) = (&plan, &self.events, req.dry_run) {
             events.refused(&req.namespace, refusal);
         }
@@ -100,11 +103,13 @@ impl Webhook {
     }
 
     /// Plans from the caches: the namespace's bindings and, when workload identity may need
-    /// its annotations, the pod's ServiceAccount.
-    async fn plan(&self, req: &ReviewRequest) -> Plan {
+    /// its annotations, the pod's ServiceAccount. The pod is read knowing the bindings, so of
+    /// its env only what the planner may read is built.
+    async fn plan(&self, req: &ReviewRequest<'_>) -> Result<Plan, ReviewError> {
         let bindings = self.bindings.namespace(&req.namespace);
+        let pod = req.pod(&EnvNames::of(bindings.iter().map(Arc::as_ref)))?;
         let sa = if needs_service_account(&bindings) {
-            let name = service_account_name(&req.object);
+            let name = service_account_name(&pod);
             self.service_accounts.get(&req.namespace, name).await
         } else {
             None
@@ -114,7 +119,7 @@ impl Webhook {
             bindings: bindings.iter().map(Arc::as_ref).collect(),
             service_account: sa.as_deref(),
         };
-        inject::plan(&req.object, &view, &self.defaults)
+        Ok(inject::plan(&pod, &view, &self.defaults))
     }
 }
 

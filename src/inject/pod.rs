@@ -9,7 +9,7 @@ use crate::binding::{SKIP_CONTAINERS_ANNOTATION, TRACK_LABEL};
 
 mod sparse;
 
-pub use sparse::SparsePod;
+pub use sparse::{EnvNames, parse as parse_pod};
 
 /// The label azure-workload-identity's own webhook acts on.
 pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";

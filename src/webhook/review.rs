@@ -1,18 +1,31 @@
 //! Reading an AdmissionReview: only the fields the webhook uses, the pod kept as raw JSON.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::answer::Outcome;
-use crate::inject::SparsePod;
+use crate::inject::{EnvNames, parse_pod};
 
-/// A parsed AdmissionReview request: only what the webhook needs, the object kept raw.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReviewRequest {
+/// A parsed AdmissionReview request: only what the webhook needs, the object kept as the text
+/// it came as (validated JSON), to be read once the namespace's bindings are known.
+#[derive(Debug, Clone)]
+pub struct ReviewRequest<'b> {
     pub uid: String,
     pub operation: String,
     pub namespace: String,
     pub dry_run: bool,
-    pub object: Value,
+    object: Option<&'b RawValue>,
+}
+
+impl ReviewRequest<'_> {
+    /// The pod as the planner reads it, with of each container's env the entries `env` keeps
+    /// (null when the request has none).
+    pub fn pod(&self, env: &EnvNames) -> Result<Value, ReviewError> {
+        match self.object {
+            Some(raw) => parse_pod(raw.get(), env).map_err(|e| ReviewError::NotJson(e.to_string())),
+            None => Ok(Value::Null),
+        }
+    }
 }
 
 /// Why a request could not be reviewed; each says what is wrong with it.
@@ -56,7 +69,7 @@ pub struct Unreadable {
 }
 
 impl Unreadable {
-    fn new(uid: Option<String>, error: ReviewError) -> Self {
+    pub(crate) fn new(uid: Option<String>, error: ReviewError) -> Self {
         Self { uid, error }
     }
 }
@@ -64,16 +77,17 @@ impl Unreadable {
 /// The parts of an AdmissionReview the webhook reads. Everything else (userInfo, oldObject,
 /// options) is skipped while parsing instead of being built into JSON values.
 #[derive(serde::Deserialize)]
-struct RawReview {
+struct RawReview<'b> {
     #[serde(rename = "apiVersion", default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<RawRequest>,
+    #[serde(borrow)]
+    request: Option<RawRequest<'b>>,
 }
 
 #[derive(serde::Deserialize)]
-struct RawRequest {
+struct RawRequest<'b> {
     #[serde(default)]
     uid: String,
     kind: Option<RawGvk>,
@@ -81,9 +95,9 @@ struct RawRequest {
     namespace: String,
     #[serde(default)]
     operation: String,
-    /// Only what the planner reads of the pod is built.
-    #[serde(default)]
-    object: SparsePod,
+    /// Scanned, not built: what the planner reads of it is built later.
+    #[serde(borrow, default)]
+    object: Option<&'b RawValue>,
     #[serde(rename = "dryRun", default)]
     dry_run: Option<bool>,
 }
@@ -102,7 +116,7 @@ const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
 
 /// Parses an AdmissionReview of a pod.
-pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, Unreadable> {
+pub fn parse_review(body: &[u8]) -> Result<ReviewRequest<'_>, Unreadable> {
     let raw: RawReview = serde_json::from_slice(body).map_err(|e| diagnose(body, e))?;
     let uid = raw
         .request
@@ -133,23 +147,20 @@ pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, Unreadable> {
     if req.operation.is_empty() {
         return Err(err(ReviewError::Missing("request.operation")));
     }
-    let namespace = if req.namespace.is_empty() {
-        let ns = req
-            .object
-            .0
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        ns.unwrap_or_default().to_string()
-    } else {
-        req.namespace
-    };
-    Ok(ReviewRequest {
+    let mut request = ReviewRequest {
         uid,
         operation: req.operation,
-        namespace,
+        namespace: req.namespace,
         dry_run: req.dry_run.unwrap_or(false),
-        object: req.object.0,
-    })
+        object: req.object,
+    };
+    if request.namespace.is_empty() {
+        // Not as the API server sends it: the namespace from the object's metadata, if any.
+        let pod = request.pod(&EnvNames::default()).unwrap_or_default();
+        let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+        request.namespace = ns.unwrap_or_default().to_string();
+    }
+    Ok(request)
 }
 
 /// Why a body that does not parse as an AdmissionReview is not one, with its uid if any.
@@ -191,11 +202,32 @@ mod tests {
 
     #[test]
     fn parses_a_pod_review() {
-        let r = parse_review(&review(json!({"metadata": {}, "spec": {"containers": []}}))).unwrap();
+        let pod = json!({"metadata": {}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let body = review(pod.clone());
+        let r = parse_review(&body).unwrap();
         assert_eq!(r.uid, "u1");
         assert_eq!(r.namespace, "team-a");
         assert_eq!(r.operation, "CREATE");
         assert!(r.dry_run);
+        assert_eq!(r.pod(&EnvNames::all()).unwrap(), pod);
+    }
+
+    #[test]
+    fn the_namespace_falls_back_to_the_objects() {
+        let mut v: Value = serde_json::from_slice(&review(
+            json!({"metadata": {"namespace": "team-b"}, "spec": {"containers": []}}),
+        ))
+        .unwrap();
+        v["request"].as_object_mut().unwrap().remove("namespace");
+        let body = serde_json::to_vec(&v).unwrap();
+        assert_eq!(parse_review(&body).unwrap().namespace, "team-b");
+        v["request"]["object"] = Value::Null;
+        let body = serde_json::to_vec(&v).unwrap();
+        let r = parse_review(&body).unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.pod(&EnvNames::all()).unwrap()),
+            ("", Value::Null)
+        );
     }
 
     #[test]

@@ -8,12 +8,65 @@
 //! The result equals the whole pod restricted to the kept paths; where a field has another JSON
 //! type than a pod's (an object where an array belongs), it is kept whole, so the planner's
 //! validation sees, and reports, exactly what it would on the whole pod.
+//!
+//! Of a container's env, only the entries the planner can read are built ([`EnvNames`]): a
+//! container's own settings are most of a long env list, and building 200 of them as JSON maps
+//! was most of the parse. The others are scanned and dropped; the list stays (so the patch still
+//! appends to it), and the planner looks entries up by name only.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
+
+use crate::binding::MlflowWorkspaceBinding;
+
+/// The names of existing env entries the planner may read for pods of some bindings: every name
+/// it injects or checks (all under these prefixes, or named below) and the bindings' own
+/// `spec.env` names. A test holds the planner's names to it.
+#[derive(Debug, Default)]
+pub struct EnvNames {
+    /// Keep every entry (the bindings are not known).
+    all: bool,
+    of_bindings: BTreeSet<String>,
+}
+
+/// Prefixes of every variable the planner sets or checks (MLFLOW_*, AZURE_*, AZUREML_*).
+const PLANNER_PREFIXES: [&str; 2] = ["MLFLOW_", "AZURE"];
+/// The planner's names outside those prefixes (managed identity endpoints it checks for).
+const PLANNER_NAMES: [&str; 2] = ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"];
+
+impl EnvNames {
+    /// Every entry kept.
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            of_bindings: BTreeSet::new(),
+        }
+    }
+
+    /// The names the planner may read for pods that any of `bindings` may inject.
+    pub fn of<'b>(bindings: impl IntoIterator<Item = &'b MlflowWorkspaceBinding>) -> Self {
+        let of_bindings = bindings
+            .into_iter()
+            .flat_map(|b| b.spec.env.iter().map(|e| e.name.clone()))
+            .collect();
+        Self {
+            all: false,
+            of_bindings,
+        }
+    }
+
+    pub(crate) fn keeps(&self, name: &str) -> bool {
+        self.all
+            || PLANNER_PREFIXES.iter().any(|p| name.starts_with(p))
+            || PLANNER_NAMES.contains(&name)
+            || self.of_bindings.contains(name)
+    }
+}
 
 /// Which parts of a JSON value are kept.
 enum Shape {
@@ -23,6 +76,8 @@ enum Shape {
     Fields(&'static [(&'static str, Shape)]),
     /// Of an array, every item with this shape.
     Each(&'static Shape),
+    /// Of an array of env entries, those whose name [`EnvNames`] keeps.
+    Env,
 }
 
 /// What the planner reads of a container (`pod::read`, `patch`): entries of env, mounts and
@@ -30,7 +85,7 @@ enum Shape {
 static CONTAINER: Shape = Shape::Fields(&[
     ("name", Shape::Whole),
     ("image", Shape::Whole),
-    ("env", Shape::Whole),
+    ("env", Shape::Env),
     ("envFrom", Shape::Whole),
     ("volumeMounts", Shape::Whole),
 ]);
@@ -58,21 +113,20 @@ static POD: Shape = Shape::Fields(&[
     ),
 ]);
 
-/// A pod as the planner reads it, parsed from an AdmissionReview's `request.object`.
-#[derive(Debug, Default)]
-pub struct SparsePod(pub Value);
-
-impl<'de> Deserialize<'de> for SparsePod {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Kept(&POD).deserialize(d).map(SparsePod)
-    }
+/// Parses a pod (JSON text) as the planner reads it, building of each container's env the
+/// entries `env` keeps.
+pub fn parse(pod: &str, env: &EnvNames) -> serde_json::Result<Value> {
+    let mut d = serde_json::Deserializer::from_str(pod);
+    let v = Kept(&POD, env).deserialize(&mut d)?;
+    d.end()?;
+    Ok(v)
 }
 
 /// Parses one value keeping what its shape says.
 #[derive(Clone, Copy)]
-struct Kept(&'static Shape);
+struct Kept<'n>(&'static Shape, &'n EnvNames);
 
-impl<'de> DeserializeSeed<'de> for Kept {
+impl<'de> DeserializeSeed<'de> for Kept<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -83,7 +137,7 @@ impl<'de> DeserializeSeed<'de> for Kept {
     }
 }
 
-impl<'de> Visitor<'de> for Kept {
+impl<'de> Visitor<'de> for Kept<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -118,11 +172,19 @@ impl<'de> Visitor<'de> for Kept {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let item = match self.0 {
-            Shape::Each(item) => Kept(item),
-            _ => Kept(&Shape::Whole),
-        };
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        if let Shape::Env = self.0 {
+            while let Some(entry) = seq.next_element::<&'de RawValue>()? {
+                if let Some(v) = env_entry(entry, self.1).map_err(de::Error::custom)? {
+                    items.push(v);
+                }
+            }
+            return Ok(Value::Array(items));
+        }
+        let item = match self.0 {
+            Shape::Each(item) => Kept(item, self.1),
+            _ => Kept(&Shape::Whole, self.1),
+        };
         while let Some(v) = seq.next_element_seed(item)? {
             items.push(v);
         }
@@ -140,7 +202,7 @@ impl<'de> Visitor<'de> for Kept {
         while let Some(field) = map.next_key_seed(FieldOf(fields))? {
             match field {
                 Some((name, shape)) => {
-                    let v = map.next_value_seed(Kept(shape))?;
+                    let v = map.next_value_seed(Kept(shape, self.1))?;
                     out.insert((*name).to_owned(), v);
                 }
                 None => {
@@ -150,6 +212,28 @@ impl<'de> Visitor<'de> for Kept {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// The name of an env entry, read without building the entry.
+#[derive(Deserialize)]
+struct Named<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// An env entry built when `env` keeps its name; entries without a name are dropped too (the
+/// planner reads entries by name only).
+fn env_entry(entry: &RawValue, env: &EnvNames) -> serde_json::Result<Option<Value>> {
+    if !env.all {
+        // An entry whose name cannot be read this way (a name of another type, a repeated
+        // key) is built, so the planner sees it as it would in the whole pod.
+        match serde_json::from_str::<Named>(entry.get()) {
+            Ok(Named { name: Some(name) }) if !env.keeps(&name) => return Ok(None),
+            Ok(Named { name: None }) => return Ok(None),
+            _ => {}
+        }
+    }
+    serde_json::from_str(entry.get()).map(Some)
 }
 
 /// Reads an object's key as one of `fields`, or None, without allocating it.
@@ -180,9 +264,7 @@ mod tests {
     use serde_json::json;
 
     fn sparse(v: &Value) -> Value {
-        serde_json::from_slice::<SparsePod>(&serde_json::to_vec(v).unwrap())
-            .unwrap()
-            .0
+        parse(&v.to_string(), &EnvNames::all()).unwrap()
     }
 
     #[test]
@@ -244,12 +326,50 @@ mod tests {
 
     #[test]
     fn invalid_json_is_an_error() {
-        for body in [
-            &b"{"[..],
-            b"{\"spec\": {\"containers\": [}",
-            b"{\"a\": tru}",
+        for text in [
+            "{",
+            r#"{"spec": {"containers": [}"#,
+            r#"{"a": tru}"#,
+            "{} {}",
         ] {
-            assert!(serde_json::from_slice::<SparsePod>(body).is_err());
+            assert!(parse(text, &EnvNames::all()).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn of_a_container_env_only_what_the_planner_may_read_is_built() {
+        let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+            "metadata": {"name": "b", "namespace": "n"},
+            "spec": {"trackingUri": "http://m", "env": [{"name": "TEAM_SETTING", "value": "x"}]}
+        }))
+        .unwrap();
+        // (entry, kept)
+        let entries = [
+            (json!({"name": "MLFLOW_TRACKING_URI", "value": "u"}), true),
+            (json!({"name": "AZURE_CLIENT_ID", "value": "c"}), true),
+            (json!({"name": "AZUREML_CURRENT_CLOUD", "value": "c"}), true),
+            (json!({"name": "MSI_ENDPOINT", "value": "e"}), true),
+            (json!({"name": "TEAM_SETTING", "value": "y"}), true),
+            (json!({"name": "SETTING_1", "value": "v"}), false),
+            (
+                json!({"name": "PATH", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}),
+                false,
+            ),
+            (json!({"value": "no name"}), false),
+            (json!({"name": null}), false),
+            (json!({"name": 7}), true),
+            (json!("not an object"), true),
+        ];
+        let env: Vec<Value> = entries.iter().map(|(e, _)| e.clone()).collect();
+        let pod = json!({"spec": {"containers": [{"name": "c", "env": env}]}});
+        let got = parse(&pod.to_string(), &EnvNames::of([&b])).unwrap();
+        let kept: Vec<Value> = entries
+            .iter()
+            .filter(|(_, kept)| *kept)
+            .map(|(e, _)| e.clone())
+            .collect();
+        assert_eq!(got["spec"]["containers"][0]["env"], json!(kept));
+        let all = parse(&pod.to_string(), &EnvNames::all()).unwrap();
+        assert_eq!(all["spec"]["containers"][0]["env"], json!(env));
     }
 }

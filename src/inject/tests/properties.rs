@@ -11,6 +11,9 @@ const ENV_NAMES: &[&str] = &[
     "AZURE_FEDERATED_TOKEN_FILE",
     "MLFLOW_TRACKING_TOKEN",
     "EXTRA",
+    "AZUREML_CURRENT_CLOUD",
+    "MLFLOW_RUN_CONTEXT",
+    "MSI_ENDPOINT",
     "FOO",
     "BAR",
 ];
@@ -238,9 +241,29 @@ proptest! {
         p in prop_oneof![any_json(), pod_strategy()],
         b in binding_strategy(),
     ) {
-        let sparse: crate::inject::SparsePod = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        let sparse = crate::inject::parse_pod(&p.to_string(), &crate::inject::EnvNames::of([&b])).unwrap();
         let defaults = Defaults::default();
-        prop_assert_eq!(plan_with(&sparse.0, &[&b], None, &defaults), plan_with(&p, &[&b], None, &defaults));
+        prop_assert_eq!(plan_with(&sparse, &[&b], None, &defaults), plan_with(&p, &[&b], None, &defaults));
+    }
+
+    #[test]
+    fn every_env_name_the_planner_adds_is_one_the_sparse_parse_keeps(p in pod_strategy(), b in binding_strategy()) {
+        let keep = crate::inject::EnvNames::of([&b]);
+        if let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) {
+            let added = serde_json::to_value(&patch).unwrap();
+            for op in added.as_array().unwrap() {
+                let entries = match &op["value"] {
+                    Value::Array(items) => items.clone(),
+                    one => vec![one.clone()],
+                };
+                if op["path"].as_str().unwrap().contains("/env") {
+                    for e in entries {
+                        let name = e["name"].as_str().unwrap();
+                        prop_assert!(keep.keeps(name), "{} is added but dropped by the sparse parse", name);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
