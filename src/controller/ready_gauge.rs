@@ -17,7 +17,7 @@ type Ref = ObjectRef<MlflowWorkspaceBinding>;
 const READY: [&str; 3] = [TRUE, FALSE, UNKNOWN];
 
 /// The Ready state a status counts as.
-pub(super) fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> usize {
+fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> usize {
     let status = s.and_then(MlflowWorkspaceBindingStatus::ready);
     let value = status.map_or(UNKNOWN, |c| c.status.as_str());
     READY.iter().position(|r| *r == value).unwrap_or(2)
@@ -95,12 +95,17 @@ impl ReadyGauge {
     fn update(&self, change: impl FnOnce(&mut State)) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         change(&mut state);
-        for (ready, n) in READY.iter().zip(state.counts) {
-            let labels = ReadyLabels {
-                ready: ready.to_string(),
-            };
-            self.metrics.bindings.get_or_create(&labels).set(n);
-        }
+        set_counts(&self.metrics, state.counts);
+    }
+}
+
+/// Sets `bindings{ready}` to `counts` ([True, False, Unknown]).
+pub(super) fn set_counts(metrics: &Metrics, counts: [i64; 3]) {
+    for (ready, n) in READY.iter().zip(counts) {
+        let labels = ReadyLabels {
+            ready: ready.to_string(),
+        };
+        metrics.bindings.get_or_create(&labels).set(n);
     }
 }
 

@@ -26,8 +26,8 @@ use super::pods::{self, Pods};
 use super::ready_gauge::ReadyGauge;
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
-use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, TRUE, UNKNOWN};
-use crate::metrics::{Metrics, ReadyLabels, ReasonLabels};
+use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::tracking;
 
 /// Reconciles at once. Unbounded, 1,000 bindings resolved together held 1,000 status writes and
@@ -357,14 +357,7 @@ fn count_resolve_error(metrics: &Metrics, reason: &str) {
 /// Zeroes `bindings{ready}` and drops `pods`: a replica that no longer leads no longer knows.
 pub(super) fn clear_gauge(metrics: &Metrics) {
     metrics.pods.clear();
-    for ready in [TRUE, FALSE, UNKNOWN] {
-        metrics
-            .bindings
-            .get_or_create(&ReadyLabels {
-                ready: ready.to_string(),
-            })
-            .set(0);
-    }
+    super::ready_gauge::set_counts(metrics, [0; 3]);
 }
 
 fn error_policy(b: Arc<MlflowWorkspaceBinding>, err: &Error, ctx: Arc<Ctx>) -> Action {

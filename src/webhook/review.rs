@@ -20,7 +20,7 @@ pub struct ReviewRequest<'b> {
 impl ReviewRequest<'_> {
     /// The pod as the planner reads it, with of each container's env the entries `env` keeps
     /// (null when the request has none).
-    pub fn pod(&self, env: &EnvNames) -> Result<Value, ReviewError> {
+    pub fn pod(&self, env: &EnvNames<'_>) -> Result<Value, ReviewError> {
         match self.object {
             Some(raw) => parse_pod(raw.get(), env).map_err(|e| ReviewError::NotJson(e.to_string())),
             None => Ok(Value::Null),

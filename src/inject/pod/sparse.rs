@@ -1,7 +1,7 @@
 //! Parsing a pod into JSON with only the fields [`super::read`] and the webhook look at: every
-//! other field is skipped by the parser without being built. A training pod's resources, probes,
-//! commands and managedFields are most of its bytes, and building them into a tree was most of
-//! an admission's CPU. Hand-written because serde's derive cannot keep a subtree as a `Value`
+//! other field is skipped by the parser without being built. A pod's resources, probes,
+//! tolerations and scheduling fields are most of its bytes, and the planner reads none of them.
+//! Hand-written because serde's derive cannot keep a subtree as a `Value`
 //! while skipping its siblings by a path table, and the planner's `Value` interface must stay
 //! (the `inject` CLI and the tests hand it whole pods).
 //!
@@ -28,10 +28,10 @@ use crate::binding::MlflowWorkspaceBinding;
 /// it injects or checks (all under these prefixes, or named below) and the bindings' own
 /// `spec.env` names. A test holds the planner's names to it.
 #[derive(Debug, Default)]
-pub struct EnvNames {
+pub struct EnvNames<'b> {
     /// Keep every entry (the bindings are not known).
     all: bool,
-    of_bindings: BTreeSet<String>,
+    of_bindings: BTreeSet<&'b str>,
 }
 
 /// Prefixes of every variable the planner sets or checks (MLFLOW_*, AZURE_*, AZUREML_*).
@@ -39,7 +39,7 @@ const PLANNER_PREFIXES: [&str; 2] = ["MLFLOW_", "AZURE"];
 /// The planner's names outside those prefixes (managed identity endpoints it checks for).
 const PLANNER_NAMES: [&str; 2] = ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"];
 
-impl EnvNames {
+impl<'b> EnvNames<'b> {
     /// Every entry kept.
     pub fn all() -> Self {
         Self {
@@ -49,10 +49,10 @@ impl EnvNames {
     }
 
     /// The names the planner may read for pods that any of `bindings` may inject.
-    pub fn of<'b>(bindings: impl IntoIterator<Item = &'b MlflowWorkspaceBinding>) -> Self {
+    pub fn of(bindings: impl IntoIterator<Item = &'b MlflowWorkspaceBinding>) -> Self {
         let of_bindings = bindings
             .into_iter()
-            .flat_map(|b| b.spec.env.iter().map(|e| e.name.clone()))
+            .flat_map(|b| b.spec.env.iter().map(|e| e.name.as_str()))
             .collect();
         Self {
             all: false,
@@ -115,7 +115,7 @@ static POD: Shape = Shape::Fields(&[
 
 /// Parses a pod (JSON text) as the planner reads it, building of each container's env the
 /// entries `env` keeps.
-pub fn parse(pod: &str, env: &EnvNames) -> serde_json::Result<Value> {
+pub fn parse(pod: &str, env: &EnvNames<'_>) -> serde_json::Result<Value> {
     let mut d = serde_json::Deserializer::from_str(pod);
     let v = Kept(&POD, env).deserialize(&mut d)?;
     d.end()?;
@@ -124,7 +124,7 @@ pub fn parse(pod: &str, env: &EnvNames) -> serde_json::Result<Value> {
 
 /// Parses one value keeping what its shape says.
 #[derive(Clone, Copy)]
-struct Kept<'n>(&'static Shape, &'n EnvNames);
+struct Kept<'n>(&'static Shape, &'n EnvNames<'n>);
 
 impl<'de> DeserializeSeed<'de> for Kept<'_> {
     type Value = Value;
@@ -173,7 +173,7 @@ impl<'de> Visitor<'de> for Kept<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        if let Shape::Env = self.0 {
+        if let (Shape::Env, false) = (self.0, self.1.all) {
             while let Some(entry) = seq.next_element::<&'de RawValue>()? {
                 if let Some(v) = env_entry(entry, self.1).map_err(de::Error::custom)? {
                     items.push(v);
@@ -223,17 +223,14 @@ struct Named<'a> {
 
 /// An env entry built when `env` keeps its name; entries without a name are dropped too (the
 /// planner reads entries by name only).
-fn env_entry(entry: &RawValue, env: &EnvNames) -> serde_json::Result<Option<Value>> {
-    if !env.all {
-        // An entry whose name cannot be read this way (a name of another type, a repeated
-        // key) is built, so the planner sees it as it would in the whole pod.
-        match serde_json::from_str::<Named>(entry.get()) {
-            Ok(Named { name: Some(name) }) if !env.keeps(&name) => return Ok(None),
-            Ok(Named { name: None }) => return Ok(None),
-            _ => {}
-        }
+fn env_entry(entry: &RawValue, env: &EnvNames<'_>) -> serde_json::Result<Option<Value>> {
+    // An entry whose name cannot be read this way (a name of another type, a repeated key) is
+    // built, so the planner sees it as it would in the whole pod.
+    match serde_json::from_str::<Named>(entry.get()) {
+        Ok(Named { name: Some(name) }) if !env.keeps(&name) => Ok(None),
+        Ok(Named { name: None }) => Ok(None),
+        _ => serde_json::from_str(entry.get()).map(Some),
     }
-    serde_json::from_str(entry.get()).map(Some)
 }
 
 /// Reads an object's key as one of `fields`, or None, without allocating it.
