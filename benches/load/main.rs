@@ -14,6 +14,7 @@
 
 mod client;
 mod cluster;
+#[path = "../support/floor.rs"]
 mod floor;
 mod goals;
 mod payloads;
@@ -82,18 +83,7 @@ impl Config {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("serve-floor") {
-        let (Some(port), Some(dir)) = (args.get(2).and_then(|p| p.parse().ok()), args.get(3))
-        else {
-            eprintln!("usage: load serve-floor PORT CERT_DIR");
-            return ExitCode::FAILURE;
-        };
-        return match floor::serve(port, dir.as_ref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("floor server: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return floor::main(&args[2..]);
     }
     let config = if args.iter().any(|a| a == "--bench") {
         Config::parse()

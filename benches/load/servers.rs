@@ -120,7 +120,7 @@ impl Launch {
             Kind::Floor => {
                 let mut cmd = Command::new(std::env::current_exe()?);
                 cmd.arg("serve-floor")
-                    .arg(port.to_string())
+                    .arg(loopback(port))
                     .arg(&self.cert_dir);
                 cmd
             }
