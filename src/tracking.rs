@@ -6,6 +6,7 @@
 
 mod owner;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -130,16 +131,22 @@ pub struct Report {
 
 /// Counts the opted-in pods among `pods` (one namespace's) that `binding` selects, given every
 /// binding of that namespace.
-pub fn report<'p>(
+/// `pods` may build each pod's metadata as it goes: the controller keeps compact copies, and a
+/// namespace of 60,000 pods built at once took the operator past its memory limit.
+pub fn report<P: Borrow<ObjectMeta>>(
     binding: &MlflowWorkspaceBinding,
-    pods: impl IntoIterator<Item = &'p ObjectMeta>,
+    pods: impl IntoIterator<Item = P>,
     bindings: &[&MlflowWorkspaceBinding],
 ) -> Report {
     let namespace = binding.metadata.namespace.as_deref().unwrap_or_default();
     let this = binding.metadata.name.as_deref();
     let mut counts = PodCounts::default();
     let mut behind: BTreeMap<Owner, Behind> = BTreeMap::new();
-    for pod in pods.into_iter().filter(|p| is_tracked(p)) {
+    for pod in pods {
+        let pod = pod.borrow();
+        if !is_tracked(pod) {
+            continue;
+        }
         let selected = selecting(pod, namespace, bindings);
         if selected.and_then(|b| b.metadata.name.as_deref()) != this {
             continue;

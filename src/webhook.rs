@@ -31,7 +31,7 @@ use kube::runtime::reflector::Store;
 pub use answer::{Answer, Outcome, error_body, error_response, review_response};
 pub use caches::{Caches, outage_backoff};
 pub use events::RefusalEvents;
-pub use index::{IndexWriter, Keyed, NamespaceIndex};
+pub use index::{IndexWriter, Keyed, NamespaceIndex, Slice};
 pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};
 pub use server::{Limits, MAX_BODY, bind, serve, serve_with};
 pub use service_accounts::ServiceAccounts;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -21,7 +20,7 @@ use crate::binding::{
 };
 use crate::metrics::{Metrics, PodsLabels};
 use crate::tracking::{PodState, Report};
-use crate::webhook::{IndexWriter, Keyed, NamespaceIndex};
+use crate::webhook::{IndexWriter, Keyed, NamespaceIndex, Slice};
 
 mod compact;
 
@@ -196,13 +195,12 @@ impl Pods {
     }
 
     /// The pods of a namespace, once the first list is in (None before: counting an empty
-    /// index would report every binding's pods as gone).
-    pub fn of_namespace(&self, namespace: &str) -> Option<Vec<ObjectMeta>> {
-        let pods = self
-            .index
+    /// index would report every binding's pods as gone). Compact: the counting builds each
+    /// pod's metadata as it reads it.
+    pub fn of_namespace(&self, namespace: &str) -> Option<Slice<CompactPod>> {
+        self.index
             .is_ready()
-            .then(|| self.index.namespace(namespace))?;
-        Some(pods.iter().map(|p| p.meta()).collect())
+            .then(|| self.index.namespace(namespace))
     }
 }
 

@@ -106,7 +106,7 @@ impl Ctx {
             .filter(|o| o.name_any() != b.name_any())
             .collect();
         all.push(&now);
-        let report = tracking::report(&now, pods.iter(), &all);
+        let report = tracking::report(&now, pods.iter().map(|p| p.meta()), &all);
         Some((now, report))
     }
 }

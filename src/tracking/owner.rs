@@ -19,6 +19,18 @@ impl std::fmt::Display for Owner {
     }
 }
 
+/// At most this many pod names in a fix: a custom controller's thousands of stale pods would
+/// otherwise all be named in a binding's status message.
+const PODS_NAMED: usize = 10;
+
+fn named(pods: &[String]) -> String {
+    let shown = pods[..pods.len().min(PODS_NAMED)].join(" ");
+    match pods.len().saturating_sub(PODS_NAMED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 impl Owner {
     /// The controlling owner of the pod; a ReplicaSet a Deployment made counts as that
     /// Deployment (its name is the Deployment's plus `-<pod-template-hash>`, so no read of the
@@ -69,8 +81,34 @@ impl Owner {
             ),
             _ => format!(
                 "kubectl delete pod -n {namespace} {} ({kind} {name} creates them again)",
-                pods.join(" ")
+                named(pods)
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fix_names_at_most_ten_pods() {
+        let pods = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+        for (n, want) in [
+            (1, "p0"),
+            (10, "p0 p1 p2 p3 p4 p5 p6 p7 p8 p9"),
+            (11, "p0 p1 p2 p3 p4 p5 p6 p7 p8 p9 and 1 more"),
+            (5000, "p0 p1 p2 p3 p4 p5 p6 p7 p8 p9 and 4990 more"),
+        ] {
+            let owner = Owner {
+                kind: "RayCluster".into(),
+                name: "r".into(),
+            };
+            assert_eq!(
+                owner.fix("team", &pods(n)),
+                format!("kubectl delete pod -n team {want} (RayCluster r creates them again)"),
+                "{n} pods"
+            );
         }
     }
 }
