@@ -224,6 +224,8 @@ struct Phase {
     calls: Vec<usize>,
     rss_kib: u64,
     hwm_kib: u64,
+    /// Of the RSS: anonymous, and the binary's mapped pages.
+    split_kib: (u64, u64),
     /// After the refresh that followed: the time since the start, the RSS then.
     refresh: Option<(Duration, u64)>,
 }
@@ -261,6 +263,7 @@ async fn created_while_running(
         calls,
         rss_kib,
         hwm_kib,
+        split_kib: machine::rss_split_kib(op.pid()),
         refresh: None,
     }
 }
@@ -327,6 +330,7 @@ async fn unresolved_at_start(client: &Client, setup: &Setup, shape: &Shape) -> P
         arm_requests(&op).await
     );
     let (rss_kib, hwm_kib) = machine::rss_kib(op.pid());
+    let split_kib = machine::rss_split_kib(op.pid());
     // The refresh: each workspace is asked again once, however many bindings share it.
     common::eventually("every workspace refreshed", shape.refresh * 3, || async {
         (calls_per_workspace(&setup.fake, &before)
@@ -349,6 +353,7 @@ async fn unresolved_at_start(client: &Client, setup: &Setup, shape: &Shape) -> P
         calls,
         rss_kib,
         hwm_kib,
+        split_kib,
         refresh: Some(refresh),
     }
 }
@@ -495,9 +500,11 @@ fn report(
             p.calls
         );
         println!(
-            "| {what}: operator RSS when all Ready (peak) | {} ({}) | at most 20 MiB |",
+            "| {what}: operator RSS when all Ready (peak); of it anonymous / the binary's pages | {} ({}); {} / {} | at most 20 MiB |",
             mib(p.rss_kib),
-            mib(p.hwm_kib)
+            mib(p.hwm_kib),
+            mib(p.split_kib.0),
+            mib(p.split_kib.1)
         );
         if let Some((seen, rss)) = p.refresh {
             println!(

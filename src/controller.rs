@@ -11,6 +11,7 @@
 
 pub mod arm;
 pub mod cache;
+mod changes;
 pub mod compat;
 pub mod credential;
 mod pods;
@@ -28,6 +29,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManager;
 use tokio::sync::{oneshot, watch};
 
+use crate::binding_store::BindingStore;
 use crate::metrics::Metrics;
 use arm::{ArmClient, AzureConfig};
 use cache::Cache;
@@ -64,6 +66,7 @@ pub async fn run(
     client: Client,
     cfg: Config,
     metrics: Metrics,
+    bindings: BindingStore,
     shutdown: impl Future<Output = ()> + Send + 'static,
     leader: watch::Sender<bool>,
 ) -> anyhow::Result<()> {
@@ -74,6 +77,7 @@ pub async fn run(
         client: client.clone(),
         cfg: cfg.clone(),
         metrics: metrics.clone(),
+        bindings,
     };
     let (mut is_leader, lease_task) = lease_manager(&client, &cfg).await?.watch().await;
     let mut shutdown = std::pin::pin!(shutdown);

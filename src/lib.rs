@@ -2,6 +2,8 @@
 //!
 //! One crate, small modules named after the domain:
 //! - [`binding`]: the `MlflowWorkspaceBinding` API and its validation rules.
+//! - [`binding_store`]: the bindings as the process keeps them, once, for the webhook and the
+//!   controller.
 //! - [`inject`]: the pure injection planner shared by the webhook, the CLI and the tests.
 //! - [`webhook`]: the HTTPS admission service over raw AdmissionReview JSON.
 //! - [`certs`]: serving certificates from files or self-managed, swapped without restarts.
@@ -16,6 +18,7 @@
 //!   webhook applied offline to workload YAML.
 
 pub mod binding;
+pub mod binding_store;
 pub mod certs;
 pub mod cli;
 pub mod controller;

@@ -19,11 +19,12 @@ use tokio::task::JoinSet;
 pub use config::{Certificates, Settings, WebhookSettings};
 pub use health::Health;
 
+use crate::binding_store::BindingStore;
 use crate::certs::{self, CertStore, self_managed};
 use crate::cli::RunArgs;
 use crate::controller;
 use crate::metrics::Metrics;
-use crate::webhook;
+use crate::webhook::{self, BindingIndex, Caches};
 
 /// How long stoppable tasks may take at shutdown (the kubelet's grace period is 30s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -104,14 +105,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = Stop(stop_rx);
     let mut tasks = Tasks::default();
     let mut health = Health::default();
+    // One watch and one copy of the bindings for the webhook and the controller.
+    let (bindings, watch) = BindingStore::new(&client);
+    if settings.webhook.is_some() || settings.controller.is_some() {
+        tasks.background.spawn(watch);
+    }
     if let Some(w) = settings.webhook {
-        let identity = settings.identity.as_str();
-        health = start_webhook(w, &client, &metrics, identity, &stop, &mut tasks).await?;
+        let (identity, index) = (settings.identity.as_str(), bindings.index.clone());
+        health = start_webhook(w, &client, &metrics, identity, index, &stop, &mut tasks).await?;
     }
     let endpoints = health::serve(settings.metrics_addr, metrics.clone(), health, stop.asked());
     tasks.stoppable.spawn(endpoints.await?);
     if let Some(cfg) = settings.controller {
-        start_controller(cfg, &client, &metrics, &stop, &mut tasks.stoppable);
+        start_controller(
+            cfg,
+            &client,
+            &metrics,
+            bindings,
+            &stop,
+            &mut tasks.stoppable,
+        );
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -152,13 +165,14 @@ async fn start_webhook(
     client: &Client,
     metrics: &Metrics,
     identity: &str,
+    bindings: BindingIndex,
     stop: &Stop,
     tasks: &mut Tasks,
 ) -> anyhow::Result<Health> {
     let store = CertStore::new();
     start_certificates(w.certificates, client, &store, &mut tasks.background).await;
     let serving = webhook::start(
-        client,
+        Caches::new(client, bindings),
         w.defaults,
         metrics,
         identity,
@@ -218,13 +232,16 @@ fn start_controller(
     cfg: controller::Config,
     client: &Client,
     metrics: &Metrics,
+    bindings: BindingStore,
     stop: &Stop,
     tasks: &mut JoinSet<()>,
 ) {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stop.asked());
     tasks.spawn(async move {
-        if let Err(e) = controller::run(client, cfg, controller_metrics, stop, leader_tx).await {
+        if let Err(e) =
+            controller::run(client, cfg, controller_metrics, bindings, stop, leader_tx).await
+        {
             tracing::error!(error = %e, "controller stopped");
         }
     });

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::binding_store::BindingStore;
 use mlflow_operator::controller::arm::{AzureConfig, RetryPolicy};
 use mlflow_operator::controller::credential::AzureEnv;
 use mlflow_operator::controller::{self, Config};
@@ -32,6 +33,16 @@ struct Operator {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     leader: watch::Receiver<bool>,
     metrics: Metrics,
+    /// The binding store's watch: aborted when dropped.
+    _watch: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Operator {
@@ -39,10 +50,14 @@ impl Operator {
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
         let (leader_tx, leader) = watch::channel(false);
+        // As `run` does: the process's one binding store, filled by its own watch.
+        let (bindings, watch) = BindingStore::new(client);
+        let watch = AbortOnDrop(tokio::spawn(watch));
         let task = tokio::spawn(controller::run(
             client.clone(),
             cfg,
             metrics.clone(),
+            bindings,
             async move {
                 let _ = stopped.await;
             },
@@ -53,6 +68,7 @@ impl Operator {
             task,
             leader,
             metrics,
+            _watch: watch,
         }
     }
 

@@ -66,8 +66,8 @@ impl fmt::Display for Window {
     }
 }
 
-/// (VmRSS, VmHWM) of process `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> (u64, u64) {
+/// A field of /proc/`pid`/status in KiB (0 when unreadable).
+fn status_kib(pid: u32, names: &[&str]) -> Vec<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -76,5 +76,20 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    names.iter().map(|n| field(n)).collect()
+}
+
+/// (VmRSS, VmHWM) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let v = status_kib(pid, &["VmRSS:", "VmHWM:"]);
+    (v[0], v[1])
+}
+
+// Not every benchmark that reads RSS splits it.
+#[allow(dead_code)]
+/// The RSS of process `pid` split, in KiB: anonymous (heap, stacks) and the rest (file and
+/// shared memory pages: the mapped binary's code and data).
+pub fn rss_split_kib(pid: u32) -> (u64, u64) {
+    let v = status_kib(pid, &["RssAnon:", "RssFile:", "RssShmem:"]);
+    (v[0], v[1] + v[2])
 }

@@ -3,7 +3,7 @@
 //! namespace; once a second the bindings of the marked namespaces are reconciled, so a burst of
 //! 1,000 pods is one reconcile per binding, not 1,000.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::binding::{
     BINDING_ANNOTATION, INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorkspaceBinding,
     TRACK_LABEL,
 };
+use crate::binding_store::BindingStore;
 use crate::metrics::{Metrics, PodsLabels};
 use crate::tracking::{PodState, Report};
 use crate::webhook::{IndexWriter, Keyed, NamespaceIndex, Slice};
@@ -119,41 +120,39 @@ impl Pods {
         }
     }
 
-    /// Every tick, the bindings of the namespaces whose pods changed; also drops the gauge of
-    /// bindings that are gone.
+    /// Every tick, the bindings of the namespaces whose pods changed (of `namespace` only, when
+    /// given, as the pod watch); also drops the gauge of bindings that are gone.
     pub fn triggers(
         self,
-        bindings: Store<MlflowWorkspaceBinding>,
+        bindings: BindingStore,
+        namespace: Option<String>,
         metrics: Metrics,
     ) -> impl Stream<Item = ObjectRef<MlflowWorkspaceBinding>> + Send + 'static {
         let ticks = ticks_every(TICK);
         ticks
             .map(move |_| {
-                let due = self.due(&bindings);
-                self.forget_deleted(&bindings, &metrics);
+                let mut due = self.due(&bindings);
+                if let Some(ns) = &namespace {
+                    due.retain(|r| r.namespace.as_ref() == Some(ns));
+                }
+                self.forget_deleted(&bindings.store, &metrics);
                 futures::stream::iter(due)
             })
             .flatten()
     }
 
-    fn due(
-        &self,
-        bindings: &Store<MlflowWorkspaceBinding>,
-    ) -> Vec<ObjectRef<MlflowWorkspaceBinding>> {
+    /// The bindings of the marked namespaces, read namespace by namespace.
+    fn due(&self, bindings: &BindingStore) -> Vec<ObjectRef<MlflowWorkspaceBinding>> {
         let marks = std::mem::take(&mut *self.marks());
-        if !marks.all && marks.namespaces.is_empty() {
-            return Vec::new();
+        let refs = |all: &[Arc<MlflowWorkspaceBinding>]| -> Vec<_> {
+            all.iter().map(|b| ObjectRef::from(b.as_ref())).collect()
+        };
+        if marks.all {
+            return refs(&bindings.store.state());
         }
-        bindings
-            .state()
-            .iter()
-            .filter(|b| {
-                marks.all
-                    || marks
-                        .namespaces
-                        .contains(&b.namespace().unwrap_or_default())
-            })
-            .map(|b| ObjectRef::from(b.as_ref()))
+        let namespaces = marks.namespaces.iter();
+        namespaces
+            .flat_map(|ns| refs(&bindings.index.namespace(ns)))
             .collect()
     }
 
@@ -218,17 +217,4 @@ fn ticks_every(period: Duration) -> impl Stream<Item = ()> + Send + 'static {
         tokio::time::sleep(period).await;
         Some(((), ()))
     })
-}
-
-/// The bindings of a namespace from the controller's store, by name.
-pub(super) fn bindings_of(
-    store: &Store<MlflowWorkspaceBinding>,
-    namespace: &str,
-) -> BTreeMap<String, Arc<MlflowWorkspaceBinding>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|b| b.namespace().as_deref() == Some(namespace))
-        .map(|b| (b.name_any(), b))
-        .collect()
 }

@@ -3,10 +3,9 @@
 //! their first sync a million steps).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::Event;
 
 use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, TRUE, UNKNOWN};
 use crate::metrics::{Metrics, ReadyLabels};
@@ -27,8 +26,6 @@ fn ready_of(s: Option<&MlflowWorkspaceBindingStatus>) -> usize {
 struct State {
     of: HashMap<Ref, usize>,
     counts: [i64; 3],
-    /// The bindings a relist has shown so far; at its end, the others are gone.
-    relisting: Option<HashSet<Ref>>,
 }
 
 impl State {
@@ -73,22 +70,27 @@ impl ReadyGauge {
         self.update(|s| s.set(ObjectRef::from(b), ready_of(Some(status))));
     }
 
-    /// What the binding watch saw: a binding's status, a deletion, or a relist that drops the
-    /// bindings deleted while the watch was down.
-    pub fn observe(&self, event: &Event<MlflowWorkspaceBinding>) {
-        self.update(|s| match event {
-            Event::Apply(b) => s.set(ObjectRef::from(b), ready_of(b.status.as_ref())),
-            Event::Delete(b) => s.remove(&ObjectRef::from(b)),
-            Event::Init => s.relisting = Some(HashSet::new()),
-            Event::InitApply(b) => {
-                let r = ObjectRef::from(b);
-                s.relisting.get_or_insert_default().insert(r.clone());
+    /// The binding store applied `b` (created, or its status or spec changed).
+    pub fn applied(&self, b: &MlflowWorkspaceBinding) {
+        self.update(|s| s.set(ObjectRef::from(b), ready_of(b.status.as_ref())));
+    }
+
+    /// The binding is gone.
+    pub fn remove(&self, r: &Ref) {
+        self.update(|s| s.remove(r));
+    }
+
+    /// `all` is every binding there is (a (re)list, or a reader that fell behind): the others,
+    /// deleted while nobody looked, are dropped.
+    pub fn listed(&self, all: &[Arc<MlflowWorkspaceBinding>]) {
+        self.update(|s| {
+            let mut seen = HashSet::with_capacity(all.len());
+            for b in all {
+                let r = ObjectRef::from(b.as_ref());
+                seen.insert(r.clone());
                 s.set(r, ready_of(b.status.as_ref()));
             }
-            Event::InitDone => {
-                let seen = s.relisting.take().unwrap_or_default();
-                s.relisted(seen);
-            }
+            s.relisted(seen);
         });
     }
 
@@ -140,36 +142,46 @@ mod tests {
         })
     }
 
+    /// What happens in a step of [`counts_follow_reconciles_and_the_store`].
+    enum Step {
+        Listed(Vec<MlflowWorkspaceBinding>),
+        Applied(Box<MlflowWorkspaceBinding>),
+        Deleted(&'static str),
+        /// `b` reconciled to Ready False.
+        Reconciled,
+    }
+
     #[test]
-    fn counts_follow_reconciles_and_the_watch() {
+    fn counts_follow_reconciles_and_the_store() {
+        use Step::*;
         let (a, b, c) = (
             binding("a", Some("True")),
             binding("b", None),
             binding("c", Some("False")),
         );
         let b_false = binding("b", Some("False"));
-        let watch = Some;
-        // (what happens: a watch event, else b reconciled to Ready False; then [True, False,
-        // Unknown])
+        // (what happens; then [True, False, Unknown])
         let steps = [
-            ("relist starts", watch(Event::Init), [0, 0, 0]),
-            ("a listed", watch(Event::InitApply(a.clone())), [1, 0, 0]),
-            ("b listed", watch(Event::InitApply(b.clone())), [1, 0, 1]),
-            ("relist done", watch(Event::InitDone), [1, 0, 1]),
-            ("b reconciled", None, [1, 1, 0]),
-            ("b again, same", None, [1, 1, 0]),
-            ("c created", watch(Event::Apply(c.clone())), [1, 2, 0]),
-            ("a deleted", watch(Event::Delete(a.clone())), [0, 2, 0]),
-            ("a deleted twice", watch(Event::Delete(a)), [0, 2, 0]),
-            ("relist starts", watch(Event::Init), [0, 2, 0]),
-            ("only c listed", watch(Event::InitApply(c)), [0, 2, 0]),
-            ("b gone in the gap", watch(Event::InitDone), [0, 1, 0]),
+            (
+                "a and b listed",
+                Listed(vec![a.clone(), b.clone()]),
+                [1, 0, 1],
+            ),
+            ("b reconciled", Reconciled, [1, 1, 0]),
+            ("b again, same", Reconciled, [1, 1, 0]),
+            ("c created", Applied(Box::new(c.clone())), [1, 2, 0]),
+            ("a deleted", Deleted("a"), [0, 2, 0]),
+            ("a deleted twice", Deleted("a"), [0, 2, 0]),
+            ("b gone in a gap", Listed(vec![c]), [0, 1, 0]),
+            ("a back, Ready", Applied(Box::new(a)), [1, 1, 0]),
         ];
         let g = ReadyGauge::new(Metrics::new());
-        for (what, event, want) in steps {
-            match event {
-                Some(event) => g.observe(&event),
-                None => g.set(&b, b_false.status.as_ref().unwrap()),
+        for (what, step, want) in steps {
+            match step {
+                Listed(all) => g.listed(&all.into_iter().map(Arc::new).collect::<Vec<_>>()),
+                Applied(x) => g.applied(&x),
+                Deleted(name) => g.remove(&ObjectRef::new(name).within("team-a")),
+                Reconciled => g.set(&b, b_false.status.as_ref().unwrap()),
             }
             assert_eq!(counts(&g), want, "{what}");
         }

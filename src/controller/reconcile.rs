@@ -5,12 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use std::collections::HashMap;
@@ -21,12 +20,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::arm::{ArmClient, WorkspaceKey};
 use super::cache::{Cache, Freshness};
+use super::changes;
 use super::compat::ApiServer;
-use super::pods::{self, Pods};
+use super::pods::Pods;
 use super::ready_gauge::ReadyGauge;
 use super::status::{self, Resolution, desired_status, ready_transition};
 use super::{Config, FIELD_MANAGER};
 use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
+use crate::binding_store::BindingStore;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::tracking;
 
@@ -60,12 +61,12 @@ pub(super) struct Shared {
     pub cache: Arc<Cache>,
     pub metrics: Metrics,
     pub server: ApiServer,
+    pub bindings: BindingStore,
 }
 
 struct Ctx {
     shared: Shared,
     recorder: Recorder,
-    store: Store<MlflowWorkspaceBinding>,
     pods: Pods,
     gauge: Arc<ReadyGauge>,
     /// When each binding's status was last written.
@@ -99,9 +100,9 @@ impl Ctx {
         let pods = self.pods.of_namespace(&ns)?;
         let mut now = b.clone();
         now.status = Some(desired.clone());
-        let others = pods::bindings_of(&self.store, &ns);
+        let others = self.shared.bindings.index.namespace(&ns);
         let mut all: Vec<&MlflowWorkspaceBinding> = others
-            .values()
+            .iter()
             .map(|o| o.as_ref())
             .filter(|o| o.name_any() != b.name_any())
             .collect();
@@ -114,25 +115,19 @@ impl Ctx {
 /// Runs the controller until `stop` completes, then lets running reconciles finish.
 pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = shared.client.clone();
-    let api: Api<MlflowWorkspaceBinding> = match &shared.cfg.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    // As Controller::new, but managedFields never reach the store: nothing reads them, and
-    // with 1,000 bindings they were most of the process's heap (8 of 23 MiB at its peak).
-    let (store, writer) = reflector::store();
+    let bindings = shared.bindings.clone();
     let gauge = Arc::new(ReadyGauge::new(shared.metrics.clone()));
-    let watched = gauge.clone();
-    let trigger = watcher(api, watcher::Config::default())
-        .modify(|b| b.managed_fields_mut().clear())
-        .inspect_ok(move |event| watched.observe(event))
-        .reflect(writer)
-        .applied_objects();
-    let (pods, pods_writer) = Pods::new();
     let namespace = shared.cfg.watch_namespace.clone();
-    let watch = tokio::spawn(pods.clone().watch(client.clone(), namespace, pods_writer));
-    let triggers = pods.clone().triggers(store.clone(), shared.metrics.clone());
-    let controller = Controller::for_stream(trigger, store)
+    let trigger = changes::triggers(bindings.clone(), gauge.clone(), namespace.clone());
+    let (pods, pods_writer) = Pods::new();
+    let watch = tokio::spawn(
+        pods.clone()
+            .watch(client.clone(), namespace.clone(), pods_writer),
+    );
+    let triggers = pods
+        .clone()
+        .triggers(bindings.clone(), namespace, shared.metrics.clone());
+    let controller = Controller::for_shared_stream(trigger, bindings.store.clone())
         .reconcile_on(triggers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let reporter = Reporter {
@@ -142,7 +137,6 @@ pub(super) async fn run(shared: Shared, stop: impl Future<Output = ()> + Send + 
     let ctx = Arc::new(Ctx {
         shared,
         recorder: Recorder::new(client, reporter),
-        store: controller.store(),
         pods,
         gauge,
         written: Mutex::default(),

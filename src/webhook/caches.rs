@@ -10,7 +10,6 @@ use kube::{Api, Client};
 use std::time::Duration;
 
 use super::BindingIndex;
-use crate::binding::MlflowWorkspaceBinding;
 
 /// How the watches retry while the API server is unreachable. Pods are admitted from these
 /// caches, so after an outage they must catch up within seconds: kube's default (client-go's)
@@ -27,6 +26,7 @@ pub fn outage_backoff() -> watcher::ExponentialBackoff {
 }
 
 pub struct Caches {
+    pub client: Client,
     pub bindings: BindingIndex,
     pub service_accounts: Store<ServiceAccount>,
     /// Drive these (spawn them) for the stores to fill and stay current.
@@ -34,16 +34,10 @@ pub struct Caches {
 }
 
 impl Caches {
-    pub fn new(client: &Client) -> Self {
-        let (bindings, mut bindings_writer) = BindingIndex::new();
+    /// Over `bindings` (the process's one binding store, filled by its own watch) and a fresh
+    /// ServiceAccount cache.
+    pub fn new(client: &Client, bindings: BindingIndex) -> Self {
         let (service_accounts, sas_writer) = reflector::store::<ServiceAccount>();
-        // The planner never reads managedFields: not kept in memory.
-        let b_stream = watcher(
-            Api::<MlflowWorkspaceBinding>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .backoff(outage_backoff())
-        .modify(|b| kube::ResourceExt::managed_fields_mut(b).clear());
         // Only names and annotations of ServiceAccounts matter; drop the rest from memory.
         let sa_stream = watcher(
             Api::<ServiceAccount>::all(client.clone()),
@@ -57,19 +51,9 @@ impl Caches {
         })
         .reflect(sas_writer)
         .applied_objects();
-        let drivers = vec![
-            b_stream
-                .for_each(move |event| {
-                    // Errors are retried by the backoff; the index keeps its last view meanwhile.
-                    if let Ok(event) = event {
-                        bindings_writer.apply(event);
-                    }
-                    futures::future::ready(())
-                })
-                .boxed(),
-            sa_stream.for_each(|_| async {}).boxed(),
-        ];
+        let drivers = vec![sa_stream.for_each(|_| async {}).boxed()];
         Self {
+            client: client.clone(),
             bindings,
             service_accounts,
             drivers,

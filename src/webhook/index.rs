@@ -171,14 +171,38 @@ impl<K: Keyed> IndexWriter<K> {
                     .into_iter()
                     .map(|(ns, objects)| (ns, objects.into_values().collect()))
                     .collect();
-                *self.index.write() = fresh;
-                self.index.shared.ready.send_replace(true);
+                self.replace(fresh);
             }
         }
     }
 
+    /// Replaces the whole index with `objects`, allocations shared with their owner (the
+    /// binding store's reflector): a completed (re)list.
+    pub fn replace_shared(&mut self, objects: Vec<Arc<K>>) {
+        let mut listed: HashMap<String, BTreeMap<String, Arc<K>>> = HashMap::new();
+        for o in objects {
+            let (ns, name) = (namespace_of(o.as_ref()), name_of(o.as_ref()));
+            let names = listed.entry(ns.to_string()).or_default();
+            names.insert(name.to_string(), o.clone());
+        }
+        let fresh = listed
+            .into_iter()
+            .map(|(ns, objects)| (ns, objects.into_values().collect()))
+            .collect();
+        self.replace(fresh);
+    }
+
+    fn replace(&mut self, fresh: ByNamespace<K>) {
+        *self.index.write() = fresh;
+        self.index.shared.ready.send_replace(true);
+    }
+
     fn upsert(&mut self, o: K) {
-        let o = Arc::new(o);
+        self.upsert_shared(Arc::new(o));
+    }
+
+    /// Adds or replaces one object, its allocation shared with its owner.
+    pub fn upsert_shared(&mut self, o: Arc<K>) {
         let ns = namespace_of(o.as_ref());
         let mut map = self.index.write();
         let mut objects: Vec<Arc<K>> = map.get(ns).map(|s| s.to_vec()).unwrap_or_default();
@@ -189,7 +213,7 @@ impl<K: Keyed> IndexWriter<K> {
         map.insert(ns.to_string(), objects.into());
     }
 
-    fn remove(&mut self, o: &K) {
+    pub fn remove(&mut self, o: &K) {
         let (ns, name) = (namespace_of(o), name_of(o));
         let mut map = self.index.write();
         let Some(objects) = map.get(ns) else {

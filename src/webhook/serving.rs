@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::Client;
 
 use super::{Caches, RefusalEvents, ServiceAccounts, Webhook};
 use crate::certs::CertStore;
@@ -29,13 +28,8 @@ pub struct Serving {
 
 impl Webhook {
     /// The webhook over live caches, recording refusals as Events from `identity`.
-    pub fn live(
-        client: &Client,
-        caches: &Caches,
-        defaults: Defaults,
-        metrics: Metrics,
-        identity: &str,
-    ) -> Self {
+    pub fn live(caches: &Caches, defaults: Defaults, metrics: Metrics, identity: &str) -> Self {
+        let client = &caches.client;
         Self {
             bindings: caches.bindings.clone(),
             service_accounts: ServiceAccounts {
@@ -49,10 +43,10 @@ impl Webhook {
     }
 }
 
-/// Binds `addr` and assembles the webhook over fresh caches of the cluster, serving the
+/// Binds `addr` and assembles the webhook over `caches` (see [`Caches::new`]), serving the
 /// certificate `certs` holds, until `stop` completes.
 pub async fn start(
-    client: &Client,
+    mut caches: Caches,
     defaults: Defaults,
     metrics: &Metrics,
     identity: &str,
@@ -60,15 +54,8 @@ pub async fn start(
     certs: Arc<CertStore>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Serving> {
-    let mut caches = Caches::new(client);
     let drivers = std::mem::take(&mut caches.drivers);
-    let webhook = Arc::new(Webhook::live(
-        client,
-        &caches,
-        defaults,
-        metrics.clone(),
-        identity,
-    ));
+    let webhook = Arc::new(Webhook::live(&caches, defaults, metrics.clone(), identity));
     let listener = super::bind(addr).await?;
     let addr = listener.local_addr()?;
     let server = super::serve(listener, webhook.clone(), certs, stop).boxed();

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
+use mlflow_operator::binding_store::BindingStore;
 use mlflow_operator::certs::{self, CertStore};
 use mlflow_operator::inject::Defaults;
 use mlflow_operator::metrics::Metrics;
@@ -120,8 +121,11 @@ impl TestWebhook {
         let metrics = Metrics::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        // As `run` does: the process's one binding store, filled by its own watch.
+        let (bindings, watch) = BindingStore::new(client);
+        tasks.spawn(watch);
         let serving = webhook::start(
-            client,
+            webhook::Caches::new(client, bindings.index),
             defaults,
             &metrics,
             "test",
