@@ -1,5 +1,6 @@
-//! The webhook's in-memory views of the cluster (bindings and ServiceAccounts), and the watch
-//! loops that fill them.
+//! The webhook's in-memory views of the cluster: the bindings (the process's one binding store,
+//! [`crate::binding_store`], filled by its own watch) and the ServiceAccounts, with the watch
+//! loop that fills them.
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
