@@ -155,8 +155,20 @@ async fn run(plan: Plan) {
     }
     let window = before.until(&machine::Sample::now());
     report::check(&rounds, &seen);
-    no_restarts(&client).await;
+    let operators = no_restarts(&client).await;
     report::print(&plan, &rounds, &seen, &window);
+    let created: usize = rounds.iter().map(|r| r.created).sum();
+    println!("\noperator pods at the end, with {created} labelled pods in the namespace:");
+    for p in &operators {
+        let (working_set, rss, _) = common::node::container_usage(p);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        println!(
+            "- {name}: working set {:.1} MiB, RSS {:.1} MiB",
+            mib(working_set),
+            mib(rss)
+        );
+    }
 }
 
 /// The team namespace with a Ready binding, the chart installed as the README says (plus the
@@ -261,7 +273,7 @@ async fn load(client: &Client, team: &str, plan: &Plan, setup: Setup) -> Round {
 /// The operator pods never restarted: the leader watches every labelled pod, and a round leaves
 /// tens of thousands of them in one namespace (this found the counting that built them all at
 /// once and took the leader past its memory limit).
-async fn no_restarts(client: &Client) {
+async fn no_restarts(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE);
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
     let list = pods
@@ -277,4 +289,5 @@ async fn no_restarts(client: &Client) {
             .sum();
         assert_eq!(restarts, 0, "operator pod {:?} restarted", p.metadata.name);
     }
+    list.items
 }
