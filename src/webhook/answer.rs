@@ -55,7 +55,7 @@ impl Outcome {
     /// The outcome of a plan.
     pub fn of(plan: &Plan) -> Self {
         match plan {
-            Plan::Inject { patch, .. } if patch.0.is_empty() => Outcome::Unchanged,
+            Plan::Inject { patch, .. } if patch.is_empty() => Outcome::Unchanged,
             Plan::Inject { .. } => Outcome::Injected,
             Plan::Allow { .. } => Outcome::AllowedWithoutBinding,
             Plan::Refuse(refusal) => Outcome::Refused(refusal.reason),
@@ -126,10 +126,9 @@ pub fn review_response(uid: &str, plan: &Plan) -> Value {
         Plan::Inject {
             patch, warnings, ..
         } => {
-            if !patch.0.is_empty() {
-                let raw = serde_json::to_vec(patch).expect("a JSON patch serializes");
+            if !patch.is_empty() {
                 r["patchType"] = json!("JSONPatch");
-                r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
+                r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch.json()));
             }
             warnings
         }
@@ -162,15 +161,16 @@ fn admission_review(response: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::Refusal;
+    use crate::inject::{Patch, Refusal};
     use crate::webhook::review::ReviewError;
 
     #[test]
     fn responses_carry_patch_warnings_or_refusal() {
-        let patch: json_patch::Patch = serde_json::from_value(
+        let ops: json_patch::Patch = serde_json::from_value(
             json!([{"op": "add", "path": "/metadata/annotations", "value": {}}]),
         )
         .unwrap();
+        let patch = Patch::from(&ops);
         let r = review_response(
             "u",
             &Plan::Inject {
@@ -194,7 +194,7 @@ mod tests {
             "u",
             &Plan::Inject {
                 binding: "b".into(),
-                patch: json_patch::Patch(vec![]),
+                patch: Patch::default(),
                 warnings: vec![],
             },
         );
@@ -243,7 +243,7 @@ mod tests {
             (
                 Plan::Inject {
                     binding: "b".into(),
-                    patch: json_patch::Patch(vec![]),
+                    patch: Patch::default(),
                     warnings: vec![],
                 },
                 "unchanged",
