@@ -21,10 +21,9 @@ pub(crate) fn append(w: &mut Writer, tokens: &[&str], present: bool, items: &[Wa
         return;
     }
     if !present {
-        return w.op(Op::Add, &Path::new(tokens), items);
+        return w.op(Op::Add, &Path::new(tokens.iter().copied()), items);
     }
-    let end: Vec<&str> = tokens.iter().copied().chain(["-"]).collect();
-    let end = Path::new(&end);
+    let end = Path::new(tokens.iter().copied().chain(["-"]));
     for item in items {
         w.op(Op::Add, &end, item);
     }
@@ -208,6 +207,10 @@ pub(crate) fn containers_and_volumes(
     d: &Desired,
 ) -> Vec<String> {
     let (env, mounts) = (json::encode(&d.env), json::encode(&d.mounts));
+    // Room for every container's ops (an op's member names and pointer take under 64 bytes).
+    let encoded = env.iter().chain(&mounts);
+    let per_container: usize = encoded.map(|json| json.get().len() + 64).sum();
+    w.reserve(pod.containers.len() * per_container);
     let offer = Offer {
         desired: d,
         env: Wanted::all_encoded(&d.env, &env),
@@ -241,18 +244,18 @@ pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &
         Value::Object(map.collect())
     };
     if !pod.has_metadata {
-        let path = Path::new(&["metadata"]);
+        let path = Path::new(["metadata"]);
         return w.op(Op::Add, &path, &json!({"annotations": object()}));
     }
     if !pod.has_annotations {
-        return w.op(Op::Add, &Path::new(&["metadata", "annotations"]), &object());
+        return w.op(Op::Add, &Path::new(["metadata", "annotations"]), &object());
     }
     for (key, value) in entries {
         let op = match pod.annotation_keys.contains(key) {
             true => Op::Replace,
             false => Op::Add,
         };
-        w.op(op, &Path::new(&["metadata", "annotations", key]), value);
+        w.op(op, &Path::new(["metadata", "annotations", *key]), value);
     }
 }
 

@@ -80,17 +80,17 @@ pub(crate) enum Op {
 }
 
 /// A JSON pointer, RFC 6901-escaped and encoded as a JSON string once, for all the ops at it.
-pub(crate) struct Path(Box<RawValue>);
+pub(crate) struct Path(Vec<u8>);
 
 impl Path {
     /// The pointer made of `tokens`, unescaped.
-    pub(crate) fn new(tokens: &[&str]) -> Self {
-        let mut pointer = String::new();
+    pub(crate) fn new<'t>(tokens: impl IntoIterator<Item = &'t str>) -> Self {
+        let mut pointer = String::with_capacity(64);
         for token in tokens {
             pointer.push('/');
-            pointer.push_str(Token::new(*token).encoded());
+            pointer.push_str(Token::new(token).encoded());
         }
-        Self(serde_json::value::to_raw_value(&pointer).expect("a string serializes"))
+        Self(serde_json::to_vec(&pointer).expect("a string serializes"))
     }
 }
 
@@ -119,11 +119,16 @@ impl Writer {
             Op::Add => br#"{"op":"add","path":"#,
             Op::Replace => br#"{"op":"replace","path":"#,
         });
-        self.json.extend_from_slice(path.0.get().as_bytes());
+        self.json.extend_from_slice(&path.0);
         self.json.extend_from_slice(br#","value":"#);
         serde_json::to_writer(&mut self.json, value).expect("a JSON value serializes");
         self.json.push(b'}');
         self.len += 1;
+    }
+
+    /// Makes room for `additional` more bytes of ops at once, rather than growing step by step.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.json.reserve(additional);
     }
 
     pub(crate) fn finish(mut self) -> Patch {
@@ -192,7 +197,7 @@ mod tests {
             ),
         ] {
             let mut w = Writer::new();
-            w.op(Op::Add, &Path::new(&tokens), &json!(1));
+            w.op(Op::Add, &Path::new(tokens.iter().copied()), &json!(1));
             let ops = w.finish().operations();
             assert_eq!(ops[0].path().to_string(), want, "{tokens:?}");
         }
@@ -211,15 +216,15 @@ mod tests {
         let mut w = Writer::new();
         w.op(
             Op::Add,
-            &Path::new(&["spec", "containers", "0", "env"]),
+            &Path::new(["spec", "containers", "0", "env"]),
             &wanted[..],
         );
         w.op(
             Op::Add,
-            &Path::new(&["spec", "volumes", "-"]),
+            &Path::new(["spec", "volumes", "-"]),
             &Wanted::new(&values[1]),
         );
-        let annotation = Path::new(&["metadata", "annotations", "a/b"]);
+        let annotation = Path::new(["metadata", "annotations", "a/b"]);
         w.op(Op::Replace, &annotation, &json!("x"));
         let patch = w.finish();
         assert_eq!(patch.len(), 3);
