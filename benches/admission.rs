@@ -233,7 +233,7 @@ fn main() {
         .unwrap();
 
     // The review must really inject, or the comparison is meaningless.
-    let answer = rt.block_on(wh.review(&body)).body;
+    let answer: Value = serde_json::from_slice(&rt.block_on(wh.review(&body)).body).unwrap();
     assert!(
         answer["response"]["patch"].is_string(),
         "the benchmark pod must be injected: {answer}"

@@ -128,7 +128,7 @@ fn webhook(total: usize) -> Webhook {
 }
 
 fn injected(plan: &Plan) -> bool {
-    matches!(plan, Plan::Inject { patch, .. } if !patch.0.is_empty())
+    matches!(plan, Plan::Inject { patch, .. } if !patch.is_empty())
 }
 
 #[divan::bench(args = PAYLOADS)]

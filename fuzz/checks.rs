@@ -67,12 +67,13 @@ pub fn admission_review(data: &[u8]) -> Reached {
         Plan::Refuse(_) => return Reached::Refused,
     };
     let mut object = whole;
-    json_patch::patch(&mut object, &patch).expect("a planned patch applies to its pod");
+    json_patch::patch(&mut object, &patch.operations())
+        .expect("a planned patch applies to its pod");
     // Reinvocation: planning the patched pod again changes nothing more.
     if let Plan::Inject { patch, .. } = plan(&object, &view, &Defaults::default()) {
-        assert!(patch.0.is_empty(), "a second plan is empty, got {patch:?}");
+        assert!(patch.is_empty(), "a second plan is empty, got {patch:?}");
     }
-    if patch.0.is_empty() {
+    if patch.is_empty() {
         Reached::Unchanged
     } else {
         Reached::Injected

@@ -19,6 +19,7 @@ mod select;
 mod tests;
 mod values;
 
+pub use patch::Patch;
 pub use pod::{EnvNames, is_opted_in, parse_pod, service_account_name};
 pub(crate) use select::selector_matches;
 
@@ -148,7 +149,7 @@ pub enum Plan {
     Inject {
         /// Name of the binding applied.
         binding: String,
-        patch: json_patch::Patch,
+        patch: Patch,
         /// One line per skipped variable/container, for AdmissionResponse.warnings.
         warnings: Vec<String>,
     },
@@ -204,7 +205,8 @@ fn patch_for(
     desired: &values::Desired,
 ) -> Plan {
     let name = binding.metadata.name.clone().unwrap_or_default();
-    let (mut ops, mut warnings) = patch::containers_and_volumes(pod, desired);
+    let mut w = patch::Writer::new();
+    let mut warnings = patch::containers_and_volumes(&mut w, pod, desired);
     let generation = binding.metadata.generation.unwrap_or(0);
     let marker = format!("{name}/{generation}{}", desired.annotation_suffix);
     let hash = binding.injection_hash();
@@ -217,11 +219,11 @@ fn patch_for(
             (INJECTED_ANNOTATION, marker),
             (INJECTED_HASH_ANNOTATION, hash),
         ];
-        ops.extend(patch::injected_annotations(pod, &entries));
+        patch::injected_annotations(&mut w, pod, &entries);
     }
     Plan::Inject {
         binding: name,
-        patch: json_patch::Patch(ops),
+        patch: w.finish(),
         warnings,
     }
 }

@@ -198,7 +198,7 @@ mod tests {
                 answer.outcome.metric_label(),
                 outcome,
                 "{spec}: {}",
-                answer.body
+                String::from_utf8_lossy(&answer.body)
             );
         }
     }

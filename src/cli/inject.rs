@@ -302,7 +302,7 @@ impl Offline<'_> {
                 if patch.is_empty() {
                     return Ok(false);
                 }
-                json_patch::patch(template, &patch)
+                json_patch::patch(template, &patch.operations())
                     .map_err(|e| fail(format!("cannot apply the patch: {e}")))?;
                 Ok(true)
             }

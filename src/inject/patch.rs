@@ -1,47 +1,39 @@
 //! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
 //! the injected annotation. Nothing the pod already has is ever changed.
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{Value, json};
 
 use super::pod::{ContainerView, PodView};
 use super::values::{Desired, env_name};
 
+mod json;
+
+pub use json::Patch;
+pub(crate) use json::{Op, Path, Wanted, Writer};
+
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
 
-/// A pointer from unescaped tokens; RFC 6901 escaping (`~` -> `~0`, `/` -> `~1`) happens on output.
-pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-pub(crate) fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: pointer(tokens),
-        value,
-    })
-}
-
-/// Ops that append `items` to the array at `tokens`: the whole array when it is absent, else one
-/// `add .../-` per item.
-pub(crate) fn append(tokens: &[&str], present: bool, items: Vec<Value>) -> Vec<PatchOperation> {
+/// Writes the ops that append `items` to the array at `tokens`: the whole array when it is
+/// absent, else one `add .../-` per item.
+pub(crate) fn append(w: &mut Writer, tokens: &[&str], present: bool, items: &[Wanted<'_>]) {
     if items.is_empty() {
-        Vec::new()
-    } else if !present {
-        vec![add(tokens, Value::Array(items))]
-    } else {
-        let mut end = tokens.to_vec();
-        end.push("-");
-        items.into_iter().map(|v| add(&end, v)).collect()
+        return;
+    }
+    if !present {
+        return w.op(Op::Add, &Path::new(tokens.iter().copied()), items);
+    }
+    let end = Path::new(tokens.iter().copied().chain(["-"]));
+    for item in items {
+        w.op(Op::Add, &end, item);
     }
 }
 
 /// The result of merging wanted entries into existing ones.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Merge {
+#[derive(Debug, Default)]
+pub(crate) struct Merge<'a> {
     /// Entries to add, in order.
-    pub add: Vec<Value>,
+    pub add: Vec<Wanted<'a>>,
     /// Wanted entries the list already holds in another form, by their `Slot::reported` field.
     pub conflicts: Vec<String>,
 }
@@ -79,12 +71,12 @@ pub(crate) const VOLUME: Slot = Slot {
 /// For each wanted entry, the first existing entry that takes its slot. A keyed slot reads the
 /// existing list once, comparing keys with the few wanted ones: hashing all 200 names of a
 /// long env list cost more than the comparisons.
-fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[&Value]) -> Vec<Option<&'e Value>> {
+fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[Wanted<'_>]) -> Vec<Option<&'e Value>> {
     let Some(key) = slot.key else {
-        let first = |w: &&Value| existing.iter().find(|e| (slot.taken_by)(e, w));
+        let first = |w: &Wanted| existing.iter().find(|e| (slot.taken_by)(e, w.value));
         return wanted.iter().map(first).collect();
     };
-    let keys: Vec<Option<&str>> = wanted.iter().map(|w| key(w)).collect();
+    let keys: Vec<Option<&str>> = wanted.iter().map(|w| key(w.value)).collect();
     let mut found = vec![None; wanted.len()];
     for e in existing {
         let Some(k) = key(e) else { continue };
@@ -102,18 +94,18 @@ fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[&Value]) -> Vec<Optio
 pub(crate) fn add_if_absent<'a>(
     slot: &Slot,
     existing: &[Value],
-    wanted: impl IntoIterator<Item = &'a Value>,
-) -> Merge {
-    let wanted: Vec<&Value> = wanted.into_iter().collect();
+    wanted: impl IntoIterator<Item = Wanted<'a>>,
+) -> Merge<'a> {
+    let wanted: Vec<Wanted> = wanted.into_iter().collect();
     let mut m = Merge::default();
     for (w, e) in wanted.iter().zip(taken(slot, existing, &wanted)) {
         match e {
-            Some(e) if e == *w => {}
+            Some(e) if e == w.value => {}
             Some(_) => {
-                let id = w.get(slot.reported).and_then(Value::as_str);
+                let id = w.value.get(slot.reported).and_then(Value::as_str);
                 m.conflicts.push(id.unwrap_or("").to_string());
             }
-            None => m.add.push((*w).clone()),
+            None => m.add.push(*w),
         }
     }
     m
@@ -142,16 +134,24 @@ pub(crate) fn own_azureml_cloud(existing: &[Value]) -> Option<Value> {
     ))
 }
 
-/// The patch operations and warnings for one injected container; `ours` is `d`'s
-/// [`Desired::tracking_uri`].
+/// What a binding offers every injected container: its env and mounts, each entry's JSON
+/// encoded once for the pod, and its MLFLOW_TRACKING_URI entry.
+pub(crate) struct Offer<'a> {
+    pub desired: &'a Desired,
+    env: Vec<Wanted<'a>>,
+    mounts: Vec<Wanted<'a>>,
+    ours: Option<&'a Value>,
+}
+
+/// Writes the ops for one injected container; returns its warnings.
 pub(crate) fn merge_container(
+    w: &mut Writer,
     c: &ContainerView<'_>,
-    d: &Desired,
-    ours: Option<&Value>,
-) -> (Vec<PatchOperation>, Vec<String>) {
+    offer: &Offer<'_>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
-    let self_conf = self_configured(existing_env, ours);
+    let self_conf = self_configured(existing_env, offer.ours);
     if self_conf {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already sets {TRACKING_URI}; it is self-configured, so no MLFLOW_* variables were added to it",
@@ -160,14 +160,16 @@ pub(crate) fn merge_container(
     }
     // A self-configured container's own azureml:// URI decides its cloud, not the binding's.
     let own_cloud = self_conf.then(|| own_azureml_cloud(existing_env)).flatten();
-    let per_container: Vec<Value> = d.run_context.iter().flat_map(|r| r.env(c)).collect();
-    let wanted = d
+    let run_context = offer.desired.run_context.iter();
+    let per_container: Vec<Value> = run_context.flat_map(|r| r.env(c)).collect();
+    let wanted = offer
         .env
         .iter()
-        .chain(&per_container)
-        .filter(|e| !(self_conf && env_name(e).is_some_and(|n| n.starts_with("MLFLOW_"))))
-        .filter(|e| own_cloud.is_none() || env_name(e) != Some(CURRENT_CLOUD))
-        .chain(own_cloud.iter());
+        .copied()
+        .chain(per_container.iter().map(Wanted::new))
+        .filter(|e| !(self_conf && env_name(e.value).is_some_and(|n| n.starts_with("MLFLOW_"))))
+        .filter(|e| own_cloud.is_none() || env_name(e.value) != Some(CURRENT_CLOUD))
+        .chain(own_cloud.iter().map(Wanted::new));
     let env = add_if_absent(&ENV, existing_env, wanted);
     for name in &env.conflicts {
         warnings.push(format!(
@@ -182,7 +184,7 @@ pub(crate) fn merge_container(
         ));
     }
     let existing_mounts = c.mounts.map(Vec::as_slice).unwrap_or_default();
-    let mounts = add_if_absent(&MOUNT, existing_mounts, &d.mounts);
+    let mounts = add_if_absent(&MOUNT, existing_mounts, offer.mounts.iter().copied());
     for path in &mounts.conflicts {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already has a different volume mount of the name or path of ours ({path}); left unchanged",
@@ -190,103 +192,77 @@ pub(crate) fn merge_container(
         ));
     }
     let index = c.index.to_string();
-    let mut ops = append(&["spec", c.list, &index, "env"], c.env.is_some(), env.add);
-    ops.extend(append(
-        &["spec", c.list, &index, "volumeMounts"],
-        c.mounts.is_some(),
-        mounts.add,
-    ));
-    (ops, warnings)
+    let env_at = ["spec", c.list, &index, "env"];
+    append(w, &env_at, c.env.is_some(), &env.add);
+    let mounts_at = ["spec", c.list, &index, "volumeMounts"];
+    append(w, &mounts_at, c.mounts.is_some(), &mounts.add);
+    warnings
 }
 
-/// The ops and warnings for every injected container, and the volumes they mount.
+/// Writes the ops for every injected container, and the volumes they mount; returns the
+/// warnings.
 pub(crate) fn containers_and_volumes(
+    w: &mut Writer,
     pod: &PodView<'_>,
     d: &Desired,
-) -> (Vec<PatchOperation>, Vec<String>) {
-    let ours = d.tracking_uri();
-    let (mut ops, mut warnings) = (Vec::new(), Vec::new());
+) -> Vec<String> {
+    let (env, mounts) = (json::encode(&d.env), json::encode(&d.mounts));
+    // Room for every container's ops (an op's member names and pointer take under 64 bytes).
+    let encoded = env.iter().chain(&mounts);
+    let per_container: usize = encoded.map(|json| json.get().len() + 64).sum();
+    w.reserve(pod.containers.len() * per_container);
+    let offer = Offer {
+        desired: d,
+        env: Wanted::all_encoded(&d.env, &env),
+        mounts: Wanted::all_encoded(&d.mounts, &mounts),
+        ours: d.tracking_uri(),
+    };
+    let mut warnings = Vec::new();
     let mut injected_any = false;
     for c in pod.injected_containers() {
         injected_any = true;
-        let (o, w) = merge_container(c, d, ours);
-        ops.extend(o);
-        warnings.extend(w);
+        warnings.extend(merge_container(w, c, &offer));
     }
     if injected_any {
         let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
-        let volumes = add_if_absent(&VOLUME, existing, &d.volumes);
+        let volumes = add_if_absent(&VOLUME, existing, d.volumes.iter().map(Wanted::new));
         for v in &volumes.conflicts {
             warnings.push(format!(
                 "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
             ));
         }
-        ops.extend(append(
-            &["spec", "volumes"],
-            pod.volumes.is_some(),
-            volumes.add,
-        ));
+        append(w, &["spec", "volumes"], pod.volumes.is_some(), &volumes.add);
     }
-    (ops, warnings)
+    warnings
 }
 
-/// Sets the injected annotations (`(key, value)` pairs), creating `metadata` and
-/// `metadata.annotations` when needed.
-pub(crate) fn injected_annotations(
-    pod: &PodView<'_>,
-    entries: &[(&str, String)],
-) -> Vec<PatchOperation> {
+/// Writes the ops that set the injected annotations (`(key, value)` pairs), creating `metadata`
+/// and `metadata.annotations` when needed.
+pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &[(&str, String)]) {
     let object = || {
         let map = entries.iter().map(|(k, v)| (k.to_string(), json!(v)));
         Value::Object(map.collect())
     };
     if !pod.has_metadata {
-        return vec![add(&["metadata"], json!({"annotations": object()}))];
+        let path = Path::new(["metadata"]);
+        return w.op(Op::Add, &path, &json!({"annotations": object()}));
     }
     if !pod.has_annotations {
-        return vec![add(&["metadata", "annotations"], object())];
+        return w.op(Op::Add, &Path::new(["metadata", "annotations"]), &object());
     }
-    let one = |(key, value): &(&str, String)| {
-        let path = ["metadata", "annotations", key];
-        if pod.annotation_keys.contains(key) {
-            PatchOperation::Replace(ReplaceOperation {
-                path: pointer(&path),
-                value: Value::String(value.clone()),
-            })
-        } else {
-            add(&path, Value::String(value.clone()))
-        }
-    };
-    entries.iter().map(one).collect()
+    for (key, value) in entries {
+        let op = match pod.annotation_keys.contains(key) {
+            true => Op::Replace,
+            false => Op::Add,
+        };
+        w.op(op, &Path::new(["metadata", "annotations", *key]), value);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    /// RFC 6901 escaping of one reference token, the reference for `pointer`.
-    fn escape(token: &str) -> String {
-        token.replace('~', "~0").replace('/', "~1")
-    }
-
-    #[test]
-    fn json_pointer_escaping() {
-        for (token, want) in [
-            ("a", "a"),
-            ("a/b", "a~1b"),
-            ("a~b", "a~0b"),
-            ("~/", "~0~1"),
-            ("", ""),
-        ] {
-            assert_eq!(escape(token), want);
-        }
-        assert_eq!(
-            pointer(&["metadata", "annotations", "mlflow-operator.io/injected"]).to_string(),
-            "/metadata/annotations/mlflow-operator.io~1injected"
-        );
-        assert_eq!(pointer(&["a~b"]).to_string(), format!("/{}", escape("a~b")));
-    }
 
     type AddCase<'a> = (
         Vec<&'a Value>,
@@ -298,9 +274,9 @@ mod tests {
     /// (wanted, existing, added, conflicts) for one slot.
     fn assert_adds(slot: &Slot, cases: Vec<AddCase<'_>>) {
         for (wanted, existing, added, conflicts) in cases {
-            let m = add_if_absent(slot, &existing, wanted);
-            let added: Vec<Value> = added.into_iter().cloned().collect();
-            assert_eq!(m.add, added, "{existing:?}");
+            let m = add_if_absent(slot, &existing, wanted.into_iter().map(Wanted::new));
+            let got: Vec<&Value> = m.add.iter().map(|w| w.value).collect();
+            assert_eq!(got, added, "{existing:?}");
             assert_eq!(m.conflicts, conflicts, "{existing:?}");
         }
     }
@@ -452,27 +428,24 @@ mod tests {
 
     #[test]
     fn append_whole_array_or_per_entry() {
-        let ops = append(
-            &["spec", "containers", "0", "env"],
-            false,
-            vec![json!(1), json!(2)],
-        );
+        let items = [json!(1), json!(2)];
+        let items: Vec<Wanted> = items.iter().map(Wanted::new).collect();
+        let ops = |present: bool, items: &[Wanted]| {
+            let mut w = Writer::new();
+            append(&mut w, &["spec", "containers", "0", "env"], present, items);
+            serde_json::from_slice::<Value>(w.finish().json()).unwrap()
+        };
         assert_eq!(
-            serde_json::to_value(&ops).unwrap(),
+            ops(false, &items),
             json!([{"op": "add", "path": "/spec/containers/0/env", "value": [1, 2]}])
         );
-        let ops = append(
-            &["spec", "containers", "0", "env"],
-            true,
-            vec![json!(1), json!(2)],
-        );
         assert_eq!(
-            serde_json::to_value(&ops).unwrap(),
+            ops(true, &items),
             json!([
                 {"op": "add", "path": "/spec/containers/0/env/-", "value": 1},
                 {"op": "add", "path": "/spec/containers/0/env/-", "value": 2}
             ])
         );
-        assert!(append(&["x"], false, vec![]).is_empty());
+        assert_eq!(ops(false, &[]), json!([]));
     }
 }

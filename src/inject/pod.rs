@@ -2,6 +2,7 @@
 //! the Kubernetes types (unknown fields must survive untouched).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde_json::Value;
 
@@ -108,7 +109,7 @@ pub(crate) struct ContainerView<'a> {
 fn optional_array<'a>(
     obj: &'a serde_json::Map<String, Value>,
     key: &str,
-    at: &str,
+    at: impl fmt::Display,
 ) -> Result<Option<&'a Vec<Value>>, String> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -121,7 +122,7 @@ fn optional_array<'a>(
 fn optional_object<'a>(
     obj: &'a serde_json::Map<String, Value>,
     key: &str,
-    at: &str,
+    at: impl fmt::Display,
 ) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -136,6 +137,16 @@ fn string_map(obj: Option<&serde_json::Map<String, Value>>) -> BTreeMap<&str, &s
         .flatten()
         .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
         .collect()
+}
+
+/// Where a container's fields are, `spec.<list>[<index>].`, written only into an error: every
+/// container formatting it up front cost as much as reading its fields.
+struct Container(&'static str, usize);
+
+impl fmt::Display for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spec.{}[{}].", self.0, self.1)
+    }
 }
 
 /// Reads and validates the pod; the error says what is wrong with it.
@@ -163,7 +174,7 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             None => continue,
         };
         for (index, entry) in entries.iter().enumerate() {
-            let at = format!("spec.{list}[{index}].");
+            let at = Container(list, index);
             let Value::Object(c) = entry else {
                 return Err(format!("spec.{list}[{index}] must be an object"));
             };

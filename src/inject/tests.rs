@@ -77,7 +77,8 @@ fn apply_with(
             patch, warnings, ..
         } => {
             let mut out = p.clone();
-            json_patch::patch(&mut out, &patch).unwrap_or_else(|e| panic!("{e}: {patch}"));
+            json_patch::patch(&mut out, &patch.operations())
+                .unwrap_or_else(|e| panic!("{e}: {patch}"));
             (out, warnings)
         }
         other => panic!("expected Inject, got {other:?}"),

@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::review::Unreadable;
-use crate::inject::{Plan, RefusalReason};
+use crate::inject::{Patch, Plan, RefusalReason};
 
 /// What became of one admission request: the `outcome` of `mlflow_operator_admissions_total`,
 /// counted by the server for what never reaches a review, by the review for the rest.
@@ -55,7 +55,7 @@ impl Outcome {
     /// The outcome of a plan.
     pub fn of(plan: &Plan) -> Self {
         match plan {
-            Plan::Inject { patch, .. } if patch.0.is_empty() => Outcome::Unchanged,
+            Plan::Inject { patch, .. } if patch.is_empty() => Outcome::Unchanged,
             Plan::Inject { .. } => Outcome::Injected,
             Plan::Allow { .. } => Outcome::AllowedWithoutBinding,
             Plan::Refuse(refusal) => Outcome::Refused(refusal.reason),
@@ -67,7 +67,8 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: StatusCode,
-    pub body: Value,
+    /// The JSON body, as sent.
+    pub body: Vec<u8>,
     pub outcome: Outcome,
 }
 
@@ -108,7 +109,7 @@ impl Answer {
     pub fn error(status: StatusCode, outcome: Outcome, message: &str) -> Self {
         Self {
             status,
-            body: error_body(message),
+            body: serde_json::to_vec(&error_body(message)).expect("JSON serializes"),
             outcome,
         }
     }
@@ -119,44 +120,71 @@ pub fn error_body(message: &str) -> Value {
     json!({"error": format!("mlflow-operator: {message}")})
 }
 
-/// The AdmissionReview answer for a plan.
-pub fn review_response(uid: &str, plan: &Plan) -> Value {
-    let mut r = json!({"uid": uid, "allowed": true});
-    let warnings = match plan {
+/// Every AdmissionReview answer up to its `response`.
+const REVIEW_START: &[u8] =
+    br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":"#;
+
+/// The AdmissionReview answer for a plan, as sent: the members in the order they always had,
+/// the patch base64-encoded. Written by hand around serde: serde_json scans every string it
+/// writes for characters to escape, and the base64 patch, most of the answer, has none.
+pub fn review_response(uid: &str, plan: &Plan) -> Vec<u8> {
+    let (patch, warnings) = match plan {
         Plan::Inject {
             patch, warnings, ..
-        } => {
-            if !patch.0.is_empty() {
-                let raw = serde_json::to_vec(patch).expect("a JSON patch serializes");
-                r["patchType"] = json!("JSONPatch");
-                r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
-            }
-            warnings
-        }
-        Plan::Allow { warnings } => warnings,
+        } => (Some(patch).filter(|p| !p.is_empty()), warnings),
+        Plan::Allow { warnings } => (None, warnings),
         Plan::Refuse(refusal) => {
-            r["allowed"] = json!(false);
-            r["status"] = json!({"code": 403, "reason": "Forbidden", "message": refusal.message});
-            return admission_review(r);
+            let status = json!({"code": 403, "reason": "Forbidden", "message": refusal.message});
+            return admission_review(&json!({"uid": uid, "allowed": false, "status": status}));
         }
     };
-    if !warnings.is_empty() {
-        r["warnings"] = json!(warnings);
+    let patch_len = patch.map_or(0, |p| p.json().len());
+    let mut out = Vec::with_capacity(256 + patch_len / 3 * 4);
+    out.extend_from_slice(REVIEW_START);
+    out.extend_from_slice(br#"{"uid":"#);
+    write_json(&mut out, uid);
+    out.extend_from_slice(br#","allowed":true"#);
+    if let Some(patch) = patch {
+        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        base64_into(&mut out, patch);
+        out.push(b'"');
     }
-    admission_review(r)
+    if !warnings.is_empty() {
+        out.extend_from_slice(br#","warnings":"#);
+        write_json(&mut out, warnings);
+    }
+    out.extend_from_slice(b"}}");
+    out
 }
 
-/// An AdmissionReview that refuses a request the webhook cannot read.
-pub fn error_response(uid: &str, err: &super::review::ReviewError) -> Value {
-    admission_review(json!({
+fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("JSON serializes");
+}
+
+/// Appends the patch's JSON, base64-encoded.
+fn base64_into(out: &mut Vec<u8>, patch: &Patch) {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let start = out.len();
+    let len = base64::encoded_len(patch.json().len(), true).expect("a patch is not that long");
+    out.resize(start + len, 0);
+    let written = engine.encode_slice(patch.json(), &mut out[start..]);
+    debug_assert_eq!(written, Ok(len));
+}
+
+/// An AdmissionReview that refuses a request the webhook cannot read, as sent.
+pub fn error_response(uid: &str, err: &super::review::ReviewError) -> Vec<u8> {
+    admission_review(&json!({
         "uid": uid,
         "allowed": false,
         "status": {"code": 400, "reason": "BadRequest", "message": format!("mlflow-operator: {err}")}
     }))
 }
 
-fn admission_review(response: Value) -> Value {
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+fn admission_review(response: &Value) -> Vec<u8> {
+    let mut out = REVIEW_START.to_vec();
+    write_json(&mut out, response);
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]
@@ -165,20 +193,95 @@ mod tests {
     use crate::inject::Refusal;
     use crate::webhook::review::ReviewError;
 
+    fn json(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    /// The answer as it was built before it was written by hand: a `Value`, then serialized.
+    fn built_as_a_value(uid: &str, plan: &Plan) -> Vec<u8> {
+        let mut r = json!({"uid": uid, "allowed": true});
+        let warnings = match plan {
+            Plan::Inject {
+                patch, warnings, ..
+            } => {
+                if !patch.is_empty() {
+                    r["patchType"] = json!("JSONPatch");
+                    let raw = serde_json::to_vec(&patch.operations()).unwrap();
+                    r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
+                }
+                warnings
+            }
+            Plan::Allow { warnings } => warnings,
+            Plan::Refuse(refusal) => {
+                r["allowed"] = json!(false);
+                r["status"] =
+                    json!({"code": 403, "reason": "Forbidden", "message": refusal.message});
+                &vec![]
+            }
+        };
+        if !warnings.is_empty() {
+            r["warnings"] = json!(warnings);
+        }
+        let review =
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r});
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    #[test]
+    fn the_answer_is_byte_for_byte_the_one_built_as_a_value() {
+        let ops: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/spec/containers/0/env/-", "value": {"name": "A", "value": "é\"\\\n$"}},
+            {"op": "replace", "path": "/metadata/annotations/a~1b", "value": "x"},
+        ]))
+        .unwrap();
+        let inject = |patch: Patch, warnings: &[&str]| Plan::Inject {
+            binding: "b".into(),
+            patch,
+            warnings: warnings.iter().map(|w| w.to_string()).collect(),
+        };
+        let warnings = ["w \"quoted\" é", "\u{1}"];
+        for plan in [
+            inject(Patch::from(&ops), &warnings),
+            inject(Patch::from(&ops), &[]),
+            inject(Patch::default(), &warnings),
+            inject(Patch::default(), &[]),
+            Plan::Allow {
+                warnings: vec!["no binding".into()],
+            },
+            Plan::Allow { warnings: vec![] },
+            Plan::Refuse(Refusal::new(
+                RefusalReason::NoBinding,
+                "m \"é\"".into(),
+                None,
+            )),
+        ] {
+            for uid in ["705ab4f5-6393-11e8-b7cc-42010a800002", "u\"\\é\n"] {
+                let got = review_response(uid, &plan);
+                let want = built_as_a_value(uid, &plan);
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(want).unwrap(),
+                    "{plan:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn responses_carry_patch_warnings_or_refusal() {
-        let patch: json_patch::Patch = serde_json::from_value(
+        let ops: json_patch::Patch = serde_json::from_value(
             json!([{"op": "add", "path": "/metadata/annotations", "value": {}}]),
         )
         .unwrap();
-        let r = review_response(
+        let patch = Patch::from(&ops);
+        let r = json(&review_response(
             "u",
             &Plan::Inject {
                 binding: "b".into(),
                 patch,
                 warnings: vec!["w".into()],
             },
-        );
+        ));
         assert_eq!(r["response"]["allowed"], true);
         assert_eq!(r["response"]["patchType"], "JSONPatch");
         let raw = base64::engine::general_purpose::STANDARD
@@ -190,24 +293,24 @@ mod tests {
         );
         assert_eq!(r["response"]["warnings"], json!(["w"]));
 
-        let empty = review_response(
+        let empty = json(&review_response(
             "u",
             &Plan::Inject {
                 binding: "b".into(),
-                patch: json_patch::Patch(vec![]),
+                patch: Patch::default(),
                 warnings: vec![],
             },
-        );
+        ));
         assert!(
             empty["response"].get("patch").is_none(),
             "an empty patch is no patch"
         );
         assert!(empty["response"].get("warnings").is_none());
 
-        let refused = review_response(
+        let refused = json(&review_response(
             "u",
             &Plan::Refuse(Refusal::new(RefusalReason::NoBinding, "m".into(), None)),
-        );
+        ));
         assert_eq!(refused["response"]["allowed"], false);
         assert_eq!(refused["response"]["status"]["code"], 403);
         assert_eq!(refused["response"]["status"]["message"], "m");
@@ -225,14 +328,14 @@ mod tests {
                 error: ReviewError::NoUid,
             });
             assert_eq!((a.status, a.outcome.metric_label()), (status, outcome));
+            let body = json(&a.body);
             let message = match uid {
-                Some(_) => &a.body["response"]["status"]["message"],
-                None => &a.body["error"],
+                Some(_) => &body["response"]["status"]["message"],
+                None => &body["error"],
             };
             assert!(
                 message.as_str().unwrap().contains("no request.uid"),
-                "{}",
-                a.body
+                "{body}"
             );
         }
     }
@@ -243,7 +346,7 @@ mod tests {
             (
                 Plan::Inject {
                     binding: "b".into(),
-                    patch: json_patch::Patch(vec![]),
+                    patch: Patch::default(),
                     warnings: vec![],
                 },
                 "unchanged",

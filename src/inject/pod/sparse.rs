@@ -19,10 +19,11 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::binding::MlflowWorkspaceBinding;
+
+mod env;
 
 /// The names of existing env entries the planner may read for pods of some bindings: every name
 /// it injects or checks (all under these prefixes, or named below) and the bindings' own
@@ -174,10 +175,9 @@ impl<'de> Visitor<'de> for Kept<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         if let (Shape::Env, false) = (self.0, self.1.all) {
-            while let Some(entry) = seq.next_element::<&'de RawValue>()? {
-                if let Some(v) = env_entry(entry, self.1).map_err(de::Error::custom)? {
-                    items.push(v);
-                }
+            let mut members = Vec::new();
+            while let Some(kept) = seq.next_element_seed(env::Entry::new(self.1, &mut members))? {
+                items.extend(kept);
             }
             return Ok(Value::Array(items));
         }
@@ -211,25 +211,6 @@ impl<'de> Visitor<'de> for Kept<'_> {
             }
         }
         Ok(Value::Object(out))
-    }
-}
-
-/// The name of an env entry, read without building the entry.
-#[derive(Deserialize)]
-struct Named<'a> {
-    #[serde(borrow)]
-    name: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// An env entry built when `env` keeps its name; entries without a name are dropped too (the
-/// planner reads entries by name only).
-fn env_entry(entry: &RawValue, env: &EnvNames<'_>) -> serde_json::Result<Option<Value>> {
-    // An entry whose name cannot be read this way (a name of another type, a repeated key) is
-    // built, so the planner sees it as it would in the whole pod.
-    match serde_json::from_str::<Named>(entry.get()) {
-        Ok(Named { name: Some(name) }) if !env.keeps(&name) => Ok(None),
-        Ok(Named { name: None }) => Ok(None),
-        _ => serde_json::from_str(entry.get()).map(Some),
     }
 }
 
@@ -368,5 +349,38 @@ mod tests {
         assert_eq!(got["spec"]["containers"][0]["env"], json!(kept));
         let all = parse(&pod.to_string(), &EnvNames::all()).unwrap();
         assert_eq!(all["spec"]["containers"][0]["env"], json!(env));
+    }
+
+    /// What only the text can say: escapes, a repeated name, where the name is.
+    #[test]
+    fn an_env_entry_is_kept_by_its_name_as_the_whole_pod_reads_it() {
+        // (entry, kept)
+        for (entry, kept) in [
+            (r#"{"value": "v", "name": "MLFLOW_X"}"#, true),
+            (r#"{"value": "v", "name": "SETTING"}"#, false),
+            (r#"{"name": "MLFLOW\u005fX", "value": "v"}"#, true),
+            (r#"{"name": "SETTING\u005fX", "value": "v"}"#, false),
+            (r#"{"n\u0061me": "MLFLOW_X", "value": "v"}"#, true),
+            (r#"{"n\u0061me": "SETTING", "value": "v"}"#, false),
+            (r#"{"name": "SETTING", "name": "MLFLOW_X"}"#, true),
+            (r#"{"name": "SETTING", "name": "OTHER"}"#, true),
+            (r#"{"name": true}"#, true),
+            (r#"{"name": {"a": 1}}"#, true),
+            (r#"{"name": null, "value": "v"}"#, false),
+            (r#"{}"#, false),
+            (r#"["SETTING"]"#, true),
+            (r#"null"#, true),
+            (r#"1.5"#, true),
+        ] {
+            let text =
+                format!(r#"{{"spec": {{"containers": [{{"name": "c", "env": [{entry}]}}]}}}}"#);
+            let got = parse(&text, &EnvNames::default()).unwrap();
+            let whole: Value = serde_json::from_str(&text).unwrap();
+            let want = match kept {
+                true => whole["spec"]["containers"][0]["env"].clone(),
+                false => json!([]),
+            };
+            assert_eq!(got["spec"]["containers"][0]["env"], want, "{entry}");
+        }
     }
 }

@@ -10,8 +10,8 @@ fn metadata_ops(p: &Value, b: &MlflowWorkspaceBinding) -> Vec<Value> {
         panic!("{p} is injected")
     };
     let mut out = p.clone();
-    json_patch::patch(&mut out, &patch).unwrap();
-    let all = serde_json::to_value(&patch).unwrap();
+    json_patch::patch(&mut out, &patch.operations()).unwrap();
+    let all: Value = serde_json::from_slice(patch.json()).unwrap();
     let ops = all.as_array().unwrap().iter();
     ops.filter(|o| o["path"].as_str().unwrap().starts_with("/metadata"))
         .cloned()
@@ -103,7 +103,11 @@ fn patch_adds_whole_arrays_when_absent_and_appends_otherwise() {
     let Plan::Inject { patch, .. } = plan_with(&absent, &[&b], None, &Defaults::default()) else {
         panic!()
     };
-    let paths: Vec<String> = patch.iter().map(|o| o.path().to_string()).collect();
+    let paths: Vec<String> = patch
+        .operations()
+        .iter()
+        .map(|o| o.path().to_string())
+        .collect();
     assert_eq!(
         paths,
         [
@@ -116,11 +120,15 @@ fn patch_adds_whole_arrays_when_absent_and_appends_otherwise() {
     let Plan::Inject { patch, .. } = plan_with(&present, &[&b], None, &Defaults::default()) else {
         panic!()
     };
-    let ops = serde_json::to_value(&patch).unwrap();
+    let ops: Value = serde_json::from_slice(patch.json()).unwrap();
     for op in ops.as_array().unwrap() {
         assert_eq!(op["op"], "add");
     }
-    let paths: Vec<String> = patch.iter().map(|o| o.path().to_string()).collect();
+    let paths: Vec<String> = patch
+        .operations()
+        .iter()
+        .map(|o| o.path().to_string())
+        .collect();
     assert_eq!(
         paths
             .iter()
@@ -174,7 +182,7 @@ fn reinvocation_gives_an_empty_patch_and_no_warnings() {
         plan_with(&once, &[&b], None, &Defaults::default()),
         Plan::Inject {
             binding: "b".into(),
-            patch: json_patch::Patch(vec![]),
+            patch: Patch::default(),
             warnings: vec![]
         }
     );

@@ -293,7 +293,7 @@ fn reinvocation_changes_nothing() {
         Plan::Inject {
             patch, warnings, ..
         } => {
-            assert!(patch.0.is_empty(), "{patch}");
+            assert!(patch.is_empty(), "{patch}");
             assert!(warnings.is_empty(), "{warnings:?}");
         }
         other => panic!("{other:?}"),

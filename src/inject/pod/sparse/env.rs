@@ -1,0 +1,142 @@
+//! One entry of a container's env, read in one pass: its members are scanned, not built, and
+//! only an entry whose name [`EnvNames`] keeps is built from them. Most entries of a long env
+//! list are a container's own settings, dropped: they used to be scanned once whole and parsed
+//! a second time to read their name.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{EnvNames, Kept, Shape};
+
+/// An entry's members as scanned: each key, and its value's JSON text.
+pub(super) type Members<'de> = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+/// Reads one env entry: the entry when it is kept, None when it is dropped. An entry without
+/// a name (absent or null) is dropped, the planner reading entries by name only; one whose name
+/// cannot be read as a string (another type, a repeated `name`) is kept, so the planner sees it
+/// as in the whole pod; so is an entry that is not an object.
+pub(super) struct Entry<'a, 'de> {
+    env: &'a EnvNames<'a>,
+    /// Reused from entry to entry.
+    members: &'a mut Members<'de>,
+}
+
+impl<'a, 'de> Entry<'a, 'de> {
+    pub(super) fn new(env: &'a EnvNames<'a>, members: &'a mut Members<'de>) -> Self {
+        Self { env, members }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Entry<'_, 'de> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// An entry of another JSON type than an object, built whole as [`Kept`] builds any value.
+fn whole<'n>(env: &'n EnvNames<'n>) -> Kept<'n> {
+    Kept(&Shape::Whole, env)
+}
+
+impl<'de> Visitor<'de> for Entry<'_, 'de> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an env entry")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        self.members.clear();
+        while let Some(key) = map.next_key_seed(Key)? {
+            let value: &'de RawValue = map.next_value()?;
+            self.members.push((key, value));
+        }
+        if !kept(self.members, self.env) {
+            return Ok(None);
+        }
+        let mut entry = Map::new();
+        for (key, value) in self.members.iter() {
+            let value = serde_json::from_str(value.get()).map_err(de::Error::custom)?;
+            entry.insert(key.to_string(), value);
+        }
+        Ok(Some(Value::Object(entry)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Value>, A::Error> {
+        whole(self.env).visit_seq(seq).map(Some)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<Value>, E> {
+        whole(self.env).visit_bool(v).map(Some)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<Value>, E> {
+        whole(self.env).visit_i64(v).map(Some)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<Value>, E> {
+        whole(self.env).visit_u64(v).map(Some)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Option<Value>, E> {
+        whole(self.env).visit_f64(v).map(Some)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Value>, E> {
+        whole(self.env).visit_str(v).map(Some)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Option<Value>, E> {
+        whole(self.env).visit_unit().map(Some)
+    }
+}
+
+/// Whether an entry of these members is kept, by its name.
+fn kept(members: &Members<'_>, env: &EnvNames<'_>) -> bool {
+    let mut names = members.iter().filter(|(key, _)| key == "name");
+    match (names.next(), names.next()) {
+        (None, _) => false,
+        (Some(_), Some(_)) => true,
+        (Some((_, name)), None) => match name.get().as_bytes().first() {
+            Some(b'n') => false,
+            Some(b'"') => text(name).is_none_or(|name| env.keeps(&name)),
+            _ => true,
+        },
+    }
+}
+
+/// A JSON string's text. By hand when it has no escapes (then its text is what the quotes
+/// hold): parsing each name again was a tenth of the parse of a long env list.
+fn text(json: &RawValue) -> Option<Cow<'_, str>> {
+    let quoted = json.get().strip_prefix('"')?.strip_suffix('"')?;
+    if !quoted.contains('\\') {
+        return Some(Cow::Borrowed(quoted));
+    }
+    serde_json::from_str(json.get()).ok().map(Cow::Owned)
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(key))
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(key.to_owned()))
+    }
+}
