@@ -67,6 +67,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Opted-in pods each binding selects, by state, as last seen by the controller.
     pub pods: Family<PodsLabels, Gauge>,
+    /// Idle webhook connections closed to make room for a new one at the connection limit.
+    pub connections_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,12 @@ impl Metrics {
             "Opted-in pods each binding selects, by whether they carry its current injection",
             pods.clone(),
         );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "webhook_connections_evicted",
+            "Idle webhook connections closed to make room for a new one at the connection limit",
+            connections_evicted.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_duration,
@@ -144,6 +152,7 @@ impl Metrics {
             bindings,
             leader,
             pods,
+            connections_evicted,
         }
     }
 

@@ -11,10 +11,10 @@ use mlflow_operator_test_support as common;
 use std::time::{Duration, Instant};
 
 use common::eventually;
-use common::operator::OperatorProcess;
+use common::operator::{OperatorProcess, answered};
 use futures::future::join_all;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 const IDLE_TCP: usize = 2_000;
@@ -32,8 +32,6 @@ const PROBE_EVERY: usize = 250;
 /// memory limit far away from the 16 MiB the process uses at rest.
 const GROWTH_BOUND_KIB: u64 = 32 * LIMIT as u64;
 
-const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ns","operation":"DELETE","object":null}}"#;
-
 /// VmRSS of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -42,40 +40,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// One review over a fresh connection, as the API server sends it; the time to the answer.
-async fn answered(port: u16, tls: &tokio_rustls::TlsConnector) -> Result<Duration, String> {
-    let started = Instant::now();
-    let exchange = async {
-        let tcp = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let mut s = tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let req = format!(
-            "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{REVIEW}",
-            REVIEW.len()
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        let text = String::from_utf8_lossy(&out);
-        match text.starts_with("HTTP/1.1 200") && text.contains("\"allowed\":true") {
-            true => Ok(()),
-            false => Err(format!("answered {text:?}")),
-        }
-    };
-    match tokio::time::timeout(BUDGET, exchange).await {
-        Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {BUDGET:?}")),
-    }
 }
 
 /// Whether the server has closed `conn` (end of stream or reset), waiting at most `within`.
@@ -107,10 +71,28 @@ async fn census<S: AsyncRead + Unpin>(conns: &mut [S]) -> Held {
     }
 }
 
+/// Idle connections the server closed for new ones, and connections it closed at once because
+/// every open one was busy, as its metrics count them.
+async fn closes_counted(op: &OperatorProcess) -> (f64, f64) {
+    let evicted = op.metric("mlflow_operator_webhook_connections_evicted_total");
+    let full = op.metric(r#"mlflow_operator_admissions_total{outcome="too-many-connections"}"#);
+    (
+        evicted.await.expect("evictions counted"),
+        full.await.unwrap_or(0.0),
+    )
+}
+
 /// One round: the idle connections opened with a client probed every [`PROBE_EVERY`], what
-/// the server kept of them, and the RSS of `pid` while they were held (KiB). Asserts the limit
-/// held and every client was answered; the connections are closed before it returns.
-async fn flood(round: usize, port: u16, tls: &tokio_rustls::TlsConnector, pid: u32) -> u64 {
+/// the server kept of them, and the RSS of `op` while they were held (KiB). Asserts the limit
+/// held, every client was answered and every close was counted; the connections are closed
+/// before it returns.
+async fn flood(
+    round: usize,
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+    op: &OperatorProcess,
+) -> u64 {
+    let counted_before = closes_counted(op).await;
     // Every probe's time to its answer, or why it was not answered.
     let mut probes: Vec<Result<Duration, String>> = Vec::new();
     let started = Instant::now();
@@ -118,7 +100,7 @@ async fn flood(round: usize, port: u16, tls: &tokio_rustls::TlsConnector, pid: u
     for i in 1..=IDLE_TCP {
         idle_tcp.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         if i % PROBE_EVERY == 0 {
-            let probe = answered(port, tls).await;
+            let probe = answered(port, tls, BUDGET).await;
             probes.push(probe.map_err(|e| format!("after {i} idle TCP: {e}")));
         }
     }
@@ -131,12 +113,12 @@ async fn flood(round: usize, port: u16, tls: &tokio_rustls::TlsConnector, pid: u
             idle_tls.push(s);
         }
         if i % PROBE_EVERY == 0 {
-            let probe = answered(port, tls).await;
+            let probe = answered(port, tls, BUDGET).await;
             probes.push(probe.map_err(|e| format!("after {i} idle TLS: {e}")));
         }
     }
     let opened = started.elapsed();
-    let during = rss_kib(pid);
+    let during = rss_kib(op.pid());
     let tcp = census(&mut idle_tcp).await;
     let tls_held = census(&mut idle_tls).await;
     let refused_handshakes = IDLE_TLS - idle_tls.len();
@@ -166,6 +148,13 @@ async fn flood(round: usize, port: u16, tls: &tokio_rustls::TlsConnector, pid: u
         tcp.closed + tls_held.closed + refused_handshakes >= IDLE_TCP + IDLE_TLS - LIMIT,
         "the connections past the limit are closed"
     );
+    let counted = closes_counted(op).await;
+    let (evicted, full) = (counted.0 - counted_before.0, counted.1 - counted_before.1);
+    println!("closes counted: {evicted} idle connections evicted, {full} closed at once");
+    assert!(
+        evicted + full >= (IDLE_TCP + IDLE_TLS - LIMIT) as f64,
+        "every connection closed past the limit is counted: {evicted} evicted + {full} closed at once"
+    );
 
     assert!(
         unanswered.is_empty(),
@@ -177,7 +166,7 @@ async fn flood(round: usize, port: u16, tls: &tokio_rustls::TlsConnector, pid: u
     eventually(
         "a client answered once the idle connections are gone",
         Duration::from_secs(30),
-        || async { answered(port, tls).await.ok() },
+        || async { answered(port, tls, BUDGET).await.ok() },
     )
     .await;
     during
@@ -198,12 +187,14 @@ async fn thousands_of_idle_connections_are_bounded_and_clients_are_still_answere
     let tls = common::fake_tls::connector(&ca_pem);
     // Warm: the allocator's arenas and the TLS session state of a few real exchanges.
     for _ in 0..20 {
-        answered(port, &tls).await.expect("answered at rest");
+        answered(port, &tls, BUDGET)
+            .await
+            .expect("answered at rest");
     }
     let before = rss_kib(op.pid());
     let rounds = [
-        flood(1, port, &tls, op.pid()).await,
-        flood(2, port, &tls, op.pid()).await,
+        flood(1, port, &tls, &op).await,
+        flood(2, port, &tls, &op).await,
     ];
     let after = rss_kib(op.pid());
     let mib = |kib: u64| kib as f64 / 1024.0;

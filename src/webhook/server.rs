@@ -114,6 +114,7 @@ pub async fn serve_with(
         let ticket = match connections.admit() {
             Admitted::Room(t) => t,
             Admitted::Evicted(t) => {
+                webhook.metrics.connections_evicted.inc();
                 tracing::debug!(%peer, "connection limit reached: an idle connection closed for it");
                 t
             }

@@ -65,18 +65,22 @@ impl OperatorProcess {
     /// certificate from files in `dir`, once `/readyz` answers 200; returns the CA PEM and the
     /// port.
     pub async fn webhook_only(dir: &std::path::Path) -> (Self, String, u16) {
+        Self::webhook_only_with(dir, &[]).await
+    }
+
+    /// [`Self::webhook_only`] with more flags.
+    pub async fn webhook_only_with(dir: &std::path::Path, more: &[&str]) -> (Self, String, u16) {
         crate::ensure_crd(&crate::client().await).await;
         let (cert, key, pems) = crate::write_loopback_certificate(dir);
         let port = free_port();
-        let op = Self::start(
-            "webhook",
-            &[
-                "--no-controller",
-                &format!("--webhook-addr=127.0.0.1:{port}"),
-                &format!("--tls-cert-file={}", cert.display()),
-                &format!("--tls-key-file={}", key.display()),
-            ],
+        let (addr, cert, key) = (
+            format!("--webhook-addr=127.0.0.1:{port}"),
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-key-file={}", key.display()),
         );
+        let mut args = vec!["--no-controller", &addr, &cert, &key];
+        args.extend_from_slice(more);
+        let op = Self::start("webhook", &args);
         op.wait_status("/readyz", 200, Duration::from_secs(60))
             .await;
         (op, pems.ca_cert, port)
@@ -162,6 +166,48 @@ impl Drop for OperatorProcess {
                 self.label
             );
         }
+    }
+}
+
+/// A review the webhook allows without reading any binding (a DELETE).
+const DELETE_REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ns","operation":"DELETE","object":null}}"#;
+
+/// One review over a fresh TLS connection to the webhook on loopback `port`, as the API server
+/// sends it: the time to its answer, or why there was none within `budget`.
+pub async fn answered(
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+    budget: Duration,
+) -> Result<Duration, String> {
+    let started = std::time::Instant::now();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut s = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let req = format!(
+            "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{DELETE_REVIEW}",
+            DELETE_REVIEW.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out);
+        match text.starts_with("HTTP/1.1 200") && text.contains("\"allowed\":true") {
+            true => Ok(()),
+            false => Err(format!("answered {text:?}")),
+        }
+    };
+    match tokio::time::timeout(budget, exchange).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {budget:?}")),
     }
 }
 
