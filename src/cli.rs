@@ -204,6 +204,13 @@ pub struct RunArgs {
     /// Do not run the webhook (controller only).
     #[arg(long)]
     pub no_webhook: bool,
+
+    /// On SIGTERM, how long the webhook goes on answering while `/readyz` reports it stopping,
+    /// before it stops accepting connections and drains: time for the readiness probe to fail
+    /// and for kube-proxy and the API server to send admissions elsewhere. A second SIGTERM or
+    /// Ctrl-C cuts it short.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub shutdown_delay: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,7 +8,7 @@ mod config;
 mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = Stop(stop_rx);
     let mut tasks = Tasks::default();
     let mut health = Health::default();
+    let delay = settings.webhook.as_ref().map(|w| w.shutdown_delay);
     // One watch and one copy of the bindings for the webhook and the controller.
     let (bindings, watch) = BindingStore::new(&client);
     if settings.webhook.is_some() || settings.controller.is_some() {
@@ -114,6 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (identity, index) = (settings.identity.as_str(), bindings.index.clone());
         health = start_webhook(w, &client, &metrics, identity, index, &stop, &mut tasks).await?;
     }
+    let stopping = health.stopping.clone();
     let endpoints = health::serve(settings.metrics_addr, metrics.clone(), health, stop.asked());
     tasks.stoppable.spawn(endpoints.await?);
     if let Some(cfg) = settings.controller {
@@ -127,10 +129,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     shutdown_signal().await;
+    if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+        go_on_answering(delay, &stopping).await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     tasks.finish().await;
     Ok(())
+}
+
+/// After SIGTERM: answers admissions for `delay` while `/readyz` fails, so the readiness probe
+/// takes the replica out of the Service before it stops accepting. Needed when the signal comes
+/// without a deletion (a container stopped on the node): no endpoint is marked terminating then.
+async fn go_on_answering(delay: Duration, stopping: &AtomicBool) {
+    stopping.store(true, Ordering::Relaxed);
+    tracing::info!(
+        ?delay,
+        "SIGTERM: still answering admissions, reported not ready; a second signal stops at once"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown_signal() => tracing::info!("second signal: not waiting any longer"),
+    }
 }
 
 /// Makes the operator's ServiceAccount the owner of the Secret and Lease it creates. Without it

@@ -10,7 +10,7 @@ use mlflow_operator_test_support as common;
 
 use std::time::{Duration, Instant};
 
-use common::operator::OperatorProcess;
+use common::operator::{OperatorProcess, answered};
 use common::webhook::{ensure_crd, env_value, register, webhook_configuration};
 use common::{eventually, eventually_ok, free_port, random_suffix, with_temp_ns};
 use futures::FutureExt;
@@ -26,6 +26,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Well under the 5s the operator allows stoppable tasks at shutdown: nothing should hang.
 const PROMPT_EXIT: Duration = Duration::from_secs(4);
 const URI: &str = "http://mlflow.mlflow.svc:5000";
+/// The chart's default `timeoutSeconds`: the API server gives up on the webhook after this.
+const ANSWER_BUDGET: Duration = Duration::from_secs(5);
 
 /// Flags every controller process of a test shares: its namespace, its Lease, a short lease.
 fn controller_flags(ns: &str, lease: &str, identity: &str) -> Vec<String> {
@@ -321,6 +323,63 @@ async fn sigterm_stops_the_operator_gracefully_and_releases_the_lease() {
         );
     })
     .await;
+}
+
+/// A SIGTERM that comes without a deletion (a container stopped on the node, no preStop): for
+/// `--shutdown-delay` the webhook goes on answering new connections while `/readyz` says it is
+/// stopping, so the readiness probe takes it out of the Service first; then it exits by itself.
+#[tokio::test]
+async fn sigterm_answers_while_not_ready_for_the_shutdown_delay_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = Duration::from_secs(4);
+    let flag = format!("--shutdown-delay={}s", delay.as_secs());
+    let (mut op, ca, port) = OperatorProcess::webhook_only_with(dir.path(), &[&flag]).await;
+    let tls = common::fake_tls::connector(&ca);
+    answered(port, &tls, ANSWER_BUDGET)
+        .await
+        .expect("answered before SIGTERM");
+
+    op.terminate();
+    let signalled = Instant::now();
+    let why = op.wait_status("/readyz", 503, delay).await;
+    assert!(why.contains("shutting down"), "/readyz said {why:?}");
+    // Every client of the delay's first three quarters is answered, over a fresh connection.
+    let mut during = 0;
+    while signalled.elapsed() < delay * 3 / 4 {
+        let answer = answered(port, &tls, ANSWER_BUDGET).await;
+        answer.unwrap_or_else(|e| {
+            panic!("not answered {:?} after SIGTERM: {e}", signalled.elapsed())
+        });
+        during += 1;
+    }
+    let status = op.wait_exit(delay + Duration::from_secs(10)).await;
+    let exited = signalled.elapsed();
+    println!("{during} reviews answered while not ready; exited {exited:?} after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        exited >= delay,
+        "exited {exited:?} after SIGTERM, before the delay"
+    );
+    assert!(op.output().contains("still answering admissions"));
+}
+
+/// A second SIGTERM during the delay stops the process at once.
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_shutdown_delay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--shutdown-delay=10m"];
+    let (mut op, _, _) = OperatorProcess::webhook_only_with(dir.path(), &flags).await;
+    op.terminate();
+    op.wait_status("/readyz", 503, WAIT).await;
+    let second = Instant::now();
+    op.terminate();
+    let status = op.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        second.elapsed() < PROMPT_EXIT,
+        "slow exit: {:?}",
+        second.elapsed()
+    );
 }
 
 #[tokio::test]

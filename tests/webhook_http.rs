@@ -268,6 +268,7 @@ async fn a_secret_volume_update_is_served_to_new_connections_and_readiness_waits
         certs: Some(store.clone()),
         caches_synced: Arc::new(true.into()),
         webhook: true,
+        ..Default::default()
     };
     assert!(health.ready().is_err(), "not ready without a certificate");
 

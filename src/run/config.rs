@@ -33,6 +33,8 @@ pub struct WebhookSettings {
     pub addr: SocketAddr,
     pub certificates: Certificates,
     pub defaults: Defaults,
+    /// How long it answers after SIGTERM, reported not ready, before draining.
+    pub shutdown_delay: std::time::Duration,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -110,6 +112,7 @@ fn webhook(
         addr: args.webhook_addr,
         certificates,
         defaults,
+        shutdown_delay: args.shutdown_delay,
     })
 }
 

@@ -18,10 +18,15 @@ pub struct Health {
     pub certs: Option<Arc<CertStore>>,
     pub caches_synced: Arc<AtomicBool>,
     pub webhook: bool,
+    /// Set on SIGTERM: the replica still answers, and asks to be taken out of the Service.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Health {
     pub fn ready(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down: still answering admissions, not taking new ones soon");
+        }
         if self.webhook {
             if !self.certs.as_ref().is_some_and(|c| c.is_loaded()) {
                 return Err("no serving certificate loaded yet");
