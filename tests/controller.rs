@@ -5,7 +5,7 @@
 
 use mlflow_operator_test_support as common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::fake_azure::{FakeAzure, Identity, Reply, TOKEN_EXCHANGE_AUDIENCE};
 use common::{events_for, eventually, wait_for, with_temp_ns};
@@ -122,6 +122,7 @@ fn config(ns: &str, lease: &str, fake: Option<&FakeAzure>, env: AzureEnv) -> Con
                 max_delay: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(5),
             },
+            imds_probe: Default::default(),
         },
         lease_owner: None,
     }
@@ -157,6 +158,7 @@ async fn workload_identity(
         tenant_id: Some(TENANT.into()),
         federated_token_file: Some(file.path().to_path_buf()),
         client_secret: None,
+        managed_identity_endpoint: None,
     };
     (
         env,
@@ -197,6 +199,25 @@ async fn create_azureml(api: &Api<MlflowWorkspaceBinding>, name: &str, ws: &str)
 }
 
 /// Waits until the binding's Ready condition has `status` (and `reason`), for its generation.
+/// The service principal the fake Entra ID knows, and the operator's environment for it.
+fn sp_identity() -> Identity {
+    Identity {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        client_secret: Some("s3cret".into()),
+        federated_subject: None,
+    }
+}
+
+fn sp_env() -> AzureEnv {
+    AzureEnv {
+        client_id: Some(CLIENT.into()),
+        tenant_id: Some(TENANT.into()),
+        client_secret: Some("s3cret".into()),
+        ..Default::default()
+    }
+}
+
 async fn wait_ready(
     api: &Api<MlflowWorkspaceBinding>,
     name: &str,
@@ -321,26 +342,11 @@ async fn azureml_binding_resolves_through_workload_identity_and_arm() {
 #[tokio::test]
 async fn bindings_sharing_a_workspace_make_one_arm_call() {
     with_temp_ns("ctl-share", |client, ns| async move {
-        let fake = FakeAzure::start(
-            client.clone(),
-            Identity {
-                tenant_id: TENANT.into(),
-                client_id: CLIENT.into(),
-                client_secret: Some("s3cret".into()),
-                federated_subject: None,
-            },
-        )
-        .await;
+        let fake = FakeAzure::start(client.clone(), sp_identity()).await;
         fake.set_workspace(SUB, "ml-rg", "shared", &tracking_uri_for("shared"));
         // Slow ARM, so all three reconciles overlap the one in-flight call.
         fake.script("shared", [Reply::Delay(Duration::from_millis(500))]);
-        let env = AzureEnv {
-            client_id: Some(CLIENT.into()),
-            tenant_id: Some(TENANT.into()),
-            federated_token_file: None,
-            client_secret: Some("s3cret".into()),
-        };
-        let op = Operator::start(&client, config(&ns, "lease-share", Some(&fake), env));
+        let op = Operator::start(&client, config(&ns, "lease-share", Some(&fake), sp_env()));
         let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
         for name in ["a", "b", "c"] {
             create_azureml(&api, name, "shared").await;
@@ -641,21 +647,63 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     .await;
 }
 
+/// Installed without an Azure identity where nothing answers at IMDS's address (here a
+/// listener that accepts and never answers, as a dropped link-local range looks): the binding
+/// says Resolving at once and that the operator has no credential within the probe's seconds,
+/// not after azure-identity's whole retry budget.
 #[tokio::test]
-async fn no_operator_identity_is_credential_unavailable() {
+async fn no_operator_identity_is_credential_unavailable_within_seconds() {
     with_temp_ns("ctl-nocred", |client, ns| async move {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut cfg = config(&ns, "lease-nocred", None, AzureEnv::default());
-        // Nothing listens here, so the managed identity (IMDS) attempt fails fast or times out.
-        cfg.azure.retry.request_timeout = Duration::from_secs(1);
-        cfg.azure.retry.attempts = 2;
+        cfg.azure.imds_probe.url = format!("http://{}/metadata", silent.local_addr().unwrap());
+        let probe = cfg.azure.imds_probe.timeout;
         let op = Operator::start(&client, cfg);
         let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+        let created = Instant::now();
         create_azureml(&api, "orphan", "ws-any").await;
-        let b = wait_ready(&api, "orphan", "False", "CredentialUnavailable").await;
+        let b = wait_ready(&api, "orphan", "Unknown", "Resolving").await;
         let m = &b.ready_condition().unwrap().message;
+        assert!(
+            m.contains("ws-any") && m.contains("managed identity"),
+            "{m}"
+        );
+        let b = wait_ready(&api, "orphan", "False", "CredentialUnavailable").await;
+        let took = created.elapsed();
+        let m = &b.ready_condition().unwrap().message;
+        assert!(
+            m.contains("nothing answered at the managed identity endpoint"),
+            "{m}"
+        );
         assert!(
             m.contains("AZURE_FEDERATED_TOKEN_FILE") && m.contains("AZURE_CLIENT_SECRET"),
             "{m}"
+        );
+        assert!(took < probe + Duration::from_secs(5), "said after {took:?}");
+        op.stop().await;
+    })
+    .await;
+}
+
+/// A slow ARM: the new binding has Ready Unknown (Resolving) meanwhile, then Resolved.
+#[tokio::test]
+async fn a_binding_says_resolving_while_arm_is_slow() {
+    with_temp_ns("ctl-slow", |client, ns| async move {
+        let fake = FakeAzure::start(client.clone(), sp_identity()).await;
+        fake.set_workspace(SUB, "ml-rg", "slow", &tracking_uri_for("slow"));
+        fake.script("slow", [Reply::Delay(Duration::from_secs(4))]);
+        let op = Operator::start(&client, config(&ns, "lease-slow", Some(&fake), sp_env()));
+        let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+        create_azureml(&api, "s", "slow").await;
+        let b = wait_ready(&api, "s", "Unknown", "Resolving").await;
+        let m = &b.ready_condition().unwrap().message;
+        assert!(m.contains("slow") && m.contains("client secret"), "{m}");
+        assert_eq!(b.status.unwrap().tracking_uri, None);
+        let b = wait_ready(&api, "s", "True", "Resolved").await;
+        let uri = tracking_uri_for("slow");
+        assert_eq!(
+            b.status.unwrap().tracking_uri.as_deref(),
+            Some(uri.as_str())
         );
         op.stop().await;
     })

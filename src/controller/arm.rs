@@ -7,6 +7,7 @@
 //! [`reason`](ResolveError::reason) becomes the binding's condition reason and a metric label.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, Transport};
 
-use super::credential::{self, AzureEnv, CredentialKind, ENV_HINT};
+use super::credential::{self, AzureEnv, CredentialKind, ENV_HINT, ImdsProbe};
 use crate::binding::{AzureCloud, AzureMlWorkspace};
 use crate::metrics::{Metrics, StatusLabels};
 
@@ -68,6 +69,8 @@ pub struct AzureConfig {
     /// The operator's own credential settings.
     pub env: AzureEnv,
     pub retry: RetryPolicy,
+    /// Asked before IMDS's managed identity is, until it has answered once.
+    pub imds_probe: ImdsProbe,
 }
 
 impl AzureConfig {
@@ -342,6 +345,8 @@ pub struct ArmClient {
     http: reqwest::Client,
     metrics: Metrics,
     credentials: Mutex<HashMap<String, Arc<dyn TokenCredential>>>,
+    /// IMDS answered a probe once: it is there, no need to ask again.
+    imds_answered: AtomicBool,
 }
 
 impl ArmClient {
@@ -363,6 +368,7 @@ impl ArmClient {
             http,
             metrics,
             credentials: Mutex::default(),
+            imds_answered: AtomicBool::new(false),
         })
     }
 
@@ -385,7 +391,32 @@ impl ArmClient {
         Ok(cred)
     }
 
+    /// Fails at once when the operator's credential is IMDS's managed identity and nothing
+    /// answers there.
+    async fn imds_is_there(&self) -> Result<(), ResolveError> {
+        if !self.cfg.env.uses_imds() || self.imds_answered.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let why = match self.cfg.imds_probe.answers(&self.http).await {
+            Ok(()) => {
+                self.imds_answered.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(why) => why,
+        };
+        Err(match self.cfg.env.is_empty() {
+            true => ResolveError::CredentialUnavailable(format!(
+                "the operator has no Azure credential: no Azure environment variables are set \
+                 and {why}; {ENV_HINT}"
+            )),
+            false => ResolveError::AuthorityUnavailable(format!(
+                "the operator's managed identity (AZURE_CLIENT_ID) is unavailable: {why}"
+            )),
+        })
+    }
+
     async fn token(&self, cloud: AzureCloud, arm: &str) -> Result<String, ResolveError> {
+        self.imds_is_there().await?;
         let cred = self.credential(cloud)?;
         let scope = format!("{arm}/.default");
         let kind = self.cfg.env.credential_kind();
@@ -668,6 +699,7 @@ mod tests {
                 tenant_id: Some("bad tenant/".into()),
                 federated_token_file: Some("/nonexistent".into()),
                 client_secret: None,
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::ClientOptions;
@@ -22,6 +23,9 @@ pub struct AzureEnv {
     pub tenant_id: Option<String>,
     pub federated_token_file: Option<PathBuf>,
     pub client_secret: Option<String>,
+    /// IDENTITY_ENDPOINT or MSI_ENDPOINT: a managed identity served elsewhere than IMDS (App
+    /// Service, Azure Arc, Azure ML compute), which the IMDS probe must not judge.
+    pub managed_identity_endpoint: Option<String>,
 }
 
 impl AzureEnv {
@@ -34,7 +38,14 @@ impl AzureEnv {
             tenant_id: var("AZURE_TENANT_ID"),
             federated_token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
             client_secret: var("AZURE_CLIENT_SECRET"),
+            managed_identity_endpoint: var("IDENTITY_ENDPOINT").or_else(|| var("MSI_ENDPOINT")),
         }
+    }
+
+    /// Whether the managed identity this environment selects is IMDS's, at its fixed address.
+    pub fn uses_imds(&self) -> bool {
+        self.credential_kind() == CredentialKind::ManagedIdentity
+            && self.managed_identity_endpoint.is_none()
     }
 
     /// Which credential this environment selects.
@@ -79,6 +90,43 @@ pub(crate) const ENV_HINT: &str = "give the operator an Azure identity: AZURE_CL
      AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (workload identity), or AZURE_CLIENT_ID, \
      AZURE_TENANT_ID and AZURE_CLIENT_SECRET (service principal), or run it where a managed \
      identity is available (AZURE_CLIENT_ID selects a user-assigned one)";
+
+/// Where and how long to ask whether IMDS is there before asking it for a token: where nothing
+/// answers at its address (a cluster outside Azure, a blocked link-local range), azure-identity
+/// waits for its whole retry budget, about 40 s, before a binding could say the operator has no
+/// credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImdsProbe {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+impl Default for ImdsProbe {
+    fn default() -> Self {
+        Self {
+            url: "http://169.254.169.254/metadata/identity/oauth2/token".to_string(),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl ImdsProbe {
+    /// Ok when anything answers over HTTP at IMDS's address within the timeout (without the
+    /// Metadata header real IMDS answers 400 at once), else why not.
+    pub async fn answers(&self, http: &reqwest::Client) -> Result<(), String> {
+        match http.get(&self.url).timeout(self.timeout).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_timeout() => Err(format!(
+                "nothing answered at the managed identity endpoint {} within {:?}",
+                self.url, self.timeout
+            )),
+            Err(e) => Err(format!(
+                "the managed identity endpoint {} cannot be reached: {e}",
+                self.url
+            )),
+        }
+    }
+}
 
 /// The credential `env` selects, talking through `client_options` (transport, authority host).
 pub(crate) fn build(
@@ -128,13 +176,24 @@ mod tests {
         let mut env = AzureEnv::default();
         assert!(env.is_empty());
         assert_eq!(env.credential_kind(), CredentialKind::ManagedIdentity);
+        assert!(env.uses_imds());
         env.client_id = Some("c".into());
         assert_eq!(env.credential_kind(), CredentialKind::ManagedIdentity);
+        assert!(env.uses_imds());
+        let app_service = AzureEnv {
+            managed_identity_endpoint: Some("http://localhost:8081/msi/token".into()),
+            ..env.clone()
+        };
+        assert!(
+            !app_service.uses_imds(),
+            "App Service's endpoint is not IMDS"
+        );
         env.tenant_id = Some("t".into());
         env.client_secret = Some("s".into());
         assert_eq!(env.credential_kind(), CredentialKind::ClientSecret);
         env.federated_token_file = Some("/tok".into());
         assert_eq!(env.credential_kind(), CredentialKind::WorkloadIdentity);
+        assert!(!env.uses_imds());
     }
 
     #[test]
@@ -156,6 +215,7 @@ mod tests {
                 tenant_id: None,
                 federated_token_file: Some("/var/run/token".into()),
                 client_secret: None,
+                managed_identity_endpoint: None,
             }
         );
         assert!(AzureEnv::from_vars(|_| None).is_empty());

@@ -36,6 +36,10 @@ use crate::tracking;
 /// faster than a few dozen at a time anyway.
 const CONCURRENCY: u16 = 16;
 
+/// A binding with no status yet that is still being resolved after this long gets Ready
+/// Unknown (Resolving) meanwhile; most resolve sooner and are written once.
+const RESOLVING_AFTER: Duration = Duration::from_secs(1);
+
 /// A binding's status is written for a change of its pods at most this often: a 1,000-pod
 /// burst is a handful of writes, not 1,000.
 const PODS_WRITE_EVERY: Duration = Duration::from_secs(5);
@@ -214,6 +218,32 @@ async fn resolve(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration
     (res, requeue)
 }
 
+/// [`resolve`], and when it takes longer than [`RESOLVING_AFTER`] for a binding that has no
+/// Ready condition yet, Ready Unknown (Resolving) written meanwhile.
+async fn resolve_saying_so(b: &MlflowWorkspaceBinding, ctx: &Ctx) -> (Resolution, Duration) {
+    let resolving = resolve(b, ctx);
+    tokio::pin!(resolving);
+    if let Ok(done) = tokio::time::timeout(RESOLVING_AFTER, &mut resolving).await {
+        return done;
+    }
+    let ws = b.spec.azure_ml.as_ref().map(|w| w.workspace_name.as_str());
+    if b.status.as_ref().and_then(|s| s.ready()).is_none() {
+        let message = format!(
+            "asking Azure Resource Manager for the MLflow tracking URI of workspace {} with the \
+             operator's {} credential",
+            ws.unwrap_or_default(),
+            ctx.shared.cfg.azure.env.credential_kind().as_str()
+        );
+        let res = Resolution::Resolving { message };
+        let desired = desired_status(b, &res, jiff::Timestamp::now());
+        match write_status(b, &desired, &ctx.shared.client).await {
+            Ok(()) => ctx.gauge.set(b, &desired),
+            Err(e) => tracing::debug!(error = %e, "could not say the binding is being resolved"),
+        }
+    }
+    resolving.await
+}
+
 /// How fresh the workspace's cached URI must be for this binding. A binding whose spec changed
 /// since its status was written gets a fresh resolve (one the user just asked for). A new
 /// binding has no earlier answer to refresh: it takes the workspace's current cached URI, so
@@ -231,7 +261,7 @@ fn freshness(b: &MlflowWorkspaceBinding, spec_change_window: Duration) -> Freshn
 async fn reconcile(b: Arc<MlflowWorkspaceBinding>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let metrics = &ctx.shared.metrics;
     metrics.reconciles.inc();
-    let (res, requeue) = resolve(&b, &ctx).await;
+    let (res, requeue) = resolve_saying_so(&b, &ctx).await;
     if let Resolution::Failed {
         reason, message, ..
     } = &res
@@ -297,6 +327,8 @@ async fn publish_event(b: &MlflowWorkspaceBinding, ctx: &Ctx, res: &Resolution) 
         Resolution::Failed {
             reason, message, ..
         } => (EventType::Warning, reason.to_string(), message.clone()),
+        // Said in the status only: the Event comes with the answer.
+        Resolution::Resolving { .. } => return,
     };
     publish(b, ctx, type_, reason, &note, "Resolve").await;
 }

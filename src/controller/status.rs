@@ -2,7 +2,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY, TRUE};
+use crate::binding::{
+    FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus, READY, TRUE, UNKNOWN,
+};
 use crate::tracking::{self, Report};
 
 /// What resolving a binding gave.
@@ -19,9 +21,13 @@ pub enum Resolution {
         /// same spec stays in use.
         transient: bool,
     },
+    /// Still asking Azure: said at once on a binding that has no status yet, so it never sits
+    /// without one while a slow credential or ARM answers.
+    Resolving { message: String },
 }
 
 pub const RESOLVED: &str = "Resolved";
+pub const RESOLVING: &str = "Resolving";
 /// Ready stays True with the last good URI, but its refresh is failing.
 pub const REFRESH_FAILING: &str = "RefreshFailing";
 
@@ -62,6 +68,12 @@ pub fn desired_status(
         Resolution::Failed {
             reason, message, ..
         } => (FALSE, *reason, message.clone(), old.tracking_uri.clone()),
+        Resolution::Resolving { message } => (
+            UNKNOWN,
+            RESOLVING,
+            message.clone(),
+            old.tracking_uri.clone(),
+        ),
     };
     let last_transition_time = match old.ready() {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -270,6 +282,27 @@ mod tests {
         let good = desired_status(&binding(1, None), &ok("azureml://a"), t(100));
         let s = desired_status(&binding(1, Some(good)), &failed(), t(200));
         assert_eq!(s.conditions[0].status, FALSE);
+    }
+
+    #[test]
+    fn resolving_is_ready_unknown_until_the_answer_comes() {
+        let asking = Resolution::Resolving {
+            message: "asking".into(),
+        };
+        let s = desired_status(&binding(1, None), &asking, t(100));
+        let ready = s.ready().unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (UNKNOWN, RESOLVING)
+        );
+        assert_eq!(s.tracking_uri, None);
+        let done = desired_status(&binding(1, Some(s.clone())), &ok("azureml://a"), t(130));
+        let ready = done.ready().unwrap();
+        assert_eq!(
+            (ready.status.as_str(), done.tracking_uri.as_deref()),
+            (TRUE, Some("azureml://a"))
+        );
+        assert_eq!(ready.last_transition_time.0.as_second(), 130);
     }
 
     #[test]

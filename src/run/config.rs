@@ -144,6 +144,7 @@ fn controller(
             ca_pem,
             env: AzureEnv::from_vars(var),
             retry: RetryPolicy::default(),
+            imds_probe: Default::default(),
         },
         lease_owner: None,
     })
