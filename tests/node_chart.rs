@@ -84,6 +84,7 @@ async fn the_chart_on_the_node_installs_injects_fails_over_upgrades_and_uninstal
         answered_after.as_secs_f64()
     );
 
+    notes_example_works_as_written(&client).await;
     operators_use_the_cluster_from_inside(&client, &operator_pods).await;
     resources_at_rest_are_small(&operator_pods).await;
     injected_pod_runs_and_reads_its_token(&client, &team).await;
@@ -197,6 +198,59 @@ async fn webhook_answers(client: &Client, team: &str) -> String {
         },
     )
     .await
+}
+
+/// The commands of the release's NOTES ("Try it"), run by bash as a user pastes them (only the
+/// namespace made unique and the image the one the node holds): the binding goes Ready, and the
+/// labelled pod prints the variables the webhook injected.
+async fn notes_example_works_as_written(client: &Client) {
+    let notes = helm(&["get", "notes", RELEASE, "-n", RELEASE_NS]).await;
+    let ns = format!("notes-{}", random_suffix());
+    let script = notes_example(&notes)
+        .replace("team-a", &ns)
+        .replace("busybox:1.37", BUSYBOX);
+    let cache = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("KUBECACHEDIR", cache.path())
+        .output();
+    let out = tokio::time::timeout(5 * MINUTE, run)
+        .await
+        .expect("the NOTES example ends within 5 minutes")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    assert!(
+        out.status.success(),
+        "NOTES example failed:\n{script}\n{stdout}\n{stderr}"
+    );
+    for printed in [
+        "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000",
+        "MLFLOW_EXPERIMENT_NAME=my-experiment",
+    ] {
+        assert!(stdout.contains(printed), "{printed} not printed:\n{stdout}");
+    }
+}
+
+/// The indented block after "Try it:" in `notes`, dedented.
+fn notes_example(notes: &str) -> String {
+    let block = notes
+        .lines()
+        .skip_while(|l| !l.starts_with("Try it:"))
+        .skip(2);
+    let lines: Vec<&str> = block.take_while(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !lines.is_empty(),
+        "no example after \"Try it:\" in the NOTES:\n{notes}"
+    );
+    lines
+        .iter()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect()
 }
 
 /// The operator talks to the API server with in-cluster config through the kubernetes Service
