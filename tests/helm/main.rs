@@ -9,6 +9,7 @@
 use mlflow_operator_test_support as common;
 
 mod certificates;
+mod conventions;
 mod install;
 mod privileges;
 mod rbac;
