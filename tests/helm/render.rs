@@ -30,6 +30,26 @@ fn chart_versions() {
     assert_eq!(chart["name"], "mlflow-operator");
     assert_eq!(chart["version"], "0.1.0");
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    for key in ["home", "sources", "maintainers"] {
+        assert!(!chart[key].is_null(), "Chart.yaml has no {key}");
+    }
+    let annotations = &chart["annotations"];
+    assert_eq!(
+        annotations["artifacthub.io/license"],
+        env!("CARGO_PKG_LICENSE")
+    );
+    // Artifact Hub reads these annotations as YAML documents of their own.
+    for key in [
+        "artifacthub.io/changes",
+        "artifacthub.io/links",
+        "artifacthub.io/crds",
+    ] {
+        let text = annotations[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}"));
+        let list: Vec<Value> = serde_yaml_ng::from_str(text).unwrap();
+        assert!(!list.is_empty(), "{key} is empty");
+    }
 }
 
 #[tokio::test]
