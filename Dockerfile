@@ -5,18 +5,23 @@ ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # Not compiled: Cargo reads the bench targets' and the test harness's manifests to resolve.
 COPY benches ./benches
 COPY test-support ./test-support
+# .git is not in the context: `mlflow-operator version` gets the commit from GIT_COMMIT
+# (`--build-arg GIT_COMMIT=$(git rev-parse HEAD)`) and its build date from SOURCE_DATE_EPOCH
+# (`--build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)`); "unknown" without them.
+ARG GIT_COMMIT=""
+ARG SOURCE_DATE_EPOCH=""
 # Cache mounts keep the crate registry and the target directory between builds. The sources are
 # touched first: cargo compares mtimes, and a cached target built from another checkout at a later
 # time would otherwise count older edited files as built (an image of stale code).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     touch src/lib.rs src/main.rs \
- && cargo build --release --locked --bin mlflow-operator \
+ && MLFLOW_OPERATOR_COMMIT="$GIT_COMMIT" cargo build --release --locked --bin mlflow-operator \
  && install -D -m 0755 target/release/mlflow-operator /out/mlflow-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot

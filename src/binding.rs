@@ -74,6 +74,9 @@ macro_rules! mlflow_uri_message {
     plural = "mlflowworkspacebindings",
     shortname = "mwb",
     category = "mlflow",
+    // The CRD's top-level description (`kubectl explain mwb`); without it kube-derive writes
+    // "Auto-generated derived type ...". The spec struct's doc comment describes `spec` only.
+    doc = "Binds a namespace to an MLflow tracking server: an Azure Machine Learning workspace (its tracking URI resolved through Azure Resource Manager) or any MLflow tracking URI. Pods created in the namespace with the label mlflow-operator.io/track: \"true\" (and matching spec.podSelector, if set) get the tracking environment injected: MLFLOW_TRACKING_URI, the experiment and the Azure identity to log with.",
     namespaced,
     status = "MlflowWorkspaceBindingStatus",
     derive = "PartialEq",

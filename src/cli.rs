@@ -1,18 +1,24 @@
-//! The command line. `run` holds the controller, webhook, metrics and health ([`crate::run`]);
-//! `crd` prints the CRD; `inject` previews the webhook offline ([`inject`]); `version` prints the
-//! version.
+//! The command line. `run` holds the controller, webhook, metrics and health ([`crate::run`]),
+//! logging as [`logging`] sets up; `crd` prints the CRD; `inject` previews the webhook offline
+//! ([`inject`]); `check` and `explain` read the live install; `completion` prints shell
+//! completions ([`completion`]); `version` prints what the binary was built from ([`version`]).
 
 pub mod check;
 mod checklist;
 mod cluster;
+pub mod completion;
 pub mod explain;
 pub mod inject;
+pub mod logging;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,18 +34,78 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (leader only), the admission webhook, metrics and health endpoints.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(Box<RunArgs>),
     /// Print the MlflowWorkspaceBinding CRD as YAML (crds/ is generated from it).
     Crd,
     /// Print workloads with their pods mutated exactly as the webhook would (offline preview).
+    #[command(after_help = INJECT_EXAMPLES)]
     Inject(InjectArgs),
     /// Check the live install: CRD, webhook, operator pods, Lease, an end-to-end dry-run
     /// admission, bindings, and pods that are stale or not injected; a fix for each failure.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Explain why a pod (or the pods of a workload) is or is not tracking, from the real webhook.
+    #[command(after_help = EXPLAIN_EXAMPLES)]
     Explain(ExplainArgs),
-    /// Print the version.
-    Version,
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion(CompletionArgs),
+    /// Print the version, git commit and build date.
+    #[command(after_help = VERSION_EXAMPLES)]
+    Version(VersionArgs),
+}
+
+// Every line of these that starts with `  mlflow-operator` must parse (tests::examples_parse).
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # In the cluster: a webhook certificate the operator makes and rotates itself, JSON logs
+  mlflow-operator run --self-signed --log-format json
+  # The controller alone, from a workstation, with the current kubeconfig context's cluster
+  mlflow-operator run --no-webhook --kubeconfig ~/.kube/config --namespace mlflow-operator";
+
+const INJECT_EXAMPLES: &str = "\
+Examples:
+  # What the webhook would add to a Job's pods, with a binding as the cluster has it
+  kubectl get mwb databricks -n team-a -o yaml > binding.yaml
+  mlflow-operator inject --binding binding.yaml -f examples/workloads/job.yaml
+  # A rendered chart from stdin, with its pods' ServiceAccount (workload identity)
+  helm template ./training | mlflow-operator inject --binding binding.yaml --service-account sa.yaml";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  mlflow-operator check
+  mlflow-operator check -n team-a -o json";
+
+const EXPLAIN_EXAMPLES: &str = "\
+Examples:
+  mlflow-operator explain -n team-a pod/train-0
+  mlflow-operator explain -n team-a deployment/trainer -o json";
+
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  source <(mlflow-operator completion bash)            # bash, this shell; ~/.bashrc for all
+  mlflow-operator completion zsh > \"${fpath[1]}/_mlflow-operator\"
+  mlflow-operator completion fish > ~/.config/fish/completions/mlflow-operator.fish
+  mlflow-operator completion powershell | Out-String | Invoke-Expression";
+
+const VERSION_EXAMPLES: &str = "\
+Examples:
+  mlflow-operator version
+  mlflow-operator version -o json";
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: completion::Shell,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VersionArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// `-o text|json`.
@@ -211,6 +277,10 @@ pub struct RunArgs {
     /// Ctrl-C cuts it short.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub shutdown_delay: Duration,
+
+    /// Log lines as text, or as one JSON object a line for log pipelines. RUST_LOG filters both.
+    #[arg(long, value_enum, env = "MLFLOW_OPERATOR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -268,6 +338,61 @@ mod tests {
             ("18446744073709551616", None),
         ] {
             assert_eq!(parse_duration(input).ok(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn log_formats() {
+        for (flags, want) in [
+            (&[][..], Some(LogFormat::Text)),
+            (&["--log-format=text"], Some(LogFormat::Text)),
+            (&["--log-format", "json"], Some(LogFormat::Json)),
+            (&["--log-format=json", "--log-format=text"], None),
+            (&["--log-format=JSON"], None),
+            (&["--log-format=logfmt"], None),
+            (&["--log-format="], None),
+            (&["--log-format"], None),
+        ] {
+            let args = ["mlflow-operator", "run"].iter().chain(flags);
+            let got = Cli::try_parse_from(args).ok().map(|cli| match cli.command {
+                Command::Run(run) => run.log_format,
+                other => panic!("{flags:?} parsed as {other:?}"),
+            });
+            assert_eq!(got, want, "{flags:?}");
+        }
+    }
+
+    /// The `mlflow-operator ...` invocations of an examples text, up to a pipe, redirection,
+    /// closing parenthesis or comment.
+    fn invocations(examples: &str) -> Vec<Vec<&str>> {
+        let commands = examples
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'));
+        let from_ours = commands.filter_map(|l| l.find("mlflow-operator ").map(|at| &l[at..]));
+        from_ours
+            .map(|c| c.split(['|', '>', ')', '#']).next().unwrap_or(c))
+            .map(|c| c.split_whitespace().collect())
+            .collect()
+    }
+
+    #[test]
+    fn examples_parse() {
+        for examples in [
+            RUN_EXAMPLES,
+            INJECT_EXAMPLES,
+            CHECK_EXAMPLES,
+            EXPLAIN_EXAMPLES,
+            COMPLETION_EXAMPLES,
+            VERSION_EXAMPLES,
+        ] {
+            let invocations = invocations(examples);
+            assert!(invocations.len() >= 2, "{examples}");
+            for args in invocations {
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!("{args:?}: {e}");
+                }
+            }
         }
     }
 }

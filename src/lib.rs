@@ -14,8 +14,8 @@
 //!   metrics and health.
 //! - [`tracking`]: which opted-in pods carry their binding's current injection (controller, `check`,
 //!   `explain`).
-//! - [`cli`]: the command line (`run`, `crd`, `inject`, `version`); [`cli::inject`] is the
-//!   webhook applied offline to workload YAML.
+//! - [`cli`]: the command line (`run`, `crd`, `inject`, `check`, `explain`, `completion`,
+//!   `version`); [`cli::inject`] is the webhook applied offline to workload YAML.
 
 pub mod binding;
 pub mod binding_store;

@@ -208,6 +208,7 @@ async fn deployment_is_pss_restricted_and_highly_available() {
     );
     assert_eq!(flag(&args, "--webhook-addr"), Some("0.0.0.0:9443"));
     assert_eq!(flag(&args, "--on-missing-binding"), Some("refuse"));
+    assert_eq!(flag(&args, "--log-format"), Some("text"));
     assert_eq!(flag(&args, "--refresh-interval"), Some("5m"));
     assert_eq!(flag(&args, "--error-retry"), Some("30s"));
     assert_eq!(flag(&args, "--cert-check-interval"), Some("5m"));
@@ -217,6 +218,7 @@ async fn deployment_is_pss_restricted_and_highly_available() {
 async fn values_reach_the_operator() {
     let docs = template(&[
         "webhook.onMissingBinding=allow",
+        "logFormat=json",
         "azure.tenantId=11111111-2222-3333-4444-555555555555",
         "azure.armEndpoint=https://arm.example",
         "azure.authorityHost=https://login.example/",
@@ -237,6 +239,7 @@ async fn values_reach_the_operator() {
     .await;
     let args = args_of(&docs);
     assert_eq!(flag(&args, "--on-missing-binding"), Some("allow"));
+    assert_eq!(flag(&args, "--log-format"), Some("json"));
     assert_eq!(
         flag(&args, "--default-tenant-id"),
         Some("11111111-2222-3333-4444-555555555555")
@@ -289,6 +292,7 @@ async fn schema_rejects_bad_values() {
             "/webhook/certificates/mode",
         ),
         ("azure.tenantId=not-a-guid", "/azure/tenantId"),
+        ("logFormat=logfmt", "/logFormat"),
         (
             "controller.refreshInterval=soon",
             "/controller/refreshInterval",
