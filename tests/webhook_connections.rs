@@ -75,7 +75,8 @@ async fn census<S: AsyncRead + Unpin>(conns: &mut [S]) -> Held {
 /// every open one was busy, as its metrics count them.
 async fn closes_counted(op: &OperatorProcess) -> (f64, f64) {
     let evicted = op.metric("mlflow_operator_webhook_connections_evicted_total");
-    let full = op.metric(r#"mlflow_operator_admissions_total{outcome="error-too-many-connections"}"#);
+    let full =
+        op.metric(r#"mlflow_operator_admissions_total{outcome="error-too-many-connections"}"#);
     (
         evicted.await.expect("evictions counted"),
         full.await.unwrap_or(0.0),
