@@ -79,15 +79,53 @@ pub async fn run(
         metrics: metrics.clone(),
         bindings,
     };
-    let (mut is_leader, lease_task) = lease_manager(&client, &cfg).await?.watch().await;
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = ELECTION_RETRY_MIN;
+    loop {
+        let err = match elect_and_lead(&shared, &leader, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let _ = leader.send(false);
+        tracing::error!(error = %format!("{err:#}"), retry_in = ?backoff, "leader election failed: the controller starts again");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.as_mut() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(ELECTION_RETRY_MAX);
+    }
+}
+
+/// Backoff of a failed leader election (an API server unreachable at start, the lease task
+/// ending): the controller never stays stopped while the webhook in the same process runs on.
+const ELECTION_RETRY_MIN: Duration = Duration::from_secs(1);
+const ELECTION_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Takes part in the election and leads whenever elected, until shutdown (Ok) or until the
+/// election itself fails (Err: the caller retries).
+async fn elect_and_lead<S: Future<Output = ()>>(
+    shared: &Shared,
+    leader: &watch::Sender<bool>,
+    shutdown: &mut Pin<&mut S>,
+) -> anyhow::Result<()> {
+    let cfg = &shared.cfg;
+    let (mut is_leader, lease_task) = lease_manager(&shared.client, cfg).await?.watch().await;
     tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "waiting for the controller lease");
-    while wait_for_lease(&mut is_leader, &mut shutdown).await? {
+    let mut outcome = Ok(());
+    loop {
+        match wait_for_lease(&mut is_leader, shutdown).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
         tracing::info!(identity = %cfg.identity, "leading: starting the controller");
         let _ = leader.send(true);
-        let shutting_down = lead(&shared, &mut is_leader, &mut shutdown).await;
+        let shutting_down = lead(shared, &mut is_leader, shutdown).await;
         let _ = leader.send(false);
-        reconcile::clear_gauge(&metrics);
+        reconcile::clear_gauge(&shared.metrics);
         if shutting_down {
             break;
         }
@@ -100,7 +138,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "lease task"),
     }
     let _ = leader.send(false);
-    Ok(())
+    outcome
 }
 
 async fn lease_manager(client: &Client, cfg: &Config) -> anyhow::Result<LeaseManager> {

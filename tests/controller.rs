@@ -614,6 +614,69 @@ async fn a_restarted_controller_leaves_status_untouched() {
     .await;
 }
 
+/// A client of the API server through a loopback port nothing listens on yet, and the
+/// forwarder that later opens that port onto the real API server.
+async fn client_before_the_api_server() -> (Client, impl FnOnce() -> AbortOnDrop) {
+    let mut config = kube::Config::infer().await.unwrap();
+    let target = config.cluster_url.authority().unwrap().to_string();
+    let port = common::free_port();
+    let uri = config
+        .cluster_url
+        .to_string()
+        .replace(&target, &format!("127.0.0.1:{port}"));
+    config.cluster_url = uri.parse().unwrap();
+    let client = Client::try_from(config).unwrap();
+    let open = move || {
+        AbortOnDrop(tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(target).await?;
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                });
+            }
+        }))
+    };
+    (client, open)
+}
+
+/// The API server unreachable when the controller starts (a node or control plane coming up):
+/// the election is retried, and once the API server answers the controller leads and resolves.
+#[tokio::test]
+async fn a_controller_started_before_the_api_server_answers_leads_once_it_does() {
+    with_temp_ns("ctl-late", |client, ns| async move {
+        let (late, open) = client_before_the_api_server().await;
+        let op = Operator::start(&late, config(&ns, "lease-late", None, AzureEnv::default()));
+        // Long enough for the first attempts to fail (refused connections fail at once).
+        let failing = Duration::from_secs(2);
+        let mut leader = op.leader.clone();
+        match tokio::time::timeout(failing, leader.wait_for(|l| *l)).await {
+            Err(_) => {}
+            Ok(Ok(_)) => panic!("led without an API server"),
+            Ok(Err(_)) => panic!("the controller gave up: it no longer says whether it leads"),
+        }
+        let _forwarder = open();
+        eventually("the controller to lead", WAIT, || async {
+            op.is_leader().then_some(())
+        })
+        .await;
+        let api: Api<MlflowWorkspaceBinding> = Api::namespaced(client.clone(), &ns);
+        let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+            "apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
+            "metadata": {"name": "late"},
+            "spec": {"trackingUri": "http://mlflow.late:5000", "experimentName": "e"}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &b).await.unwrap();
+        wait_ready(&api, "late", "True", "Resolved").await;
+        op.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn only_the_leader_reconciles_and_the_other_takes_over() {
     with_temp_ns("ctl-leader", |client, ns| async move {

@@ -77,7 +77,9 @@ where
 }
 
 /// Watches `name` until `condition` holds (kube's `await_condition`), or panics with `what`
-/// after `timeout`; returns the object as it was then.
+/// after `timeout`; returns the object as it was then. A watch the API server ends (410 Gone
+/// when its watch cache has moved past the list, a restart) is started again: the watch is how
+/// the test waits, not what it tests.
 pub async fn wait_for<K>(
     api: &Api<K>,
     name: &str,
@@ -88,15 +90,19 @@ pub async fn wait_for<K>(
 where
     K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
 {
-    let waited = tokio::time::timeout(
-        timeout,
-        kube::runtime::wait::await_condition(api.clone(), name, condition),
-    )
-    .await;
-    match waited {
-        Ok(Ok(Some(object))) => object,
-        Ok(Ok(None)) => panic!("{what}: {name} was deleted"),
-        Ok(Err(e)) => panic!("{what}: watching {name} failed: {e}"),
+    let watching = async {
+        loop {
+            let holds = |o: Option<&K>| condition.matches_object(o);
+            let once = kube::runtime::wait::await_condition(api.clone(), name, holds);
+            match once.await {
+                Ok(Some(object)) => return object,
+                Ok(None) => panic!("{what}: {name} was deleted"),
+                Err(e) => eprintln!("{what}: watching {name} ended ({e}); watching again"),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, watching).await {
+        Ok(object) => object,
         Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }
