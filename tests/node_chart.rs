@@ -85,6 +85,7 @@ async fn the_chart_on_the_node_installs_injects_fails_over_upgrades_and_uninstal
     );
 
     notes_example_works_as_written(&client).await;
+    helm_test_passes(&client).await;
     operators_use_the_cluster_from_inside(&client, &operator_pods).await;
     resources_at_rest_are_small(&operator_pods).await;
     injected_pod_runs_and_reads_its_token(&client, &team).await;
@@ -234,6 +235,25 @@ async fn notes_example_works_as_written(client: &Client) {
     ] {
         assert!(stdout.contains(printed), "{printed} not printed:\n{stdout}");
     }
+}
+
+/// `helm test`: `mlflow-operator check` in a pod of the operator's image, with the test's own
+/// read-only rights, passes on the fresh install (its dry-run probe answered by the webhook);
+/// its objects are gone afterwards (a failed test's pod stays, for `kubectl logs`).
+async fn helm_test_passes(client: &Client) {
+    let args = ["test", RELEASE, "-n", RELEASE_NS, "--timeout", "3m"];
+    let (ok, out, err) = common::helm::helm(&args).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let test_pod = format!("{RELEASE}-test");
+    if !ok {
+        let logs = pods.logs(&test_pod, &LogParams::default()).await;
+        panic!("helm test failed:\n{out}\n{err}\ncheck said:\n{logs:?}");
+    }
+    assert!(out.contains("Phase:          Succeeded"), "{out}");
+    eventually("the test pod to be deleted", MINUTE, || async {
+        pods.get_opt(&test_pod).await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
 
 /// The indented block after "Try it:" in `notes`, dedented.

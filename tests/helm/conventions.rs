@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 
-use super::common::helm::{CHART, one, template};
+use super::common::helm::{CHART, documents, helm_ok, one, template};
 use super::container;
 
 /// Every key path of a values document, maps descended into (`a`, `a.b`, ...).
@@ -152,4 +152,72 @@ async fn network_policy_and_max_unavailable_are_accepted_by_the_api_server() {
     pdbs.create(&dry, &pdb)
         .await
         .expect("the API server accepts the PodDisruptionBudget");
+}
+
+/// `helm test`'s objects: all hooks of the test, deleted once it passes; the check's rights are
+/// read-only but for creating pods in the probe namespace (a dry-run), secrets only the serving
+/// certificate's.
+#[tokio::test]
+async fn the_helm_test_checks_with_read_only_rights() {
+    let out = helm_ok(&[
+        "template",
+        "mlflow-operator",
+        CHART,
+        "-n",
+        "mlflow-operator",
+        "--show-only",
+        "templates/tests/check.yaml",
+        "--set",
+        "tests.namespace=team-a",
+    ])
+    .await;
+    let docs = documents(&out);
+    for d in &docs {
+        let hook = &d["metadata"]["annotations"];
+        assert_eq!(
+            hook["helm.sh/hook"], "test",
+            "{} is not a test hook",
+            d["kind"]
+        );
+        assert!(
+            hook["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("hook-succeeded")
+        );
+    }
+    let pod = one(&docs, "Pod");
+    assert_eq!(
+        pod["spec"]["containers"][0]["args"],
+        json!(["check", "-n", "team-a"])
+    );
+    for role in docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let writes: Vec<&&str> = verbs
+                .iter()
+                .filter(|v| !["get", "list"].contains(v))
+                .collect();
+            let probe_pods =
+                role["metadata"]["namespace"] == "team-a" && rule["resources"] == json!(["pods"]);
+            assert!(
+                writes.is_empty() || (probe_pods && writes == [&"create"]),
+                "{rule}"
+            );
+            if rule["resources"] == json!(["secrets"]) {
+                assert_eq!(
+                    rule["resourceNames"],
+                    json!(["mlflow-operator-webhook-cert"])
+                );
+            }
+        }
+    }
 }
