@@ -75,6 +75,27 @@ async fn runbook_links_take_the_base_url() {
     }
 }
 
+/// Every alert links to a section of docs/runbooks.md that exists, and every section to an alert.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let rules: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(RULES).unwrap()).unwrap();
+    let runbooks = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbooks.md");
+    let sections: std::collections::BTreeSet<String> = std::fs::read_to_string(runbooks)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_lowercase)
+        .collect();
+    let mut linked = std::collections::BTreeSet::new();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let alert = rule["alert"].as_str().unwrap().to_lowercase();
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+        assert_eq!(url, format!("docs/runbooks.md#{alert}"));
+        linked.insert(alert);
+    }
+    assert_eq!(linked, sections);
+}
+
 #[tokio::test]
 async fn the_api_server_accepts_every_monitoring_object() {
     install_monitoring_crds().await;
