@@ -7,7 +7,7 @@ use mlflow_operator_test_support as common;
 
 use std::path::Path;
 
-use common::helm::{CHART, documents, helm_ok, objects, one, template};
+use common::helm::{CHART, documents, helm, helm_ok, objects, one, template};
 use common::prometheus::{DASHBOARD, RULES, tools};
 use common::{kubectl, with_temp_ns};
 use serde_json::Value;
@@ -71,6 +71,23 @@ async fn runbook_links_take_the_base_url() {
         assert!(
             url.starts_with("https://docs.example/mlflow-operator/docs/runbooks.md#"),
             "{url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_schema_refuses_bad_monitoring_values() {
+    for set in [
+        "metrics.serviceMonitor.interval=30 seconds",
+        "metrics.podMonitor.scrapeTimeout=10",
+        "metrics.prometheusRule.runbookBaseURL=docs.example",
+        "metrics.dashboard.label.grafana_dashboard=1",
+    ] {
+        let (ok, _, stderr) = helm(&["template", "mlflow-operator", CHART, "--set", set]).await;
+        assert!(!ok, "{set} accepted");
+        assert!(
+            stderr.contains("schema"),
+            "{set}: not a schema error:\n{stderr}"
         );
     }
 }
