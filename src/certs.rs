@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -59,6 +60,9 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Ce
 #[derive(Debug, Default)]
 pub struct CertStore {
     current: RwLock<Option<Loaded>>,
+    /// Set to the notAfter of every certificate served: both sources load through
+    /// [`CertStore::set_pem`], so the one place that swaps the certificate also reports it.
+    expiry: Option<Gauge>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +75,14 @@ struct Loaded {
 impl CertStore {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A store that sets `expiry` to the notAfter (Unix seconds) of each certificate it serves.
+    pub fn reporting_expiry_to(expiry: Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            expiry: Some(expiry),
+            ..Self::default()
+        })
     }
 
     /// True once a certificate is loaded (readiness).
@@ -89,6 +101,9 @@ impl CertStore {
             return Ok(false);
         }
         let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        if let Some(gauge) = &self.expiry {
+            gauge.set(not_after(&key.cert[0])?);
+        }
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         *cur = Some(Loaded {
             key,
@@ -118,6 +133,13 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.get()
     }
+}
+
+/// The notAfter of a DER certificate, in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    Ok(parsed.validity().not_after.timestamp())
 }
 
 async fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -294,6 +316,26 @@ mod tests {
                 .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_the_served_certificate() {
+        let gauge = Gauge::default();
+        let store = CertStore::reporting_expiry_to(gauge.clone());
+        assert_eq!(gauge.get(), 0, "nothing served yet");
+        let first = generate(&["localhost".into()], 3650, 30, now()).unwrap();
+        store
+            .set_pem(first.cert.as_bytes(), first.key.as_bytes())
+            .unwrap();
+        assert_eq!(gauge.get(), first.not_after);
+        let rotated = generate(&["localhost".into()], 3650, 90, now()).unwrap();
+        store
+            .set_pem(rotated.cert.as_bytes(), rotated.key.as_bytes())
+            .unwrap();
+        assert_eq!(gauge.get(), rotated.not_after);
+        // A refused pair is not served, so it does not move the gauge either.
+        let _ = store.set_pem(first.cert.as_bytes(), rotated.key.as_bytes());
+        assert_eq!(gauge.get(), rotated.not_after);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub pods: Family<PodsLabels, Gauge>,
     /// Idle webhook connections closed to make room for a new one at the connection limit.
     pub connections_evicted: Counter,
+    /// The served certificate's notAfter, Unix seconds; 0 until one is loaded.
+    pub certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,12 @@ impl Metrics {
             "Idle webhook connections closed to make room for a new one at the connection limit",
             connections_evicted.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (its notAfter), in Unix seconds",
+            certificate_expiry.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_duration,
@@ -153,6 +161,7 @@ impl Metrics {
             leader,
             pods,
             connections_evicted,
+            certificate_expiry,
         }
     }
 

@@ -189,7 +189,7 @@ async fn start_webhook(
     stop: &Stop,
     tasks: &mut Tasks,
 ) -> anyhow::Result<Health> {
-    let store = CertStore::new();
+    let store = CertStore::reporting_expiry_to(metrics.certificate_expiry.clone());
     start_certificates(w.certificates, client, &store, &mut tasks.background).await;
     let serving = webhook::start(
         Caches::new(client, bindings),

@@ -13,6 +13,7 @@ pub mod log_sweep;
 pub mod mlflow;
 pub mod node;
 pub mod operator;
+pub mod prometheus;
 pub mod sidecar_webhook;
 pub mod webhook;
 
