@@ -82,73 +82,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mlflow_operator");
-        // 0.25 ms .. ~1 s: admission is in-memory work, so the interesting range is sub-ms to ms.
-        let admission_duration = Histogram::new([
-            0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        ]);
-        registry.register(
-            "admission_duration_seconds",
-            "Time to answer one AdmissionReview",
-            admission_duration.clone(),
-        );
-        let admissions = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "admissions",
-            "AdmissionReviews answered, by outcome",
-            admissions.clone(),
-        );
-        let reconciles = Counter::default();
-        registry.register("reconciles", "Binding reconciles run", reconciles.clone());
-        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Binding reconciles whose tracking URI could not be resolved, by reason",
-            reconcile_errors.clone(),
-        );
-        let status_write_errors = Counter::default();
-        registry.register(
-            "status_write_errors",
-            "Binding status writes that failed",
-            status_write_errors.clone(),
-        );
-        let arm_request_duration = Family::<StatusLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-        });
-        registry.register(
-            "arm_request_duration_seconds",
-            "Azure Resource Manager request latency, by HTTP status",
-            arm_request_duration.clone(),
-        );
-        let bindings = Family::<ReadyLabels, Gauge>::default();
-        registry.register(
-            "bindings",
-            "MlflowWorkspaceBindings by Ready state",
-            bindings.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica holds the controller Lease",
-            leader.clone(),
-        );
-        let pods = Family::<PodsLabels, Gauge>::default();
-        registry.register(
-            "pods",
-            "Opted-in pods each binding selects, by whether they carry its current injection",
-            pods.clone(),
-        );
-        let connections_evicted = Counter::default();
-        registry.register(
-            "webhook_connections_evicted",
-            "Idle webhook connections closed to make room for a new one at the connection limit",
-            connections_evicted.clone(),
-        );
-        let certificate_expiry = Gauge::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "When the webhook's serving certificate expires (its notAfter), in Unix seconds",
-            certificate_expiry.clone(),
-        );
+        let (admission_duration, admissions, connections_evicted, certificate_expiry) =
+            webhook_metrics(&mut registry);
+        let (reconciles, reconcile_errors, status_write_errors, arm_request_duration) =
+            resolve_metrics(&mut registry);
+        let (bindings, leader, pods) = state_metrics(&mut registry);
         Self {
             registry: Arc::new(registry),
             admission_duration,
@@ -180,4 +118,118 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Registers `metric` under `name` and returns it (metrics are handles: the clone registered and
+/// the one returned count together).
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The webhook's: admission latency and outcomes, evicted connections, certificate expiry.
+fn webhook_metrics(
+    r: &mut Registry,
+) -> (Histogram, Family<OutcomeLabels, Counter>, Counter, Gauge) {
+    // 0.25 ms .. ~1 s: admission is in-memory work, so the interesting range is sub-ms to ms.
+    let buckets = [
+        0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ];
+    (
+        add(
+            r,
+            "admission_duration_seconds",
+            "Time to answer one AdmissionReview",
+            Histogram::new(buckets),
+        ),
+        add(
+            r,
+            "admissions",
+            "AdmissionReviews answered, by outcome",
+            Family::default(),
+        ),
+        add(
+            r,
+            "webhook_connections_evicted",
+            "Idle webhook connections closed to make room for a new one at the connection limit",
+            Counter::default(),
+        ),
+        add(
+            r,
+            "certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (its notAfter), in Unix seconds",
+            Gauge::default(),
+        ),
+    )
+}
+
+/// The controller's resolving: reconciles, their failures, status writes, ARM calls.
+fn resolve_metrics(
+    r: &mut Registry,
+) -> (
+    Counter,
+    Family<ReasonLabels, Counter>,
+    Counter,
+    Family<StatusLabels, Histogram>,
+) {
+    let arm = Family::<StatusLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+    });
+    (
+        add(
+            r,
+            "reconciles",
+            "Binding reconciles run",
+            Counter::default(),
+        ),
+        add(
+            r,
+            "reconcile_errors",
+            "Binding reconciles whose tracking URI could not be resolved, by reason",
+            Family::default(),
+        ),
+        add(
+            r,
+            "status_write_errors",
+            "Binding status writes that failed",
+            Counter::default(),
+        ),
+        add(
+            r,
+            "arm_request_duration_seconds",
+            "Azure Resource Manager request latency, by HTTP status",
+            arm,
+        ),
+    )
+}
+
+/// What the controller last saw: bindings by readiness, leadership, pods by state.
+fn state_metrics(
+    r: &mut Registry,
+) -> (Family<ReadyLabels, Gauge>, Gauge, Family<PodsLabels, Gauge>) {
+    (
+        add(
+            r,
+            "bindings",
+            "MlflowWorkspaceBindings by Ready state",
+            Family::default(),
+        ),
+        add(
+            r,
+            "leader",
+            "1 while this replica holds the controller Lease",
+            Gauge::default(),
+        ),
+        add(
+            r,
+            "pods",
+            "Opted-in pods each binding selects, by whether they carry its current injection",
+            Family::default(),
+        ),
+    )
 }

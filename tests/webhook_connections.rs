@@ -83,6 +83,24 @@ async fn closes_counted(op: &OperatorProcess) -> (f64, f64) {
     )
 }
 
+/// Every probe client was answered; prints how fast.
+fn assert_all_answered(probes: &[Result<Duration, String>]) {
+    let mut latencies: Vec<Duration> = probes.iter().filter_map(|p| p.clone().ok()).collect();
+    latencies.sort();
+    let unanswered: Vec<&String> = probes.iter().filter_map(|p| p.as_ref().err()).collect();
+    println!(
+        "{} of {} clients answered meanwhile: median {:?}, slowest {:?}",
+        latencies.len(),
+        probes.len(),
+        latencies.get(latencies.len() / 2),
+        latencies.last()
+    );
+    assert!(
+        unanswered.is_empty(),
+        "clients not answered: {unanswered:#?}"
+    );
+}
+
 /// One round: the idle connections opened with a client probed every [`PROBE_EVERY`], what
 /// the server kept of them, and the RSS of `op` while they were held (KiB). Asserts the limit
 /// held, every client was answered and every close was counted; the connections are closed
@@ -134,16 +152,6 @@ async fn flood(
         tcp.closed,
         tls_held.closed,
     );
-    let mut latencies: Vec<Duration> = probes.iter().filter_map(|p| p.clone().ok()).collect();
-    latencies.sort();
-    let unanswered: Vec<&String> = probes.iter().filter_map(|p| p.as_ref().err()).collect();
-    println!(
-        "{} of {} clients answered meanwhile: median {:?}, slowest {:?}",
-        latencies.len(),
-        probes.len(),
-        latencies.get(latencies.len() / 2),
-        latencies.last()
-    );
     assert!(held <= LIMIT, "{held} connections held, limit {LIMIT}");
     assert!(
         tcp.closed + tls_held.closed + refused_handshakes >= IDLE_TCP + IDLE_TLS - LIMIT,
@@ -156,11 +164,7 @@ async fn flood(
         evicted + full >= (IDLE_TCP + IDLE_TLS - LIMIT) as f64,
         "every connection closed past the limit is counted: {evicted} evicted + {full} closed at once"
     );
-
-    assert!(
-        unanswered.is_empty(),
-        "clients not answered: {unanswered:#?}"
-    );
+    assert_all_answered(&probes);
 
     drop(idle_tcp);
     drop(idle_tls);
