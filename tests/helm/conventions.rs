@@ -191,6 +191,19 @@ async fn the_helm_test_checks_with_read_only_rights() {
         pod["spec"]["containers"][0]["args"],
         json!(["check", "-n", "team-a"])
     );
+    // The Service, the PDB and `check` select the operator pods by these: never the test's.
+    let installed = template(&[]).await;
+    let selector = &one(&installed, "Service")["spec"]["selector"];
+    let labels = &pod["metadata"]["labels"];
+    let selected = selector
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(k, v)| &labels[k] == v);
+    assert!(
+        !selected,
+        "the test pod {labels} matches the operator pods' selector {selector}"
+    );
     for role in docs
         .iter()
         .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")

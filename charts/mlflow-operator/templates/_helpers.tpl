@@ -30,6 +30,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Labels of `helm test`'s objects: not the operator's selector labels, so its pod is never
+one of the operator pods (the Service, the PDB and `check` select those). */}}
+{{- define "mlflow-operator.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "mlflow-operator.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "mlflow-operator.serviceAccountName" -}}
 {{- default (include "mlflow-operator.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
