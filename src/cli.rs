@@ -263,6 +263,13 @@ pub struct RunArgs {
     #[arg(long, env = "MLFLOW_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// Upgrade the cluster's MlflowWorkspaceBinding CRD to this release's at start when it is of
+    /// an earlier revision (never to a lower one); needs get and patch on the CRD. Without it the
+    /// CRD is only checked. Either way, until the CRD has every field this release writes, the
+    /// replica reports not ready and its controller waits.
+    #[arg(long)]
+    pub upgrade_crd: bool,
+
     /// Do not run the controller (webhook only).
     #[arg(long)]
     pub no_controller: bool,

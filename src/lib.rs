@@ -6,6 +6,7 @@
 //!   controller.
 //! - [`inject`]: the pure injection planner shared by the webhook, the CLI and the tests.
 //! - [`webhook`]: the HTTPS admission service over raw AdmissionReview JSON.
+//! - [`crd`]: the binding CRD this release needs, its revision, and how a cluster's compares.
 //! - [`certs`]: serving certificates from files or self-managed, swapped without restarts.
 //! - [`controller`]: each binding's tracking URI into its status (Azure ML via ARM, with the
 //!   operator's own Azure credential), on the Lease holder only.
@@ -22,6 +23,7 @@ pub mod binding_store;
 pub mod certs;
 pub mod cli;
 pub mod controller;
+pub mod crd;
 pub mod inject;
 pub mod metrics;
 pub mod ownership;
@@ -31,7 +33,5 @@ pub mod webhook;
 
 /// The CRD as YAML, exactly what `mlflow-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = binding::MlflowWorkspaceBinding::crd();
-    serde_yaml_ng::to_string(&crd).expect("a CRD always serializes to YAML")
+    serde_yaml_ng::to_string(&crd::definition()).expect("a CRD always serializes to YAML")
 }

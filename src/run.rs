@@ -5,6 +5,7 @@
 //! built once, up front ([`config`]); the endpoints of [`health`] report on them.
 
 mod config;
+mod crd;
 mod health;
 
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (identity, index) = (settings.identity.as_str(), bindings.index.clone());
         health = start_webhook(w, &client, &metrics, identity, index, &stop, &mut tasks).await?;
     }
+    let crd_current = check_crd(&client, args.upgrade_crd, &health, &mut tasks.background);
     let stopping = health.stopping.clone();
     let endpoints = health::serve(settings.metrics_addr, metrics.clone(), health, stop.asked());
     tasks.stoppable.spawn(endpoints.await?);
@@ -124,6 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &client,
             &metrics,
             bindings,
+            crd_current,
             &stop,
             &mut tasks.stoppable,
         );
@@ -247,18 +250,46 @@ async fn start_certificates(
     }
 }
 
-/// Starts the controller (it waits for the Lease) and the `leader` gauge that follows it.
+/// Starts checking the cluster's CRD (upgrading it with `upgrade`): readiness reports what stands
+/// in the way, and the receiver turns true once nothing does. Not ready until the first check.
+fn check_crd(
+    client: &Client,
+    upgrade: bool,
+    health: &Health,
+    background: &mut JoinSet<()>,
+) -> watch::Receiver<bool> {
+    *health.crd_problem.lock().unwrap() = Some("the CRD is not checked yet".into());
+    let (current_tx, current_rx) = watch::channel(false);
+    let problem = health.crd_problem.clone();
+    background.spawn(crd::keep_checking(
+        client.clone(),
+        upgrade,
+        problem,
+        current_tx,
+    ));
+    current_rx
+}
+
+/// Starts the controller (once the CRD serves this release, it waits for the Lease) and the
+/// `leader` gauge that follows it.
 fn start_controller(
     cfg: controller::Config,
     client: &Client,
     metrics: &Metrics,
     bindings: BindingStore,
+    mut crd_current: watch::Receiver<bool>,
     stop: &Stop,
     tasks: &mut JoinSet<()>,
 ) {
     let (leader_tx, mut leader_rx) = watch::channel(false);
-    let (client, controller_metrics, stop) = (client.clone(), metrics.clone(), stop.asked());
+    let (client, controller_metrics) = (client.clone(), metrics.clone());
+    let (stop_waiting, stop) = (stop.asked(), stop.asked());
     tasks.spawn(async move {
+        // A replica whose CRD would prune what it writes stays out of the election.
+        tokio::select! {
+            current = crd_current.wait_for(|c| *c) => if current.is_err() { return },
+            _ = stop_waiting => return,
+        }
         if let Err(e) =
             controller::run(client, cfg, controller_metrics, bindings, stop, leader_tx).await
         {

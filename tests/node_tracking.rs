@@ -455,8 +455,7 @@ async fn check_fails_for_each_fault(client: &Client, ns: &Namespaces) {
     const READY: &str = "every MlflowWorkspaceBinding is Ready";
     const PODS: &str = "the operator pods are Ready";
     const CA: &str = "the caBundle verifies the certificate the operator serves";
-    const CRD: &str =
-        "the CRD mlflowworkspacebindings.mlflow-operator.io is installed and matches this binary";
+    const CRD: &str = "the CRD mlflowworkspacebindings.mlflow-operator.io is installed and has every field of this release";
     assert_eq!(failed(&check(Some(&ns.other)).await), [READY]);
 
     scale(client, 0).await;

@@ -8,7 +8,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use serde_json::json;
 
@@ -74,7 +74,7 @@ pub async fn prepare(client: &Client, name: &str) -> anyhow::Result<()> {
 
 async fn install_crd(client: &Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = MlflowWorkspaceBinding::crd();
+    let crd = mlflow_operator::crd::definition();
     let name = crd.metadata.name.clone().unwrap_or_default();
     let apply = PatchParams::apply("mlflow-operator-loadgen").force();
     crds.patch(&name, &apply, &Patch::Apply(&crd)).await?;

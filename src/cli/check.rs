@@ -6,14 +6,15 @@ mod install;
 mod pods;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::Api;
-use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
 
 use super::CheckArgs;
 use super::checklist::Checklist;
 use super::cluster::{self, Admission};
-use crate::binding::{INJECTED_ANNOTATION, MlflowWorkspaceBinding, TRACK_LABEL};
+use crate::binding::{INJECTED_ANNOTATION, TRACK_LABEL};
+use crate::crd;
 
 /// Runs `mlflow-operator check`; returns the exit status.
 pub async fn run(args: &CheckArgs) -> i32 {
@@ -77,41 +78,53 @@ async fn api(list: &mut Checklist, args: &CheckArgs) -> Option<Client> {
     }
 }
 
-/// The CRD is installed and its schema is the one this binary prints.
+/// The CRD is installed, at this binary's revision or a later one, and has every field it
+/// writes; an identical schema passes silently, any other difference is a warning.
 async fn crd(list: &mut Checklist, client: &Client) {
-    let ours = MlflowWorkspaceBinding::crd();
-    let name = ours.metadata.name.clone().unwrap_or_default();
-    let what = format!("the CRD {name} is installed and matches this binary");
-    let apply =
-        "mlflow-operator crd | kubectl apply --server-side --force-conflicts -f -".to_string();
+    let ours = crd::definition();
+    let name = crd::name();
+    let what = format!("the CRD {name} is installed and has every field of this release");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match api.get_opt(&name).await {
-        Ok(Some(live)) if schemas(&live) == schemas(&ours) => list.pass("kubernetes-api", what),
-        Ok(Some(_)) => {
-            let detail = format!(
-                "the installed CRD's schema differs from mlflow-operator {}'s: the operator and this CLI disagree about the binding's fields",
-                env!("CARGO_PKG_VERSION")
-            );
-            list.fail(
-                "kubernetes-api",
-                what,
-                detail,
-                format!(
-                    "install the CRD of this version: {apply} (helm upgrade does not update CRDs)"
-                ),
-            );
+    let live = match api.get_opt(&name).await {
+        Ok(live) => live,
+        Err(e) => {
+            let fix = "check that you may get customresourcedefinitions".to_string();
+            return list.fail("kubernetes-api", what, e.to_string(), fix);
         }
-        Ok(None) => {
-            let detail = format!(
-                "CustomResourceDefinition {name} does not exist: no binding can be created and the operator cannot start"
-            );
-            list.fail("kubernetes-api", what, detail, format!("helm install mlflow-operator charts/mlflow-operator -n mlflow-operator --create-namespace, or {apply}"));
-        }
-        Err(e) => list.fail(
-            "kubernetes-api",
-            what,
-            e.to_string(),
-            "check that you may get customresourcedefinitions".to_string(),
+    };
+    let verdict = crd::judge(live.as_ref());
+    if let Some(problem) = verdict.problem() {
+        return list.fail("kubernetes-api", what, problem, crd_fix(&verdict));
+    }
+    let live = live.expect("a CRD with no problem exists");
+    let revision = crd::revision(&live);
+    let detail = if let Some(warning) = verdict.warning() {
+        warning
+    } else if revision != crd::REVISION || schemas(&live) != schemas(&ours) {
+        format!(
+            "revision {revision}, its schema differs from mlflow-operator {}'s (revision {}) in validation or columns only",
+            env!("CARGO_PKG_VERSION"),
+            crd::REVISION
+        )
+    } else {
+        return list.pass_with("kubernetes-api", what, format!("revision {revision}"));
+    };
+    let fix = format!(
+        "fine while the operator and this CLI are of different releases; otherwise apply this release's CRD: {}",
+        crd::APPLY
+    );
+    list.warn("kubernetes-api", what, detail, fix);
+}
+
+fn crd_fix(verdict: &crd::Verdict) -> String {
+    match verdict {
+        crd::Verdict::Absent => format!(
+            "helm install mlflow-operator charts/mlflow-operator -n mlflow-operator --create-namespace (it installs crds/), or {}",
+            crd::APPLY
+        ),
+        _ => format!(
+            "the operator upgrades its CRD at start with the chart's crds.upgrade=true (then kubectl rollout restart the operator's Deployment); or apply it: {}",
+            crd::APPLY
         ),
     }
 }
@@ -194,7 +207,10 @@ async fn end_to_end(list: &mut Checklist, client: &Client, namespace: Option<&st
 
 #[cfg(test)]
 mod tests {
+    use kube::CustomResourceExt;
+
     use super::*;
+    use crate::binding::MlflowWorkspaceBinding;
 
     #[test]
     fn the_schema_comparison_ignores_what_the_api_server_fills_in_only() {

@@ -1,8 +1,8 @@
 //! The plain-HTTP side of a replica: `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::extract::State;
@@ -20,19 +20,26 @@ pub struct Health {
     pub webhook: bool,
     /// Set on SIGTERM: the replica still answers, and asks to be taken out of the Service.
     pub stopping: Arc<AtomicBool>,
+    /// Why the cluster's CRD cannot serve this release yet (see [`super::crd`]); None when it can.
+    pub crd_problem: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
-    pub fn ready(&self) -> Result<(), &'static str> {
+    pub fn ready(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down: still answering admissions, not taking new ones soon");
+            return Err(
+                "shutting down: still answering admissions, not taking new ones soon".into(),
+            );
+        }
+        if let Some(problem) = self.crd_problem.lock().unwrap().as_ref() {
+            return Err(problem.clone());
         }
         if self.webhook {
             if !self.certs.as_ref().is_some_and(|c| c.is_loaded()) {
-                return Err("no serving certificate loaded yet");
+                return Err("no serving certificate loaded yet".into());
             }
             if !self.caches_synced.load(Ordering::Relaxed) {
-                return Err("binding and ServiceAccount caches not synced yet");
+                return Err("binding and ServiceAccount caches not synced yet".into());
             }
         }
         Ok(())
@@ -75,6 +82,6 @@ async fn metrics_handler(State((metrics, _)): State<(Metrics, Health)>) -> impl 
 async fn readyz(State((_, health)): State<(Metrics, Health)>) -> impl IntoResponse {
     match health.ready() {
         Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }

@@ -25,8 +25,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config, CustomResourceExt};
-use mlflow_operator::binding::MlflowWorkspaceBinding;
+use kube::{Api, Client, Config};
 
 /// A client for the local control plane, from `KUBECONFIG`.
 pub async fn client() -> Client {
@@ -148,7 +147,7 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 pub async fn ensure_crd(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = MlflowWorkspaceBinding::crd();
+    let crd = mlflow_operator::crd::definition();
     let name = crd.metadata.name.clone().unwrap();
     crds.patch(
         &name,

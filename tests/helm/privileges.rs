@@ -134,11 +134,27 @@ fn denied<'a>(installed: &'a Installed, other_mwc: &'a str) -> Vec<Ask<'a>> {
             "",
             &[test],
         ),
+        // Its own CRD is read and upgraded (server-side apply), never replaced or deleted; no
+        // other CRD is touched, and none is created.
         asks(
             &["update", "delete"],
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             crd,
+            &[every],
+        ),
+        asks(
+            &["get", "patch"],
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "certificates.cert-manager.io",
+            &[every],
+        ),
+        asks(
+            &["create", "list", "watch"],
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
             &[every],
         ),
         // Its own Lease only, in its own namespace.

@@ -33,6 +33,12 @@ async fn rbac_grants_exactly_the_documented_rules() {
             rule(&[""], &["pods"], &[], &["list", "watch"]),
             rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
             rule(
+                &["apiextensions.k8s.io"],
+                &["customresourcedefinitions"],
+                &["mlflowworkspacebindings.mlflow-operator.io"],
+                &["get", "patch"]
+            ),
+            rule(
                 &["admissionregistration.k8s.io"],
                 &["mutatingwebhookconfigurations"],
                 &["mlflow-operator"],
@@ -65,4 +71,40 @@ async fn rbac_grants_exactly_the_documented_rules() {
             json!([{"kind": "ServiceAccount", "name": "mlflow-operator", "namespace": "mlflow-operator"}])
         );
     }
+}
+
+/// With `crds.upgrade=false` the operator may only read its CRD, and is not asked to upgrade it.
+#[tokio::test]
+async fn without_crd_upgrades_the_operator_only_reads_its_crd() {
+    let crd_rule = |docs: &[serde_json::Value]| {
+        one(docs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"] == json!(["customresourcedefinitions"]))
+            .cloned()
+            .unwrap()
+    };
+    let args = |docs: &[serde_json::Value]| {
+        one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"].clone()
+    };
+    let upgrading = template(&[]).await;
+    assert!(
+        args(&upgrading)
+            .as_array()
+            .unwrap()
+            .contains(&json!("--upgrade-crd"))
+    );
+    let checking = template(&["crds.upgrade=false"]).await;
+    assert_eq!(crd_rule(&checking)["verbs"], json!(["get"]));
+    assert_eq!(
+        crd_rule(&checking)["resourceNames"],
+        json!(["mlflowworkspacebindings.mlflow-operator.io"])
+    );
+    assert!(
+        !args(&checking)
+            .as_array()
+            .unwrap()
+            .contains(&json!("--upgrade-crd"))
+    );
 }
