@@ -5,9 +5,11 @@
 //! and labelled pods are created; `helm upgrade` to this release runs under the admission load of
 //! the fault tests, then `helm rollback` under the same load.
 //!
-//! Shown: no admission failed in either; every binding kept with every field; the new operator
-//! upgraded the CRD to its revision (Helm does not), so the new fields are kept right after the
-//! upgrade; the rollback runs on, and does not lower, the later CRD.
+//! Shown: no admission failed in either; with `crds.upgrade=false` the rollout waits, the previous
+//! pods serving and the new one saying what the CRD lacks; with the default, the new operator
+//! upgraded the CRD to its revision (Helm does not), every binding kept with every field, and the
+//! new fields kept right after the upgrade; the rollback runs on, and does not lower, the later
+//! CRD.
 
 use mlflow_operator_test_support as common;
 
@@ -17,7 +19,7 @@ use std::sync::atomic::Ordering;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::PostParams;
+use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, Client};
 use mlflow_operator::crd;
 use serde_json::{Value, json};
@@ -69,6 +71,8 @@ async fn upgrade_from_the_previous_release_and_rollback_lose_nothing() {
     let before = create_bindings_and_pods(&client, &team).await;
 
     let tally = under_load(&client, &team, async {
+        helm(&upgrade_args(&["--set", "crds.upgrade=false"])).await;
+        rollout_waits_on_the_crd(&client).await;
         helm(&upgrade_args(&[])).await;
         rolled_out_to(&client, CURRENT_IMAGE).await;
     })
@@ -204,8 +208,12 @@ spec:
         b["status"]["trackingUri"] == "http://mlflow.example.invalid:5000"
     })
     .await;
+    // The first waits for kube-proxy to route the fresh release's Service.
     for _ in 0..3 {
-        let created = pods.create(&PostParams::default(), &pod()).await.unwrap();
+        let created = eventually("a labelled pod admitted", MINUTE, || async {
+            pods.create(&PostParams::default(), &pod()).await.ok()
+        })
+        .await;
         let env = serde_json::to_value(&created.spec.unwrap().containers[0].env).unwrap();
         assert!(env.to_string().contains("MLFLOW_TRACKING_URI"), "{env}");
     }
@@ -284,7 +292,7 @@ async fn rolled_out_to(client: &Client, image: &str) {
                 && s.ready_replicas == Some(2)
                 && s.replicas == Some(2);
             let list = pods
-                .list(&kube::api::ListParams::default().labels(SELECTOR))
+                .list(&ListParams::default().labels(SELECTOR))
                 .await
                 .ok()?;
             let of_image = |p: &Pod| {
@@ -300,6 +308,55 @@ async fn rolled_out_to(client: &Client, image: &str) {
         },
     )
     .await;
+}
+
+/// With `crds.upgrade=false` the new release's first pod stays not ready, saying in its log what
+/// the CRD lacks, while the previous release's two pods go on serving; the CRD is untouched.
+async fn rollout_waits_on_the_crd(client: &Client) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let of = |p: &Pod, image: &str| {
+        p.spec
+            .as_ref()
+            .is_some_and(|s| s.containers[0].image.as_deref() == Some(image))
+    };
+    let new = eventually(
+        "a new pod that says the CRD lacks fields",
+        2 * MINUTE,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(SELECTOR))
+                .await
+                .ok()?;
+            let new = list
+                .items
+                .iter()
+                .find(|p| of(p, CURRENT_IMAGE) && is_running(p))?;
+            let name = new.metadata.name.clone()?;
+            let log = pods.logs(&name, &LogParams::default()).await.ok()?;
+            log.contains("lacks fields this release writes")
+                .then(|| new.clone())
+        },
+    )
+    .await;
+    let list = pods
+        .list(&ListParams::default().labels(SELECTOR))
+        .await
+        .unwrap();
+    let serving = list
+        .items
+        .iter()
+        .filter(|p| !of(p, CURRENT_IMAGE) && is_ready(p));
+    assert_eq!(
+        serving.count(),
+        2,
+        "the previous release's pods serve meanwhile"
+    );
+    let new = pods
+        .get(new.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert!(!is_ready(&new), "a pod on an earlier CRD is not ready");
+    crd_at_revision(client, 0).await;
 }
 
 async fn crd_at_revision(client: &Client, revision: u32) {
