@@ -289,6 +289,7 @@ fn at(unix: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
+pub mod probe;
 pub mod self_managed;
 
 #[cfg(test)]

@@ -217,6 +217,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub cert_check_interval: Duration,
 
+    /// With --self-signed: address of a second HTTPS listener through which, when the CA
+    /// changes, the API server proves it trusts the new CA before the webhook serves it (a
+    /// canary webhook on this port of the webhook's Service or URL). Unset: a fixed 5 s wait.
+    #[arg(long, requires = "self_signed")]
+    pub ca_probe_addr: Option<SocketAddr>,
+
     /// Service name the webhook is reached through (for the default certificate names).
     #[arg(long, default_value = "mlflow-operator-webhook")]
     pub service_name: String,

@@ -8,7 +8,6 @@ mod config;
 mod crd;
 mod health;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -193,7 +192,12 @@ async fn start_webhook(
     tasks: &mut Tasks,
 ) -> anyhow::Result<Health> {
     let store = CertStore::reporting_expiry_to(metrics.certificate_expiry.clone());
-    start_certificates(w.certificates, client, &store, &mut tasks.background).await;
+    let probe_store = CertStore::new();
+    let stores = self_managed::Stores {
+        serving: store.clone(),
+        probe: probe_store.clone(),
+    };
+    start_certificates(w.certificates, client, stores, &mut tasks.background).await;
     let serving = webhook::start(
         Caches::new(client, bindings),
         w.defaults,
@@ -221,15 +225,24 @@ async fn start_webhook(
     });
     tracing::info!(addr = %serving.addr, "webhook listening (HTTPS, /mutate)");
     tasks.stoppable.spawn(serving.server);
+    if let Some(addr) = w.ca_probe_addr {
+        let listener = webhook::bind(addr)
+            .await
+            .with_context(|| format!("binding the CA probe address {addr}"))?;
+        let probe = webhook::serve(listener, serving.webhook, probe_store, stop.asked());
+        tracing::info!(%addr, "CA probe listening (HTTPS, {})", certs::probe::PATH);
+        tasks.stoppable.spawn(probe);
+    }
     Ok(health)
 }
 
 async fn start_certificates(
     source: Certificates,
     client: &Client,
-    store: &Arc<CertStore>,
+    stores: self_managed::Stores,
     background: &mut JoinSet<()>,
 ) {
+    let store = &stores.serving;
     match source {
         Certificates::Files { cert, key } => {
             // A missing file at start is not fatal: the Secret volume may still be populating;
@@ -245,7 +258,7 @@ async fn start_certificates(
             ));
         }
         Certificates::SelfManaged(cfg) => {
-            background.spawn(self_managed::run(client.clone(), cfg, store.clone()));
+            background.spawn(self_managed::run(client.clone(), *cfg, stores));
         }
     }
 }

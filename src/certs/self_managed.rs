@@ -15,6 +15,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use super::probe::{self, Probe};
 use super::{CertStore, Pems, generate, issue};
 
 const NOT_AFTER: &str = "mlflow-operator.io/not-after";
@@ -35,6 +36,8 @@ pub struct Config {
     pub check_every: Duration,
     /// Owner of the Secret (the operator's ServiceAccount), so it goes with the release.
     pub owner: Option<OwnerReference>,
+    /// How a new CA's trust is proven before its certificate is served (None: a fixed delay).
+    pub probe: Option<Probe>,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             renew_days: 120,
             check_every: Duration::from_secs(300),
             owner: None,
+            probe: None,
         }
     }
 }
@@ -272,8 +276,8 @@ pub async fn sync_ca_bundle_to(
     Ok(CaBundle::Updated)
 }
 
-/// How long the API server may take to use a caBundle it was given (its informer's lag) before
-/// a replica serves a certificate only the new CA in it verifies.
+/// Without a probe: how long the API server may take to use a caBundle it was given (its
+/// informer's lag) before a replica serves a certificate only the new CA in it verifies.
 const CA_PROPAGATION: Duration = Duration::from_secs(5);
 
 /// The CA this replica serves a certificate of, and the one it served before a CA change, kept
@@ -328,11 +332,11 @@ impl Serving {
 }
 
 /// Serves the Secret's certificate, after its CA is in the caBundle (beside the CA served so
-/// far while they differ); returns when to look again.
+/// far while they differ) and, for a new CA, trusted; returns when to look again.
 async fn apply(
     client: &Client,
     cfg: &Config,
-    store: &CertStore,
+    stores: &Stores,
     pems: &Pems,
     serving: &mut Serving,
 ) -> Duration {
@@ -346,12 +350,14 @@ async fn apply(
     }
     let want = serving.want(&pems.ca_cert, Instant::now());
     let next = match sync_ca_bundle_to(client, &cfg.webhook_config, &want).await {
-        Ok(CaBundle::Updated) if serving.changes_ca(&pems.ca_cert) => {
-            tokio::time::sleep(CA_PROPAGATION).await;
+        Ok(CaBundle::NoConfiguration) => soon,
+        // Also when another replica wrote the caBundle: this one has no evidence of its own yet.
+        Ok(CaBundle::Updated | CaBundle::Current) => {
+            if serving.changes_ca(&pems.ca_cert) {
+                await_new_ca(client, cfg, &stores.probe, pems).await;
+            }
             cfg.check_every
         }
-        Ok(CaBundle::Updated | CaBundle::Current) => cfg.check_every,
-        Ok(CaBundle::NoConfiguration) => soon,
         Err(e) => {
             tracing::warn!(error = %e, "could not update caBundle");
             // Serving a new CA's certificate before the API server trusts it fails admissions;
@@ -362,7 +368,10 @@ async fn apply(
             soon
         }
     };
-    match store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
+    match stores
+        .serving
+        .set_pem(pems.cert.as_bytes(), pems.key.as_bytes())
+    {
         Ok(true) => {
             tracing::info!(secret = %cfg.secret, "serving the webhook certificate of the Secret")
         }
@@ -372,22 +381,58 @@ async fn apply(
             return next;
         }
     }
-    // Every replica reads the Secret within check_every of a change, and switches at most
-    // CA_PROPAGATION later: by then none serves the old CA.
-    let keep = cfg.check_every * 2 + CA_PROPAGATION * 2;
+    // Every replica reads the Secret within check_every of a change, and switches at most one
+    // wait later: by then none serves the old CA.
+    let wait = if cfg.probe.is_some() {
+        probe::BOUND
+    } else {
+        CA_PROPAGATION
+    };
+    let keep = cfg.check_every * 2 + wait * 2;
     serving.serve(&pems.ca_cert, Instant::now(), keep);
     next
 }
 
+/// Waits until the API server trusts the new CA of `pems`: the probe's evidence, at most
+/// [`probe::BOUND`]; without a probe, a fixed [`CA_PROPAGATION`].
+async fn await_new_ca(client: &Client, cfg: &Config, probe_store: &CertStore, pems: &Pems) {
+    let Some(probe) = &cfg.probe else {
+        tracing::info!(delay = ?CA_PROPAGATION, "a new CA: serving its certificate after a fixed delay (no CA probe configured, --ca-probe-addr)");
+        tokio::time::sleep(CA_PROPAGATION).await;
+        return;
+    };
+    if let Err(e) = probe_store.set_pem(pems.cert.as_bytes(), pems.key.as_bytes()) {
+        tracing::error!(error = %e, "the probe listener cannot serve the new certificate");
+    }
+    match probe.await_trust(client, &pems.ca_cert).await {
+        Ok(took) => tracing::info!(
+            ?took,
+            "the API server trusts the new CA (a dry-run through a canary webhook that trusts only it succeeded): serving its certificate"
+        ),
+        Err(last) => tracing::error!(
+            bound = ?probe::BOUND,
+            last_failure = %last,
+            port = probe.port,
+            "no evidence that the API server trusts the new CA: serving its certificate anyway, and admissions may fail until it does. Check that the API server reaches the webhook's probe port (the Service's ca-probe port, a NetworkPolicy)"
+        ),
+    }
+}
+
+/// Where certificates are served: the webhook's listener, and the CA probe's.
+pub struct Stores {
+    pub serving: Arc<CertStore>,
+    pub probe: Arc<CertStore>,
+}
+
 /// Keeps the store serving the Secret's certificate and the caBundle current, forever.
-pub async fn run(client: Client, cfg: Config, store: Arc<CertStore>) {
+pub async fn run(client: Client, cfg: Config, stores: Stores) {
     let mut backoff = Duration::from_secs(1);
     let mut serving = Serving::default();
     loop {
         let wait = match ensure(&client, &cfg).await {
             Ok(pems) => {
                 backoff = Duration::from_secs(1);
-                apply(&client, &cfg, &store, &pems, &mut serving).await
+                apply(&client, &cfg, &stores, &pems, &mut serving).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-managed certificate not ready; retrying");

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::certs::probe::{self, Probe};
 use crate::certs::self_managed;
 use crate::cli::{OnMissingBindingArg, RunArgs};
 use crate::controller::arm::{AzureConfig, RetryPolicy};
@@ -35,6 +36,8 @@ pub struct WebhookSettings {
     pub defaults: Defaults,
     /// How long it answers after SIGTERM, reported not ready, before draining.
     pub shutdown_delay: std::time::Duration,
+    /// The CA probe's listener (self-managed certificates only).
+    pub ca_probe_addr: Option<SocketAddr>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -43,7 +46,7 @@ pub enum Certificates {
     /// Mounted files, re-read when they change.
     Files { cert: PathBuf, key: PathBuf },
     /// Generated and rotated by the operator, kept in a Secret, caBundle kept current.
-    SelfManaged(self_managed::Config),
+    SelfManaged(Box<self_managed::Config>),
 }
 
 impl Settings {
@@ -62,7 +65,7 @@ impl Settings {
             .unwrap_or_else(|| format!("mlflow-operator-{}", std::process::id()));
         let webhook = match args.no_webhook {
             true => None,
-            false => Some(webhook(args, &var)?),
+            false => Some(webhook(args, &identity, &var)?),
         };
         let controller = match args.no_controller {
             true => None,
@@ -81,6 +84,7 @@ impl Settings {
 
 fn webhook(
     args: &RunArgs,
+    identity: &str,
     var: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<WebhookSettings> {
     let certificates = match (&args.tls_cert_file, &args.tls_key_file, args.self_signed) {
@@ -97,7 +101,13 @@ fn webhook(
                 &args.cert_dns_names,
             );
             cfg.check_every = args.cert_check_interval;
-            Certificates::SelfManaged(cfg)
+            cfg.probe = args.ca_probe_addr.map(|addr| Probe {
+                webhook_config: args.webhook_config.clone(),
+                namespace: args.namespace.clone(),
+                port: addr.port(),
+                tag: probe::tag(identity),
+            });
+            Certificates::SelfManaged(Box::new(cfg))
         }
         _ => anyhow::bail!(
             "the webhook needs a certificate: pass --tls-cert-file and --tls-key-file, or --self-signed (or --no-webhook)"
@@ -113,6 +123,7 @@ fn webhook(
         certificates,
         defaults,
         shutdown_delay: args.shutdown_delay,
+        ca_probe_addr: args.ca_probe_addr,
     })
 }
 

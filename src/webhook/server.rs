@@ -309,7 +309,8 @@ async fn handle(
     limits: &Limits,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/mutate" {
+    let probe = req.uri().path() == crate::certs::probe::PATH;
+    if req.uri().path() != "/mutate" && !probe {
         return error(StatusCode::NOT_FOUND, "only POST /mutate is served here");
     }
     if req.method() != Method::POST {
@@ -320,6 +321,10 @@ async fn handle(
     }
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
     let failed = match tokio::time::timeout(limits.body_read, body).await {
+        Ok(Ok(b)) if probe => {
+            let answer = crate::certs::probe::answer(&b.to_bytes());
+            return json_response(StatusCode::OK, answer);
+        }
         Ok(Ok(b)) => {
             let answer = webhook.review(&b.to_bytes()).await;
             return json_response(answer.status, answer.body);

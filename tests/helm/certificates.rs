@@ -107,3 +107,52 @@ fn assert_no_certificate_rights(docs: &[Value]) {
         );
     }
 }
+
+/// The self-managed mode's CA probe: a flag, a container port, a Service port and a
+/// NetworkPolicy port of the same number; none in the other modes or with `probePort: 0`.
+#[tokio::test]
+async fn the_ca_probe_is_served_and_reachable_in_self_managed_mode_only() {
+    let port_named = |ports: &Value, name: &str| {
+        ports
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+    };
+    let docs = template(&["networkPolicy.enabled=true"]).await;
+    let args = args_of(&docs);
+    assert_eq!(flag(&args, "--ca-probe-addr"), Some("0.0.0.0:9444"));
+    assert_cli_accepts(&args);
+    let c = container(&docs);
+    assert_eq!(
+        port_named(&c["ports"], "ca-probe").unwrap()["containerPort"],
+        9444
+    );
+    let service = one(&docs, "Service");
+    let port = port_named(&service["spec"]["ports"], "ca-probe").unwrap();
+    assert_eq!(
+        (&port["port"], &port["targetPort"]),
+        (&json!(9444), &json!("ca-probe"))
+    );
+    let policy = one(&docs, "NetworkPolicy");
+    assert!(
+        policy["spec"]["ingress"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"port": "ca-probe", "protocol": "TCP"})),
+        "{policy:#}"
+    );
+    for sets in [
+        vec!["webhook.certificates.selfManaged.probePort=0"],
+        vec!["webhook.certificates.mode=certManager"],
+    ] {
+        let docs = template(&sets).await;
+        assert_eq!(flag(&args_of(&docs), "--ca-probe-addr"), None, "{sets:?}");
+        let service = one(&docs, "Service");
+        assert!(
+            port_named(&service["spec"]["ports"], "ca-probe").is_none(),
+            "{sets:?}"
+        );
+    }
+}

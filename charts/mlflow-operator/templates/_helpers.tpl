@@ -76,3 +76,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "mlflow-operator.leaseName" -}}
 {{- printf "%s-controller" (include "mlflow-operator.fullname" .) }}
 {{- end }}
+
+{{/* The CA probe's port: selfManaged certificates with a probePort, else empty. */}}
+{{- define "mlflow-operator.caProbePort" -}}
+{{- if and (eq .Values.webhook.certificates.mode "selfManaged") .Values.webhook.certificates.selfManaged.probePort -}}
+{{ .Values.webhook.certificates.selfManaged.probePort }}
+{{- end -}}
+{{- end }}
