@@ -497,6 +497,7 @@ async fn rotate(sh: &Shared, rotation: Rotation) {
     let (old_cert, old_ca) = (data(&before, "tls.crt"), data(&before, "ca.crt"));
     let load = Load::start(&sh.client, &sh.team, "trainer");
     load.after(20).await;
+    let proven_before = trust_proven(&sh.client).await;
     let started = Instant::now();
     let user_ca = change_secret(&secrets, rotation).await;
     // (The operator may re-issue what was written: the replicas are compared with the Secret
@@ -534,6 +535,22 @@ async fn rotate(sh: &Shared, rotation: Rotation) {
     )
     .await;
     let served_after = started.elapsed();
+    if rotation != Rotation::Leaf {
+        // Each replica served the new CA's certificate on the evidence of its CA probe.
+        eventually(
+            "each replica's evidence that the API server trusts the new CA",
+            MINUTE,
+            || async {
+                let proven = trust_proven(&sh.client).await;
+                (proven.len() == 2
+                    && proven
+                        .iter()
+                        .all(|(pod, n)| *n > proven_before.get(pod).copied().unwrap_or(0)))
+                .then_some(())
+            },
+        )
+        .await;
+    }
     let bundle = ca_bundle(&sh.client).await.unwrap();
     let both = String::from_utf8_lossy(&bundle).contains(old_ca.trim());
     load.after(20).await;
@@ -557,6 +574,28 @@ async fn rotate(sh: &Shared, rotation: Rotation) {
         tally.not_injected.load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+}
+
+/// For each operator pod, how many times its log says the API server was shown to trust a new
+/// CA (through the CA probe) before the pod served it.
+async fn trust_proven(client: &Client) -> std::collections::BTreeMap<String, usize> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let mut proven = std::collections::BTreeMap::new();
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(SELECTOR))
+        .await;
+    for pod in list.map(|l| l.items).unwrap_or_default() {
+        let name = pod.metadata.name.unwrap_or_default();
+        let log = pods
+            .logs(&name, &Default::default())
+            .await
+            .unwrap_or_default();
+        proven.insert(
+            name,
+            log.matches("the API server trusts the new CA").count(),
+        );
+    }
+    proven
 }
 
 /// Makes the operator rotate; returns the user's CA when one was written in.
