@@ -13,6 +13,10 @@
 //! One case runs every identity mode at once and then searches every log of the cluster for the
 //! credentials that crossed the fakes (`common::log_sweep`).
 //!
+//! The fakes' access tokens live a minute (`TOKEN_LIFETIME`), so every client, the operator's
+//! own included, renews its token many times over the suite; one case (`token_expiry`) logs
+//! for five minutes in every identity mode at once and counts the renewals.
+//!
 //! The cases share one runtime, one set of fakes and one release, set up by the first case to
 //! start; when the test process exits the release is uninstalled and the namespaces deleted.
 
@@ -53,6 +57,9 @@ const MI_CLIENT: &str = "7d4a0b3c-9e5f-4ab1-8c3d-4e5f6a7b8c05";
 const SP_SWEEP_CLIENT: &str = "9f6c2d5e-1a7b-4cd3-8e5f-6a7b8c9d0e07";
 /// A service principal whose Secret in the cluster holds a stale client secret.
 const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
+/// How long the fakes' access tokens live in this suite (an hour in Azure): ARM and the front
+/// door refuse them after that.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const RESOURCE_GROUP: &str = "ml-rg";
 const WORKSPACE: &str = "ml-ws";
@@ -66,6 +73,9 @@ struct Shared {
 }
 
 static SUITE: node::Suite<Shared> = node::Suite::new();
+
+#[path = "azureml_node/token_expiry.rs"]
+mod token_expiry;
 
 /// Runs one case with what the cases share (set up by the first).
 fn case<F, Fut>(body: F)
@@ -662,6 +672,7 @@ async fn setup() -> Shared {
 
     let server = MlflowServer::start_serving_artifacts().await;
     let cloud = FakeCloud::start(client.clone(), &server.url).await;
+    cloud.set_token_lifetime(TOKEN_LIFETIME);
     fake_cloud::map_hosts().await;
     cloud.add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE);
 
@@ -1055,9 +1066,14 @@ async fn first_pod(
 /// Waits for the pod matching `selector` to print train.py's result line; returns it. Fails
 /// with the pod's log when the pod fails or the deadline passes.
 async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
+    trained_within(sh, ns, selector, 6 * MINUTE).await
+}
+
+/// `trained`, for a run that takes longer than a few minutes.
+async fn trained_within(sh: &Shared, ns: &str, selector: &str, deadline: Duration) -> Value {
     let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
     let what = format!("a pod matching {selector} in {ns} to log its run");
-    let (pod, result) = eventually_ok(&what, 6 * MINUTE, || async {
+    let (pod, result) = eventually_ok(&what, deadline, || async {
         let (pod, name, phase, log) = first_pod(&pods, selector).await?;
         if let Some(line) = log
             .lines()

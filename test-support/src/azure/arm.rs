@@ -96,6 +96,25 @@ async fn unknown_path(State(core): State<Core>, uri: Uri) -> Response {
     error(StatusCode::NOT_FOUND, "InvalidResourceType", why)
 }
 
+/// ARM's 401 for a bearer it does not accept, with its `WWW-Authenticate` challenge; logged
+/// under the caller an expired token still names.
+fn refuse_bearer(core: &Core, call: Call, refusal: &super::BearerRefusal) -> Response {
+    let refused = Call {
+        status: 401,
+        error: Some(refusal.code().into()),
+        ..call.by(refusal.claims())
+    };
+    core.record_call(host(core), refused);
+    let mut response = error(StatusCode::UNAUTHORIZED, refusal.code(), refusal.message());
+    let challenge = refusal.www_authenticate(&core.0.addresses.authority);
+    if let Ok(value) = challenge.parse() {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
 /// ARM's refusal of a missing or unknown api-version.
 fn api_version_refusal(query: &HashMap<String, String>) -> Option<Response> {
     let bad = StatusCode::BAD_REQUEST;
@@ -127,16 +146,7 @@ async fn workspace(
     let call = Call::new("arm", &Method::GET, uri.path(), 0);
     let claims = match core.verify_bearer(&headers) {
         Ok(claims) => claims,
-        Err((code, message)) => {
-            core.record_call(
-                host(&core),
-                Call {
-                    status: 401,
-                    ..call
-                },
-            );
-            return error(StatusCode::UNAUTHORIZED, code, message);
-        }
+        Err(refusal) => return refuse_bearer(&core, call, &refusal),
     };
     let call = call.by(Some(&claims));
     if let Some(refused) = api_version_refusal(&query) {

@@ -99,21 +99,99 @@ pub fn error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// An access token this fake issued, and the times its answer must agree with.
+pub(crate) struct Issued {
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_on: i64,
+}
+
+impl Issued {
+    /// `expires_in` of the answer: exactly the JWT's `exp` minus its `iat`.
+    pub fn expires_in(&self) -> i64 {
+        self.expires_on - self.issued_at
+    }
+}
+
+/// Why ARM or the front door refuses a bearer, in ARM's terms.
+#[derive(Clone, Debug)]
+pub enum BearerRefusal {
+    /// No `Authorization: Bearer` header.
+    Missing(String),
+    /// Not a token of this fake for this resource (signature, audience, issuer).
+    Invalid(String),
+    /// A token of this fake whose `exp` has passed; its claims still name the caller.
+    Expired { claims: Value, now: i64 },
+}
+
+/// A Unix time as ARM writes times in its messages (`12/13/2018 7:25:27 AM`, UTC).
+fn arm_time(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.strftime("%-m/%-d/%Y %-I:%M:%S %p").to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+impl BearerRefusal {
+    /// ARM's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "AuthenticationFailed",
+            Self::Invalid(_) => "InvalidAuthenticationToken",
+            Self::Expired { .. } => "ExpiredAuthenticationToken",
+        }
+    }
+
+    /// ARM's error message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Missing(m) | Self::Invalid(m) => m.clone(),
+            Self::Expired { claims, now } => format!(
+                "The access token expiry UTC time '{}' is earlier than current UTC time '{}'.",
+                arm_time(claims["exp"].as_i64().unwrap_or_default()),
+                arm_time(*now)
+            ),
+        }
+    }
+
+    /// The RFC 6750 challenge ARM sends with every 401, naming where to get a new token.
+    pub fn www_authenticate(&self, authority: &str) -> String {
+        let description = match self {
+            Self::Missing(_) => {
+                "The authentication failed because of missing 'Authorization' header."
+            }
+            Self::Invalid(_) => "The access token is invalid.",
+            Self::Expired { .. } => "The access token has expired.",
+        };
+        format!(
+            "Bearer authorization_uri=\"{authority}/\", error=\"invalid_token\", error_description=\"{description}\""
+        )
+    }
+
+    /// The refused token's claims, when it was one of this fake's (expired).
+    pub fn claims(&self) -> Option<&Value> {
+        match self {
+            Self::Expired { claims, .. } => Some(claims),
+            _ => None,
+        }
+    }
+}
+
 impl Core {
     /// An access token of this fake for the ARM resource, naming the app and how it proved
-    /// itself (so ARM and the front door log who called).
+    /// itself (so ARM and the front door log who called), living the configured lifetime.
     pub(crate) fn access_token(
         &self,
         tenant: &str,
         client_id: &str,
         via: &str,
         subject: Option<&str>,
-    ) -> String {
+    ) -> Issued {
         let now = now();
+        let exp = now + self.token_lifetime().as_secs() as i64;
         let claims = json!({
             "iss": format!("https://sts.windows.net/{tenant}/"),
             "aud": self.0.addresses.resource,
-            "iat": now, "nbf": now, "exp": now + 3600,
+            "iat": now, "nbf": now, "exp": exp,
             "appid": client_id,
             "tid": tenant,
             "sub": subject.unwrap_or(client_id),
@@ -121,42 +199,46 @@ impl Core {
             "fake_via": via,
         });
         let key = EncodingKey::from_secret(&self.0.signing_key);
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        Issued {
+            token,
+            issued_at: now,
+            expires_on: exp,
+        }
     }
 
-    /// The caller's token claims, or the ARM error code and message that refuse it.
-    pub(crate) fn verify_bearer(
-        &self,
-        headers: &HeaderMap,
-    ) -> Result<Value, (&'static str, String)> {
+    /// The caller's token claims, or why ARM would refuse it. A token is good until its `exp`
+    /// (no leeway: stricter than Azure's few minutes of clock skew, so a client that leans on
+    /// the skew fails here first).
+    pub(crate) fn verify_bearer(&self, headers: &HeaderMap) -> Result<Value, BearerRefusal> {
         let auth = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let failed = |m: &str| {
-            (
-                "AuthenticationFailed",
-                format!("Authentication failed. {m}"),
-            )
-        };
-        let auth = auth.ok_or_else(|| failed("The 'Authorization' header is missing."))?;
+        let missing = |m: &str| BearerRefusal::Missing(format!("Authentication failed. {m}"));
+        let auth = auth.ok_or_else(|| missing("The 'Authorization' header is missing."))?;
         let token = auth
             .strip_prefix("Bearer ")
-            .ok_or_else(|| failed("The 'Authorization' header is not a bearer token."))?;
+            .ok_or_else(|| missing("The 'Authorization' header is not a bearer token."))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[self.0.addresses.resource.as_str()]);
-        validation.leeway = 0;
+        validation.validate_exp = false;
         let key = DecodingKey::from_secret(&self.0.signing_key);
-        let invalid = |m: String| ("InvalidAuthenticationToken", m);
         let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map_err(|e| invalid(format!("The access token is invalid: {e}.")))?
+            .map_err(|e| BearerRefusal::Invalid(format!("The access token is invalid: {e}.")))?
             .claims;
         let tid = claims["tid"].as_str().unwrap_or_default();
         if claims["iss"] != format!("https://sts.windows.net/{tid}/") {
-            return Err(invalid(
-                "The access token's issuer is not its tenant's.".into(),
-            ));
+            let why = "The access token's issuer is not its tenant's.";
+            return Err(BearerRefusal::Invalid(why.into()));
         }
-        Ok(claims)
+        let now = now();
+        match claims["exp"].as_i64() {
+            Some(exp) if now < exp => Ok(claims),
+            Some(_) => Err(BearerRefusal::Expired { claims, now }),
+            None => Err(BearerRefusal::Invalid(
+                "The access token has no expiry.".into(),
+            )),
+        }
     }
 
     fn token_endpoint(&self, tenant: &str) -> String {
@@ -181,6 +263,8 @@ async fn token(State(core): State<Core>, Path(tenant): Path<String>, body: Bytes
         subject: None,
         status: 200,
         error: None,
+        at: now(),
+        assertion_issued_at: None,
     };
     for key in ["client_assertion", "client_secret"] {
         if let Some(v) = form.get(key) {
@@ -213,13 +297,16 @@ async fn token(State(core): State<Core>, Path(tenant): Path<String>, body: Bytes
 fn issue(core: &Core, exchange: &Exchange) -> Response {
     let (client_id, via) = (&exchange.client_id, &exchange.via);
     let subject = exchange.subject.as_deref();
-    let token = core.access_token(&exchange.tenant, client_id, via, subject);
-    core.seen(format!("access token of {client_id} via {via}"), &token);
+    let issued = core.access_token(&exchange.tenant, client_id, via, subject);
+    core.seen(
+        format!("access token of {client_id} via {via}"),
+        &issued.token,
+    );
     axum::Json(json!({
         "token_type": "Bearer",
-        "expires_in": 3599,
-        "ext_expires_in": 3599,
-        "access_token": token,
+        "expires_in": issued.expires_in(),
+        "ext_expires_in": issued.expires_in(),
+        "access_token": issued.token,
     }))
     .into_response()
 }
@@ -227,14 +314,16 @@ fn issue(core: &Core, exchange: &Exchange) -> Response {
 fn exchange_line(core: &Core, e: &Exchange) -> String {
     let host = core.0.addresses.authority.trim_start_matches("https://");
     let subject = e.subject.as_deref().map(|x| format!(" subject={x}"));
+    let read = e.assertion_issued_at.map(|x| format!(" assertion_iat={x}"));
     let error = e.error.as_deref().map(|x| format!(" error={x}"));
     format!(
-        "POST {host}/{}/oauth2/v2.0/token {} client_id={} via={}{}{}",
+        "POST {host}/{}/oauth2/v2.0/token {} client_id={} via={}{}{}{}",
         e.tenant,
         e.status,
         e.client_id,
         e.via,
         subject.unwrap_or_default(),
+        read.unwrap_or_default(),
         error.unwrap_or_default(),
     )
 }
@@ -332,7 +421,7 @@ async fn check_assertion(
     if subjects.is_empty() {
         return Err(unauthorized(no_match.into()));
     }
-    let claims = verify_service_account_token(&core.0.kube, &core.0.sa_issuer, assertion)
+    let claims = signed_service_account_token(&core.0.kube, &core.0.sa_issuer, assertion)
         .await
         .map_err(|e| {
             unauthorized(format!(
@@ -341,6 +430,8 @@ async fn check_assertion(
         })?;
     let sub = claims["sub"].as_str().unwrap_or_default().to_string();
     exchange.subject = Some(sub.clone());
+    exchange.assertion_issued_at = claims["iat"].as_i64();
+    assertion_in_time(&claims).map_err(unauthorized)?;
     if subjects.contains(&&sub) {
         return Ok(());
     }
@@ -354,6 +445,38 @@ async fn check_assertion(
 /// one of the API server's keys (its JWKS), issuer, audience `api://AzureADTokenExchange`,
 /// expiry; returns its claims.
 pub async fn verify_service_account_token(
+    kube: &kube::Client,
+    issuer: &str,
+    token: &str,
+) -> Result<Value, String> {
+    let claims = signed_service_account_token(kube, issuer, token).await?;
+    assertion_in_time(&claims)?;
+    Ok(claims)
+}
+
+/// Entra ID's refusal of an assertion outside its `nbf`..`exp` (no leeway).
+fn assertion_in_time(claims: &Value) -> Result<(), String> {
+    let at = |k: &str| claims[k].as_i64();
+    let now = now();
+    let (from, until) = (at("nbf").or(at("iat")).unwrap_or(i64::MIN), at("exp"));
+    if until.is_some_and(|exp| now < exp) && from <= now {
+        return Ok(());
+    }
+    let time = |t: Option<i64>| {
+        t.and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .map_or_else(|| "-".to_string(), |t| t.to_string())
+    };
+    Err(format!(
+        "AADSTS700024: Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}.",
+        time(Some(now)),
+        time(at("nbf").or(at("iat"))),
+        time(until)
+    ))
+}
+
+/// The token's claims once its signature (one of the API server's keys), issuer and audience
+/// check out; its times are `assertion_in_time`'s.
+async fn signed_service_account_token(
     kube: &kube::Client,
     issuer: &str,
     token: &str,
@@ -375,7 +498,7 @@ pub async fn verify_service_account_token(
     let mut validation = Validation::new(header.alg);
     validation.set_audience(&[TOKEN_EXCHANGE_AUDIENCE]);
     validation.set_issuer(&[issuer]);
-    validation.leeway = 0;
+    validation.validate_exp = false;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
     jsonwebtoken::decode::<Value>(token, &key, &validation)
         .map(|d| d.claims)

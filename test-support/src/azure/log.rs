@@ -16,6 +16,11 @@ pub struct Exchange {
     pub subject: Option<String>,
     pub status: u16,
     pub error: Option<String>,
+    /// When it was answered, in Unix seconds.
+    pub at: i64,
+    /// For a federated exchange: when the presented ServiceAccount token was issued (its
+    /// `iat`), so a test sees which projected token a client read.
+    pub assertion_issued_at: Option<i64>,
 }
 
 /// One bearer-authenticated call ARM or the front door answered.
@@ -33,6 +38,10 @@ pub struct Call {
     pub client_id: Option<String>,
     pub via: Option<String>,
     pub subject: Option<String>,
+    /// Why the bearer was refused (`ExpiredAuthenticationToken`, ...), for a 401.
+    pub error: Option<String>,
+    /// When it was answered, in Unix seconds.
+    pub at: i64,
 }
 
 impl Call {
@@ -46,6 +55,8 @@ impl Call {
             client_id: None,
             via: None,
             subject: None,
+            error: None,
+            at: super::now(),
         }
     }
 

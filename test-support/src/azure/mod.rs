@@ -4,9 +4,11 @@
 //!
 //! - Entra ID's token endpoint (`entra`): an app directory per tenant, checking federated
 //!   ServiceAccount tokens, client secrets and certificate assertions as Entra ID does, and
-//!   issuing HS256 access tokens of this fake for the ARM resource.
-//! - Azure Resource Manager's workspace GET (`arm`): the bearer and the api-version checked,
-//!   `properties.mlFlowTrackingUri` served from a mutable map, or scripted failures.
+//!   issuing HS256 access tokens of this fake for the ARM resource, living `token_lifetime`
+//!   (an hour unless a suite shortens it, as Entra ID's own lifetime policies can).
+//! - Azure Resource Manager's workspace GET (`arm`): the bearer (expiry included) and the
+//!   api-version checked, `properties.mlFlowTrackingUri` served from a mutable map, or scripted
+//!   failures.
 //!
 //! Every token request and bearer call is logged (`log`), with the credentials that crossed.
 
@@ -15,11 +17,12 @@ pub mod entra;
 mod log;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use arm::{API_VERSIONS, Reply};
-pub use entra::{Credential, TOKEN_EXCHANGE_AUDIENCE, verify_service_account_token};
+pub use entra::{BearerRefusal, Credential, TOKEN_EXCHANGE_AUDIENCE, verify_service_account_token};
 pub use log::{Call, Exchange, Seen};
 
 /// Where the fake is reached and what it calls itself.
@@ -50,8 +53,13 @@ pub(crate) struct State {
     workspaces: Mutex<HashMap<(String, String, String), String>>,
     replies: Mutex<arm::Replies>,
     entra_down: AtomicBool,
+    /// Seconds from issue to `exp` of every access token Entra ID and IMDS issue.
+    token_lifetime: AtomicI64,
     logs: Mutex<log::Logs>,
 }
+
+/// Entra ID's default access token lifetime (its answers say 3599 s).
+const DEFAULT_TOKEN_LIFETIME: i64 = 3600;
 
 /// Workspaces are matched case-insensitively, as ARM does.
 fn ws_key(sub: &str, rg: &str, ws: &str) -> (String, String, String) {
@@ -96,6 +104,7 @@ impl Core {
             workspaces: Mutex::default(),
             replies: Mutex::default(),
             entra_down: AtomicBool::default(),
+            token_lifetime: AtomicI64::new(DEFAULT_TOKEN_LIFETIME),
             logs: Mutex::default(),
         }))
     }
@@ -162,6 +171,18 @@ impl Core {
         self.0.entra_down.store(down, Ordering::SeqCst);
     }
 
+    /// Access tokens issued from now on expire `lifetime` after their issue (whole seconds, at
+    /// least one); ARM and the front door refuse them after that.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1);
+        self.0.token_lifetime.store(seconds, Ordering::SeqCst);
+    }
+
+    pub fn token_lifetime(&self) -> Duration {
+        let seconds = self.0.token_lifetime.load(Ordering::SeqCst);
+        Duration::from_secs(seconds.unsigned_abs())
+    }
+
     /// ARM calls that reached workspace `ws` (bearer and api-version accepted).
     pub fn arm_calls(&self, ws: &str) -> usize {
         let ws = ws.to_lowercase();
@@ -211,14 +232,16 @@ impl Core {
 
     /// Logs a bearer call, `host` naming the service in the request line.
     pub(crate) fn record_call(&self, host: &str, call: Call) {
+        let refused = call.error.as_deref().map(|e| format!(" refused={e}"));
         self.line(format!(
-            "{} {host}{} {} caller={} via={} subject={}",
+            "{} {host}{} {} caller={} via={} subject={}{}",
             call.method,
             call.path,
             call.status,
             call.client_id.as_deref().unwrap_or("-"),
             call.via.as_deref().unwrap_or("-"),
             call.subject.as_deref().unwrap_or("-"),
+            refused.unwrap_or_default(),
         ));
         self.0.logs.lock().unwrap().calls.push(call);
     }

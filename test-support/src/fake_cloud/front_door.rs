@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AML_HOST;
-use crate::azure::{Call, Core, b64url, now};
+use crate::azure::{BearerRefusal, Call, Core, b64url, now};
 
 const STORAGE_ACCOUNT: &str = "fakeamlstorage";
 const STORAGE_CONTAINER: &str = "azureml";
@@ -70,14 +70,7 @@ pub(super) async fn serve(
     let call = Call::new("aml", &method, &path, 401);
     let claims = match s.core.verify_bearer(&headers) {
         Ok(c) => c,
-        Err((_, e)) => {
-            s.core.record_call(AML_HOST, call);
-            return (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error": {"code": "UserError", "message": e}})),
-            )
-                .into_response();
-        }
+        Err(refusal) => return refuse_bearer(&s.core, call, &refusal),
     };
     let response = if let Some((scope, rest)) = split_scope(&path, "/mlflow/v2.0/") {
         forward_mlflow(&s, &method, scope, rest, uri.query(), &headers, body).await
@@ -89,6 +82,36 @@ pub(super) async fn serve(
     let status = response.status().as_u16();
     s.core
         .record_call(AML_HOST, Call { status, ..call }.by(Some(&claims)));
+    response
+}
+
+/// The front door's 401: Azure ML's error envelope (code `UserError`, inner
+/// `AuthorizationError`, as it answers a missing bearer) with ARM's wording of the reason, and
+/// the `WWW-Authenticate` challenge; logged under the caller an expired token still names.
+fn refuse_bearer(core: &Core, call: Call, refusal: &BearerRefusal) -> Response {
+    let refused = Call {
+        error: Some(refusal.code().into()),
+        ..call.by(refusal.claims())
+    };
+    core.record_call(AML_HOST, refused);
+    let body = json!({
+        "error": {
+            "code": "UserError",
+            "message": refusal.message(),
+            "innerError": {"code": "AuthorizationError", "innerError": {"code": refusal.code()}},
+        },
+        "environment": "westeurope",
+        "location": "westeurope",
+        "time": jiff::Timestamp::now().to_string(),
+        "componentName": "mlflow",
+    });
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    let challenge = refusal.www_authenticate(&core.addresses().authority);
+    if let Ok(value) = challenge.parse() {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
     response
 }
 

@@ -69,6 +69,8 @@ pub(super) async fn token(
         subject: None,
         status: 200,
         error: None,
+        at: now(),
+        assertion_issued_at: None,
     };
     let refuse = |status: StatusCode, error: &str, description: String| {
         (
@@ -87,16 +89,20 @@ pub(super) async fn token(
         None => {
             let tenant = tenant.unwrap_or_default();
             exchange.tenant = tenant.clone();
-            let exp = now() + 3600;
-            let token = s.access_token(&tenant, &client_id, "managed_identity", None);
-            s.seen(format!("access token of {client_id} via IMDS"), &token);
+            let issued = s.access_token(&tenant, &client_id, "managed_identity", None);
+            s.seen(
+                format!("access token of {client_id} via IMDS"),
+                &issued.token,
+            );
+            // IMDS writes its times as strings; they agree with the JWT's iat and exp.
+            let expires_in = issued.expires_in().to_string();
             axum::Json(json!({
-                "access_token": token,
+                "access_token": issued.token,
                 "client_id": client_id,
-                "expires_in": "3599",
-                "expires_on": exp.to_string(),
-                "ext_expires_in": "3599",
-                "not_before": now().to_string(),
+                "expires_in": expires_in,
+                "expires_on": issued.expires_on.to_string(),
+                "ext_expires_in": expires_in,
+                "not_before": issued.issued_at.to_string(),
                 "resource": ARM_RESOURCE,
                 "token_type": "Bearer",
             }))
