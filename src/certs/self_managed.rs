@@ -382,13 +382,11 @@ async fn apply(
         }
     }
     // Every replica reads the Secret within check_every of a change, and switches at most one
-    // wait later: by then none serves the old CA.
-    let wait = if cfg.probe.is_some() {
-        probe::BOUND
-    } else {
-        CA_PROPAGATION
+    // wait later (the probe's bound, or twice the fixed delay): by then none serves the old CA.
+    let keep = match cfg.probe {
+        Some(_) => cfg.check_every * 2 + probe::BOUND,
+        None => cfg.check_every * 2 + CA_PROPAGATION * 2,
     };
-    let keep = cfg.check_every * 2 + wait * 2;
     serving.serve(&pems.ca_cert, Instant::now(), keep);
     next
 }
