@@ -223,6 +223,12 @@ pub struct RunArgs {
     #[arg(long, requires = "self_signed")]
     pub ca_probe_addr: Option<SocketAddr>,
 
+    /// How long a replica waits for the CA probe's evidence before it serves a new CA's
+    /// certificate anyway (with an error). The old CA stays in the caBundle for two
+    /// --cert-check-interval plus this.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub ca_probe_timeout: Duration,
+
     /// Service name the webhook is reached through (for the default certificate names).
     #[arg(long, default_value = "mlflow-operator-webhook")]
     pub service_name: String,

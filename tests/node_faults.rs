@@ -827,6 +827,9 @@ async fn setup() -> Shared {
             "webhook.certificates.selfManaged.checkInterval={}",
             secs(CERT_CHECK)
         ),
+        // The old CA stays in the caBundle for twice the check interval plus this: the
+        // rotation case waits for it to leave.
+        "webhook.certificates.selfManaged.probeTimeout=5s".to_string(),
     ];
     let mut args = vec!["install", RELEASE, CHART, "-n", RELEASE_NS];
     for s in &sets {

@@ -25,7 +25,8 @@ use tokio::time::Instant;
 pub const PATH: &str = "/ca-probe";
 /// The label of the probe Lease; its value names the replica's canary.
 pub const LABEL: &str = "mlflow-operator.io/ca-probe";
-/// How long a replica waits for the evidence before it serves the new certificate anyway.
+/// How long a replica waits for the evidence before it serves the new certificate anyway, by
+/// default (`--ca-probe-timeout`).
 pub const BOUND: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -103,10 +104,12 @@ pub struct Probe {
     pub namespace: String,
     pub port: u16,
     pub tag: String,
+    /// How long to wait for the evidence (default [`BOUND`]).
+    pub bound: Duration,
 }
 
 impl Probe {
-    /// Waits, at most [`BOUND`], until the API server verifies a certificate of `ca_pem` for
+    /// Waits, at most its bound, until the API server verifies a certificate of `ca_pem` for
     /// the configuration; Ok with how long it took, or Err with the last failure.
     pub async fn await_trust(&self, client: &Client, ca_pem: &str) -> Result<Duration, String> {
         let started = Instant::now();
@@ -126,7 +129,7 @@ impl Probe {
                     Err(e) => format!("adding the canary webhook: {e}"),
                 }
             };
-            let left = BOUND.saturating_sub(started.elapsed());
+            let left = self.bound.saturating_sub(started.elapsed());
             if left.is_zero() {
                 break Err(failure);
             }

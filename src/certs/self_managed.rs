@@ -15,7 +15,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
-use super::probe::{self, Probe};
+use super::probe::Probe;
 use super::{CertStore, Pems, generate, issue};
 
 const NOT_AFTER: &str = "mlflow-operator.io/not-after";
@@ -384,7 +384,7 @@ async fn apply(
     // Every replica reads the Secret within check_every of a change, and switches at most one
     // wait later (the probe's bound, or twice the fixed delay): by then none serves the old CA.
     let keep = match cfg.probe {
-        Some(_) => cfg.check_every * 2 + probe::BOUND,
+        Some(ref probe) => cfg.check_every * 2 + probe.bound,
         None => cfg.check_every * 2 + CA_PROPAGATION * 2,
     };
     serving.serve(&pems.ca_cert, Instant::now(), keep);
@@ -392,7 +392,7 @@ async fn apply(
 }
 
 /// Waits until the API server trusts the new CA of `pems`: the probe's evidence, at most
-/// [`probe::BOUND`]; without a probe, a fixed [`CA_PROPAGATION`].
+/// the probe's bound; without a probe, a fixed [`CA_PROPAGATION`].
 async fn await_new_ca(client: &Client, cfg: &Config, probe_store: &CertStore, pems: &Pems) {
     let Some(probe) = &cfg.probe else {
         tracing::info!(delay = ?CA_PROPAGATION, "a new CA: serving its certificate after a fixed delay (no CA probe configured, --ca-probe-addr)");
@@ -408,7 +408,7 @@ async fn await_new_ca(client: &Client, cfg: &Config, probe_store: &CertStore, pe
             "the API server trusts the new CA (a dry-run through a canary webhook that trusts only it succeeded): serving its certificate"
         ),
         Err(last) => tracing::error!(
-            bound = ?probe::BOUND,
+            bound = ?probe.bound,
             last_failure = %last,
             port = probe.port,
             "no evidence that the API server trusts the new CA: serving its certificate anyway, and admissions may fail until it does. Check that the API server reaches the webhook's probe port (the Service's ca-probe port, a NetworkPolicy)"

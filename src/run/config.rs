@@ -106,6 +106,7 @@ fn webhook(
                 namespace: args.namespace.clone(),
                 port: addr.port(),
                 tag: probe::tag(identity),
+                bound: args.ca_probe_timeout,
             });
             Certificates::SelfManaged(Box::new(cfg))
         }

@@ -123,6 +123,7 @@ async fn the_ca_probe_is_served_and_reachable_in_self_managed_mode_only() {
     let docs = template(&["networkPolicy.enabled=true"]).await;
     let args = args_of(&docs);
     assert_eq!(flag(&args, "--ca-probe-addr"), Some("0.0.0.0:9444"));
+    assert_eq!(flag(&args, "--ca-probe-timeout"), Some("30s"));
     assert_cli_accepts(&args);
     let c = container(&docs);
     assert_eq!(
