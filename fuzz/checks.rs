@@ -6,6 +6,9 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::cli::inject::{Offline, load_binding};
 use mlflow_operator::inject::{Defaults, EnvNames, NamespaceView, Plan, plan};
+use std::sync::Arc;
+
+use mlflow_operator::webhook::{ReviewRequest, Slice, parse_review_for};
 use serde_json::json;
 
 fn binding() -> MlflowWorkspaceBinding {
@@ -41,10 +44,17 @@ pub enum Reached {
 
 /// AdmissionReview bytes through the webhook's decoding and the planner.
 pub fn admission_review(data: &[u8]) -> Reached {
+    let (b, sa) = (binding(), service_account());
+    let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(b.clone())]);
+    let lookup = |_: &str| bindings.clone();
     let Ok(req) = mlflow_operator::webhook::parse_review(data) else {
+        let one_pass = parse_review_for(data, &lookup);
+        assert!(
+            one_pass.is_err(),
+            "read in one pass, not in two: {one_pass:?}"
+        );
         return Reached::Unreadable;
     };
-    let (b, sa) = (binding(), service_account());
     let view = NamespaceView {
         namespace: &req.namespace,
         bindings: vec![&b],
@@ -55,6 +65,25 @@ pub fn admission_review(data: &[u8]) -> Reached {
     let (Ok(pod), Ok(whole)) = (req.pod(&EnvNames::of([&b])), req.pod(&EnvNames::all())) else {
         return Reached::Unreadable;
     };
+    // The webhook reads the review and the pod in one pass: the same pod, and the same verdict
+    // on the same bytes.
+    let mut one_pass =
+        parse_review_for(data, &lookup).expect("a review that parses in two passes parses in one");
+    let (_, read) = one_pass.take(&lookup).expect("its pod reads in one pass");
+    assert_eq!(read, pod, "the one-pass read changed the pod");
+    let fields = |r: &ReviewRequest| {
+        (
+            r.uid.clone(),
+            r.namespace.clone(),
+            r.operation.clone(),
+            r.dry_run,
+        )
+    };
+    assert_eq!(
+        fields(&one_pass),
+        fields(&req),
+        "the one-pass read changed the request"
+    );
     let planned = plan(&pod, &view, &Defaults::default());
     assert_eq!(
         planned,

@@ -20,7 +20,7 @@ mod tests;
 mod values;
 
 pub use patch::Patch;
-pub use pod::{EnvNames, is_opted_in, parse_pod, service_account_name};
+pub use pod::{EnvNames, is_opted_in, parse_pod, pod_seed, service_account_name};
 pub(crate) use select::selector_matches;
 
 /// The binding the webhook picks for a pod with these labels and annotations, Ready or not: the

@@ -32,13 +32,13 @@ pub use answer::{Answer, Outcome, error_body, error_response, review_response};
 pub use caches::{Caches, outage_backoff};
 pub use events::RefusalEvents;
 pub use index::{IndexWriter, Keyed, NamespaceIndex, Slice};
-pub use review::{ReviewError, ReviewRequest, Unreadable, parse_review};
+pub use review::{Lookup, ReviewError, ReviewRequest, Unreadable, parse_review, parse_review_for};
 pub use server::{Limits, MAX_BODY, bind, serve, serve_with};
 pub use service_accounts::ServiceAccounts;
 pub use serving::{Serving, start};
 
 use crate::binding::MlflowWorkspaceBinding;
-use crate::inject::{self, Defaults, EnvNames, NamespaceView, Plan, service_account_name};
+use crate::inject::{self, Defaults, NamespaceView, Plan, service_account_name};
 use crate::metrics::Metrics;
 
 /// The bindings the webhook chooses from, by namespace.
@@ -85,14 +85,15 @@ impl Webhook {
     }
 
     async fn answer(&self, body: &[u8]) -> Answer {
-        let req = match parse_review(body) {
+        let lookup = |namespace: &str| self.bindings.namespace(namespace);
+        let mut req = match parse_review_for(body, &lookup) {
             Ok(r) => r,
             Err(unreadable) => return Answer::unreadable(&unreadable),
         };
         if req.operation != "CREATE" {
             return Answer::skipped_operation(&req.uid);
         }
-        let plan = match self.plan(&req).await {
+        let plan = match self.plan(&mut req).await {
             Ok(plan) => plan,
             Err(error) => return Answer::unreadable(&Unreadable::new(Some(req.uid), error)),
         };
@@ -105,9 +106,8 @@ impl Webhook {
     /// Plans from the caches: the namespace's bindings and, when workload identity may need
     /// its annotations, the pod's ServiceAccount. The pod is read knowing the bindings, so of
     /// its env only what the planner may read is built.
-    async fn plan(&self, req: &ReviewRequest<'_>) -> Result<Plan, ReviewError> {
-        let bindings = self.bindings.namespace(&req.namespace);
-        let pod = req.pod(&EnvNames::of(bindings.iter().map(Arc::as_ref)))?;
+    async fn plan(&self, req: &mut ReviewRequest<'_>) -> Result<Plan, ReviewError> {
+        let (bindings, pod) = req.take(&|namespace| self.bindings.namespace(namespace))?;
         let sa = if needs_service_account(&bindings) {
             let name = service_account_name(&pod);
             self.service_accounts.get(&req.namespace, name).await

@@ -98,22 +98,26 @@ impl Results {
         spread(self.starts.get(&kind)?.iter().map(f).collect())
     }
 
-    /// A row: the figure for each server, then ours/floor and ours/azwi.
+    /// A row: the figure for each server, then ours/floor, the reading floor's/floor and
+    /// ours/azwi.
     fn row(&self, label: &str, figure: impl Fn(Kind) -> Option<Spread>) -> String {
-        let [ours, floor, azwi] = [Kind::Ours, Kind::Floor, Kind::Azwi].map(&figure);
+        let kinds = [Kind::Ours, Kind::Floor, Kind::ReadingFloor, Kind::Azwi];
+        let [ours, floor, reading, azwi] = kinds.map(&figure);
         format!(
-            "| {label} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
             cell(ours),
             cell(floor),
+            cell(reading),
             cell(azwi),
             ratio_cell(ratio(ours, floor)),
+            ratio_cell(ratio(reading, floor)),
             ratio_cell(ratio(ours, azwi)),
         )
     }
 
     fn header(title: &str) -> String {
         format!(
-            "\n**{title}**\n\n| | ours | floor | azwi | ours/floor | ours/azwi |\n|---|---|---|---|---|---|"
+            "\n**{title}**\n\n| | ours | floor | reading floor | azwi | ours/floor | reading floor/floor | ours/azwi |\n|---|---|---|---|---|---|---|---|"
         )
     }
 
@@ -190,7 +194,7 @@ impl Results {
             })
             .collect();
         if !beyond.is_empty() {
-            rows.push(format!("| {name}, {rate}/s: beyond the server (latencies of the answered only) | {} | | | | |", beyond.join("; ")));
+            rows.push(format!("| {name}, {rate}/s: beyond the server (latencies of the answered only) | {} | | | | | | |", beyond.join("; ")));
         }
         rows
     }

@@ -50,7 +50,7 @@ async fn measure(
     let payloads = payloads::all(namespace);
     let mut results = Results {
         payloads: payloads.iter().map(|p| p.name).collect(),
-        servers: vec![Kind::Ours, Kind::Floor],
+        servers: vec![Kind::Ours, Kind::Floor, Kind::ReadingFloor],
         ..Default::default()
     };
     match &config.azwi {

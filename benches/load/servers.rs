@@ -18,6 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Kind {
     Ours,
     Floor,
+    /// The floor that also reads the whole request (`serve-floor --read`).
+    ReadingFloor,
     Azwi,
 }
 
@@ -26,6 +28,7 @@ impl Kind {
         match self {
             Kind::Ours => "ours",
             Kind::Floor => "floor",
+            Kind::ReadingFloor => "reading floor",
             Kind::Azwi => "azwi",
         }
     }
@@ -72,7 +75,7 @@ impl Launch {
         let [port, side] = free_ports()?;
         let target = match kind {
             Kind::Ours => Target::new(port, "/mutate", &self.our_ca)?,
-            Kind::Floor => Target::new(port, "/mutate", &self.ca)?,
+            Kind::Floor | Kind::ReadingFloor => Target::new(port, "/mutate", &self.ca)?,
             Kind::Azwi => azwi_target(&self.ca)?,
         };
         let started = Instant::now();
@@ -117,11 +120,13 @@ impl Launch {
                     .arg(format!("--metrics-addr={}", loopback(side)));
                 cmd
             }
-            Kind::Floor => {
+            Kind::Floor | Kind::ReadingFloor => {
                 let mut cmd = Command::new(std::env::current_exe()?);
-                cmd.arg("serve-floor")
-                    .arg(loopback(port))
-                    .arg(&self.cert_dir);
+                cmd.arg("serve-floor");
+                if kind == Kind::ReadingFloor {
+                    cmd.arg("--read");
+                }
+                cmd.arg(loopback(port)).arg(&self.cert_dir);
                 cmd
             }
             Kind::Azwi => {

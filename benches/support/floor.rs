@@ -4,6 +4,11 @@
 //! checks. It runs as its own process (the benchmark binary started with `serve-floor`), so its
 //! CPU and memory are its own: on loopback for `benches/load`, in pods behind a Service for
 //! `benches/apiserver`.
+//!
+//! With `--read`, it is the floor that reads: it also takes the whole body into one buffer and
+//! validates it as JSON with the fastest reader measured on these payloads (serde_json's skip,
+//! `benches/planner.rs`'s `scan`), building nothing. A webhook that looks at the pod cannot do
+//! less, so its CPU per admission against the floor's is the least any such webhook can reach.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,14 +27,17 @@ pub const LOOPBACK_PATCH: &str = "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvY29udGFpbm
 
 const UID_KEY: &[u8] = br#""uid":""#;
 
-/// `serve-floor ADDR CERT_DIR [PATCH_BASE64]` as a process's arguments (after the subcommand).
+/// `serve-floor [--read] ADDR CERT_DIR [PATCH_BASE64]` as a process's arguments (after the
+/// subcommand).
 pub fn main(args: &[String]) -> ExitCode {
+    let read = args.first().is_some_and(|a| a == "--read");
+    let args = &args[usize::from(read)..];
     let (Some(addr), Some(dir)) = (args.first().and_then(|a| a.parse().ok()), args.get(1)) else {
-        eprintln!("usage: serve-floor ADDR:PORT CERT_DIR [PATCH_BASE64]");
+        eprintln!("usage: serve-floor [--read] ADDR:PORT CERT_DIR [PATCH_BASE64]");
         return ExitCode::FAILURE;
     };
     let patch = args.get(2).map_or(LOOPBACK_PATCH, String::as_str);
-    match serve(addr, dir.as_ref(), patch) {
+    match serve(addr, dir.as_ref(), patch, read) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floor server: {e:#}");
@@ -58,8 +66,9 @@ pub fn answer(body: &[u8], patch: &str) -> Vec<u8> {
     out
 }
 
-/// Serves on `addr` with `dir`/tls.crt and `dir`/tls.key, forever.
-pub fn serve(addr: SocketAddr, dir: &Path, patch: &str) -> anyhow::Result<()> {
+/// Serves on `addr` with `dir`/tls.crt and `dir`/tls.key, forever; with `read`, reading each
+/// request body whole.
+pub fn serve(addr: SocketAddr, dir: &Path, patch: &str, read: bool) -> anyhow::Result<()> {
     let store = CertStore::new();
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     store
@@ -82,7 +91,10 @@ pub fn serve(addr: SocketAddr, dir: &Path, patch: &str) -> anyhow::Result<()> {
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let patch = patch.clone();
                         async move {
-                            let head = first_chunk(req.into_body()).await;
+                            let head = match read {
+                                true => read_whole(req.into_body()).await,
+                                false => first_chunk(req.into_body()).await,
+                            };
                             let answer = http::Response::builder()
                                 .header(http::header::CONTENT_TYPE, "application/json")
                                 .body(Full::new(Bytes::from(answer(&head, &patch))))
@@ -107,4 +119,17 @@ async fn first_chunk(mut body: hyper::body::Incoming) -> Bytes {
         }
     }
     head.unwrap_or_default()
+}
+
+/// Reads the whole body into one buffer, as a webhook that parses it must, and validates it as
+/// JSON, building nothing.
+async fn read_whole(body: hyper::body::Incoming) -> Bytes {
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+    std::hint::black_box(valid);
+    body
 }

@@ -10,7 +10,7 @@ use crate::binding::{SKIP_CONTAINERS_ANNOTATION, TRACK_LABEL};
 
 mod sparse;
 
-pub use sparse::{EnvNames, parse as parse_pod};
+pub use sparse::{EnvNames, parse as parse_pod, seed as pod_seed};
 
 /// The label azure-workload-identity's own webhook acts on.
 pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";

@@ -1,31 +1,76 @@
-//! Reading an AdmissionReview: only the fields the webhook uses, the pod kept as raw JSON.
+//! Reading an AdmissionReview: only the fields the webhook uses, and of the pod what the
+//! planner reads, in one pass when the namespace comes before the object.
+
+mod raw;
+
+use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::Slice;
 use super::answer::Outcome;
+use crate::binding::MlflowWorkspaceBinding;
 use crate::inject::{EnvNames, parse_pod};
 
-/// A parsed AdmissionReview request: only what the webhook needs, the object kept as the text
-/// it came as (validated JSON), to be read once the namespace's bindings are known.
+pub use raw::Lookup;
+
+/// A parsed AdmissionReview request: only what the webhook needs.
 #[derive(Debug, Clone)]
 pub struct ReviewRequest<'b> {
     pub uid: String,
     pub operation: String,
     pub namespace: String,
     pub dry_run: bool,
-    object: Option<&'b RawValue>,
+    object: Object<'b>,
+}
+
+/// The request's object, as far as it has been read.
+#[derive(Debug, Clone)]
+enum Object<'b> {
+    /// None, or null.
+    Absent,
+    /// The text it came as (validated JSON), to be read once the namespace's bindings are known.
+    Text(&'b RawValue),
+    /// Read with the review, as the bindings of its namespace need it.
+    Read {
+        bindings: Slice<MlflowWorkspaceBinding>,
+        pod: Value,
+    },
 }
 
 impl ReviewRequest<'_> {
     /// The pod as the planner reads it, with of each container's env the entries `env` keeps
-    /// (null when the request has none).
+    /// (null when the request has none). A pod read with the review ([`parse_review_for`]) is
+    /// as its namespace's bindings needed it, whatever `env` says.
     pub fn pod(&self, env: &EnvNames<'_>) -> Result<Value, ReviewError> {
-        match self.object {
-            Some(raw) => parse_pod(raw.get(), env).map_err(|e| ReviewError::NotJson(e.to_string())),
-            None => Ok(Value::Null),
+        match &self.object {
+            Object::Text(raw) => read_pod(raw, env),
+            Object::Absent => Ok(Value::Null),
+            Object::Read { pod, .. } => Ok(pod.clone()),
         }
     }
+
+    /// Takes the bindings of the request's namespace and the pod as read for them: what the
+    /// webhook plans from. Reads the pod now unless the review already did.
+    pub fn take(
+        &mut self,
+        lookup: Lookup<'_>,
+    ) -> Result<(Slice<MlflowWorkspaceBinding>, Value), ReviewError> {
+        match std::mem::replace(&mut self.object, Object::Absent) {
+            Object::Read { bindings, pod } => Ok((bindings, pod)),
+            Object::Text(raw) => {
+                let bindings = lookup(&self.namespace);
+                let pod = read_pod(raw, &EnvNames::of(bindings.iter().map(Arc::as_ref)))?;
+                Ok((bindings, pod))
+            }
+            Object::Absent => Ok((lookup(&self.namespace), Value::Null)),
+        }
+    }
+}
+
+fn read_pod(raw: &RawValue, env: &EnvNames<'_>) -> Result<Value, ReviewError> {
+    parse_pod(raw.get(), env).map_err(|e| ReviewError::NotJson(e.to_string()))
 }
 
 /// Why a request could not be reviewed; each says what is wrong with it.
@@ -74,50 +119,26 @@ impl Unreadable {
     }
 }
 
-/// The parts of an AdmissionReview the webhook reads. Everything else (userInfo, oldObject,
-/// options) is skipped while parsing instead of being built into JSON values.
-#[derive(serde::Deserialize)]
-struct RawReview<'b> {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(borrow)]
-    request: Option<RawRequest<'b>>,
-}
-
-#[derive(serde::Deserialize)]
-struct RawRequest<'b> {
-    #[serde(default)]
-    uid: String,
-    kind: Option<RawGvk>,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    operation: String,
-    /// Scanned, not built: what the planner reads of it is built later.
-    #[serde(borrow, default)]
-    object: Option<&'b RawValue>,
-    #[serde(rename = "dryRun", default)]
-    dry_run: Option<bool>,
-}
-
-#[derive(serde::Deserialize)]
-struct RawGvk {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    version: String,
-    #[serde(default)]
-    kind: String,
-}
-
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
 
-/// Parses an AdmissionReview of a pod.
+/// Parses an AdmissionReview of a pod, keeping the pod as text.
 pub fn parse_review(body: &[u8]) -> Result<ReviewRequest<'_>, Unreadable> {
-    let raw: RawReview = serde_json::from_slice(body).map_err(|e| diagnose(body, e))?;
+    parse(body, None)
+}
+
+/// Parses an AdmissionReview of a pod, reading the pod in the same pass as the bindings of the
+/// request's namespace (from `lookup`) need it, when the namespace comes first, as the API
+/// server sends it.
+pub fn parse_review_for<'b>(
+    body: &'b [u8],
+    lookup: Lookup<'_>,
+) -> Result<ReviewRequest<'b>, Unreadable> {
+    parse(body, Some(lookup))
+}
+
+fn parse<'b>(body: &'b [u8], lookup: Option<Lookup<'_>>) -> Result<ReviewRequest<'b>, Unreadable> {
+    let raw = raw::read(body, lookup).map_err(|e| diagnose(body, e))?;
     let uid = raw
         .request
         .as_ref()
@@ -230,6 +251,52 @@ mod tests {
         );
     }
 
+    /// The webhook's one pass gives what reading the review and then its pod gives, whatever
+    /// the order of the request's fields; the namespace's bindings are looked up once.
+    #[test]
+    fn one_pass_reads_what_two_passes_read() {
+        let b: MlflowWorkspaceBinding = serde_json::from_value(json!({
+            "metadata": {"name": "b", "namespace": "team-a"},
+            "spec": {"trackingUri": "http://m", "env": [{"name": "TEAM_SETTING", "value": "x"}]}
+        }))
+        .unwrap();
+        let pod = json!({"metadata": {"namespace": "team-a"}, "spec": {"containers": [{"name": "c",
+            "env": [{"name": "TEAM_SETTING", "value": "y"}, {"name": "OTHER", "value": "z"}],
+            "resources": {"limits": {"cpu": "1"}}}]}});
+        let api_server = String::from_utf8(review(pod.clone())).unwrap();
+        let object_first = format!(
+            r#"{{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {{"object": {pod},
+               "uid": "u1", "kind": {{"group": "", "version": "v1", "kind": "Pod"}}, "namespace": "team-a", "operation": "CREATE"}}}}"#
+        );
+        let no_namespace = api_server.replace(r#""namespace":"team-a","#, "");
+        let null_object = String::from_utf8(review(Value::Null)).unwrap();
+        // (case, body, read in the same pass)
+        for (case, body, same_pass) in [
+            ("as the API server sends it", &api_server, true),
+            ("object before namespace", &object_first, false),
+            ("no request.namespace", &no_namespace, false),
+            ("null object", &null_object, true),
+        ] {
+            let calls = std::cell::Cell::new(0);
+            let lookup = |ns: &str| -> Slice<MlflowWorkspaceBinding> {
+                calls.set(calls.get() + 1);
+                assert_eq!(ns, "team-a", "{case}");
+                Arc::new([Arc::new(b.clone())])
+            };
+            let two = parse_review(body.as_bytes()).unwrap();
+            let mut one = parse_review_for(body.as_bytes(), &lookup).unwrap();
+            assert_eq!(
+                matches!(one.object, Object::Read { .. }),
+                same_pass,
+                "{case}"
+            );
+            let (bindings, read) = one.take(&lookup).unwrap();
+            assert_eq!(read, two.pod(&EnvNames::of([&b])).unwrap(), "{case}");
+            assert_eq!((bindings.len(), calls.get()), (1, 1), "{case}");
+            assert_eq!((one.uid, one.namespace), (two.uid, two.namespace), "{case}");
+        }
+    }
+
     #[test]
     fn rejects_what_it_cannot_review_with_a_reason() {
         let edited = |edit: fn(&mut Value)| {
@@ -257,6 +324,8 @@ mod tests {
                 uid: got_uid,
                 error,
             } = parse_review(&body).unwrap_err();
+            let one_pass = parse_review_for(&body, &|_| Arc::new([])).unwrap_err();
+            assert_eq!(one_pass.uid, got_uid, "{name}");
             assert_eq!(got_uid.as_deref(), uid, "{name}");
             assert!(error.to_string().contains(msg), "{name}: {error}");
         }

@@ -19,6 +19,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::binding::MlflowWorkspaceBinding;
@@ -118,9 +119,15 @@ static POD: Shape = Shape::Fields(&[
 /// entries `env` keeps.
 pub fn parse(pod: &str, env: &EnvNames<'_>) -> serde_json::Result<Value> {
     let mut d = serde_json::Deserializer::from_str(pod);
-    let v = Kept(&POD, env).deserialize(&mut d)?;
+    let v = seed(env).deserialize(&mut d)?;
     d.end()?;
     Ok(v)
+}
+
+/// Reads a pod as [`parse`] does, as a value inside a larger document (an AdmissionReview's
+/// `request.object`), so that the document is read once.
+pub fn seed<'n, 'de>(env: &'n EnvNames<'n>) -> impl DeserializeSeed<'de, Value = Value> + 'n {
+    Kept(&POD, env)
 }
 
 /// Parses one value keeping what its shape says.
@@ -176,8 +183,10 @@ impl<'de> Visitor<'de> for Kept<'_> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         if let (Shape::Env, false) = (self.0, self.1.all) {
             let mut members = Vec::new();
-            while let Some(kept) = seq.next_element_seed(env::Entry::new(self.1, &mut members))? {
-                items.extend(kept);
+            while let Some(entry) = seq.next_element::<&'de RawValue>()? {
+                items.extend(
+                    env::entry(entry.get(), self.1, &mut members).map_err(de::Error::custom)?,
+                );
             }
             return Ok(Value::Array(items));
         }
@@ -364,6 +373,39 @@ mod tests {
             (r#"{"n\u0061me": "SETTING", "value": "v"}"#, false),
             (r#"{"name": "SETTING", "name": "MLFLOW_X"}"#, true),
             (r#"{"name": "SETTING", "name": "OTHER"}"#, true),
+            (r#"{"name":"SETTING","name":"MLFLOW_X"}"#, true),
+            (r#"{ "name" : "MLFLOW_X" , "value" : "v" }"#, true),
+            ("{\n\t\"name\":\r\"SETTING\"\n}", false),
+            (r#"{"value": "a}\"b", "name": "SETTING"}"#, false),
+            (r#"{"value": "a}b],", "name": "SETTING"}"#, false),
+            (
+                r#"{"value": "\"name\": \"MLFLOW_X\"", "name": "SETTING"}"#,
+                false,
+            ),
+            (
+                r#"{"value": "{\"name\": \"MLFLOW_X\"}", "name": "SETTING"}"#,
+                false,
+            ),
+            (
+                r#"{"valueFrom": {"name": "MLFLOW_X", "k": ["}", {"a": []}]}, "name": "SETTING"}"#,
+                false,
+            ),
+            (
+                r#"{"valueFrom": {"fieldRef": {"fieldPath": "x"}}, "name": "MLFLOW_X"}"#,
+                true,
+            ),
+            (
+                r#"{"value": [1, 2.5e3, true, null], "name": "SETTING"}"#,
+                false,
+            ),
+            (r#"{"value": -1, "name": "SETTING", "x": {}}"#, false),
+            (r#"{"name": "", "value": "v"}"#, false),
+            (r#"{"name": "MLFLOW_é", "value": "ü"}"#, true),
+            (r#"{"name": "ÉTÉ", "value": "ü"}"#, false),
+            (r#"{"names": "MLFLOW_X", "nam": "MLFLOW_X"}"#, false),
+            (r#"{"name": 0}"#, true),
+            (r#"{"name": false}"#, true),
+            (r#"{"name": []}"#, true),
             (r#"{"name": true}"#, true),
             (r#"{"name": {"a": 1}}"#, true),
             (r#"{"name": null, "value": "v"}"#, false),

@@ -1,7 +1,7 @@
-//! One entry of a container's env, read in one pass: its members are scanned, not built, and
-//! only an entry whose name [`EnvNames`] keeps is built from them. Most entries of a long env
-//! list are a container's own settings, dropped: they used to be scanned once whole and parsed
-//! a second time to read their name.
+//! One entry of a container's env: only an entry whose name [`EnvNames`] keeps is built. Most
+//! entries of a long env list are a container's own settings, dropped: the common entry (an
+//! object without escapes) is judged from its text alone, which serde has already validated;
+//! any other is read by serde, its members scanned, not built, until its name is known.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,18 +16,113 @@ use super::{EnvNames, Kept, Shape};
 /// An entry's members as scanned: each key, and its value's JSON text.
 pub(super) type Members<'de> = Vec<(Cow<'de, str>, &'de RawValue)>;
 
+/// Reads one env entry from its (valid JSON) text: the entry when it is kept, None when it is
+/// dropped.
+pub(super) fn entry<'de>(
+    text: &'de str,
+    env: &EnvNames<'_>,
+    members: &mut Members<'de>,
+) -> serde_json::Result<Option<Value>> {
+    if simple(text).is_some_and(|name| !kept_by(name, env)) {
+        return Ok(None);
+    }
+    let mut d = serde_json::Deserializer::from_str(text);
+    Entry::new(env, members).deserialize(&mut d)
+}
+
+/// Of an object without escapes, the text of its one `name` member's value (`Some(None)`: no
+/// name); None when the text says nothing simple (not such an object, or a repeated name).
+/// Without escapes, keys and strings are what the text shows, and a string ends at its next
+/// quote.
+fn simple(text: &str) -> Option<Option<&str>> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') || b.contains(&b'\\') {
+        return None;
+    }
+    let (mut name, mut i) = (None, 1);
+    loop {
+        i = space(b, i);
+        if b.get(i)? == &b'}' {
+            return Some(name);
+        }
+        let key_end = value_end(b, i)?;
+        let key = text.get(i..key_end)?;
+        i = space(b, key_end);
+        (b.get(i)? == &b':').then_some(())?;
+        i = space(b, i + 1);
+        let end = value_end(b, i)?;
+        if key == "\"name\"" && name.replace(text.get(i..end)?).is_some() {
+            return None;
+        }
+        i = space(b, end);
+        match b.get(i)? {
+            b',' => i += 1,
+            b'}' => return Some(name),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether an entry whose one name's value has this text (or which has no name) is kept, as
+/// [`kept`] judges it.
+fn kept_by(name: Option<&str>, env: &EnvNames<'_>) -> bool {
+    match name {
+        None | Some("null") => false,
+        Some(v) => match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(name) => env.keeps(name),
+            None => true,
+        },
+    }
+}
+
+fn space(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Where the value that starts at `i` ends, in valid JSON without escapes.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    let quote = |from: usize| Some(from + b.get(from..)?.iter().position(|&c| c == b'"')?);
+    match b.get(i)? {
+        b'"' => Some(quote(i + 1)? + 1),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0usize, i);
+            loop {
+                match b.get(j)? {
+                    b'"' => j = quote(j + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth == 1 => return Some(j + 1),
+                    b'}' | b']' => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let rest = b.get(i..)?;
+            let len = rest.iter().position(|c| b",}] \n\r\t".contains(c));
+            Some(i + len.unwrap_or(rest.len()))
+        }
+    }
+}
+
 /// Reads one env entry: the entry when it is kept, None when it is dropped. An entry without
 /// a name (absent or null) is dropped, the planner reading entries by name only; one whose name
 /// cannot be read as a string (another type, a repeated `name`) is kept, so the planner sees it
 /// as in the whole pod; so is an entry that is not an object.
-pub(super) struct Entry<'a, 'de> {
+struct Entry<'a, 'de> {
     env: &'a EnvNames<'a>,
     /// Reused from entry to entry.
     members: &'a mut Members<'de>,
 }
 
 impl<'a, 'de> Entry<'a, 'de> {
-    pub(super) fn new(env: &'a EnvNames<'a>, members: &'a mut Members<'de>) -> Self {
+    fn new(env: &'a EnvNames<'a>, members: &'a mut Members<'de>) -> Self {
         Self { env, members }
     }
 }
