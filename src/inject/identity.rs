@@ -18,6 +18,10 @@ pub(crate) const TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
 pub(crate) const DEFAULT_TOKEN_EXPIRATION: i64 = 3600;
 pub(crate) const SP_CERT_VOLUME: &str = "mlflow-operator-azure-sp-cert";
 pub(crate) const SP_CERT_DIR: &str = "/var/run/secrets/mlflow-operator/azure-sp";
+/// Every volume the planner adds, by name, and where it mounts them: an existing volume or
+/// mount can take the place of one of these only by these names and paths.
+pub(crate) const VOLUMES: [&str; 2] = [TOKEN_VOLUME, SP_CERT_VOLUME];
+pub(crate) const MOUNT_PATHS: [&str; 2] = [TOKEN_DIR, SP_CERT_DIR];
 
 /// What the identity settings depend on besides the binding's identity.
 pub(crate) struct Inputs<'a> {

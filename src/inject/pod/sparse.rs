@@ -12,7 +12,10 @@
 //! Of a container's env, only the entries the planner can read are built ([`EnvNames`]): a
 //! container's own settings are most of a long env list, and building 200 of them as JSON maps
 //! was most of the parse. The others are scanned and dropped; the list stays (so the patch still
-//! appends to it), and the planner looks entries up by name only.
+//! appends to it), and the planner looks entries up by name only. Volume mounts and volumes
+//! likewise: the planner reads only those that could take the place of its own (by name, or a
+//! mount by path), and a pod's own, such as the projected ServiceAccount token, are most of
+//! the rest of its bytes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,8 +26,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::binding::MlflowWorkspaceBinding;
+use crate::inject::identity::{MOUNT_PATHS, VOLUMES};
 
-mod env;
+mod entry;
 
 /// The names of existing env entries the planner may read for pods of some bindings: every name
 /// it injects or checks (all under these prefixes, or named below) and the bindings' own
@@ -68,6 +72,19 @@ impl<'b> EnvNames<'b> {
             || PLANNER_NAMES.contains(&name)
             || self.of_bindings.contains(name)
     }
+
+    /// Whether a volume mount so named (None: no name), at this path, is kept: one that may
+    /// take the place of a mount the planner adds.
+    pub(crate) fn keeps_mount(&self, name: Option<&str>, path: Option<&str>) -> bool {
+        self.all
+            || name.is_some_and(|n| VOLUMES.contains(&n))
+            || path.is_some_and(|p| MOUNT_PATHS.contains(&p))
+    }
+
+    /// Whether a pod volume so named is kept: one that may take the place of the planner's.
+    pub(crate) fn keeps_volume(&self, name: Option<&str>) -> bool {
+        self.all || name.is_some_and(|n| VOLUMES.contains(&n))
+    }
 }
 
 /// Which parts of a JSON value are kept.
@@ -78,8 +95,16 @@ enum Shape {
     Fields(&'static [(&'static str, Shape)]),
     /// Of an array, every item with this shape.
     Each(&'static Shape),
-    /// Of an array of env entries, those whose name [`EnvNames`] keeps.
+    /// Of an array of entries, those [`EnvNames`] keeps.
+    Kept(List),
+}
+
+/// A list the planner looks entries up in, and so which of its entries it may read.
+#[derive(Clone, Copy)]
+enum List {
     Env,
+    Mounts,
+    Volumes,
 }
 
 /// What the planner reads of a container (`pod::read`, `patch`): entries of env, mounts and
@@ -87,9 +112,9 @@ enum Shape {
 static CONTAINER: Shape = Shape::Fields(&[
     ("name", Shape::Whole),
     ("image", Shape::Whole),
-    ("env", Shape::Env),
+    ("env", Shape::Kept(List::Env)),
     ("envFrom", Shape::Whole),
-    ("volumeMounts", Shape::Whole),
+    ("volumeMounts", Shape::Kept(List::Mounts)),
 ]);
 
 /// What the planner and the webhook read of a pod.
@@ -108,7 +133,7 @@ static POD: Shape = Shape::Fields(&[
         Shape::Fields(&[
             ("serviceAccountName", Shape::Whole),
             ("serviceAccount", Shape::Whole),
-            ("volumes", Shape::Whole),
+            ("volumes", Shape::Kept(List::Volumes)),
             ("containers", Shape::Each(&CONTAINER)),
             ("initContainers", Shape::Each(&CONTAINER)),
         ]),
@@ -181,12 +206,11 @@ impl<'de> Visitor<'de> for Kept<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        if let (Shape::Env, false) = (self.0, self.1.all) {
+        if let (Shape::Kept(list), false) = (self.0, self.1.all) {
             let mut members = Vec::new();
-            while let Some(entry) = seq.next_element::<&'de RawValue>()? {
-                items.extend(
-                    env::entry(entry.get(), self.1, &mut members).map_err(de::Error::custom)?,
-                );
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                let kept = entry::read(*list, item.get(), self.1, &mut members);
+                items.extend(kept.map_err(de::Error::custom)?);
             }
             return Ok(Value::Array(items));
         }
@@ -358,6 +382,76 @@ mod tests {
         assert_eq!(got["spec"]["containers"][0]["env"], json!(kept));
         let all = parse(&pod.to_string(), &EnvNames::all()).unwrap();
         assert_eq!(all["spec"]["containers"][0]["env"], json!(env));
+    }
+
+    /// Of mounts and volumes, only those that may take the place of the planner's are built.
+    #[test]
+    fn a_mount_or_volume_is_kept_when_it_may_take_the_planners_place() {
+        // (mount, kept; the volume of the same members, mountPath read as hostPath, kept)
+        for (mount, kept, volume_kept) in [
+            (r#"{"name": "data", "mountPath": "/data"}"#, false, false),
+            (
+                r#"{"name": "mlflow-operator-azure-token", "mountPath": "/x"}"#,
+                true,
+                true,
+            ),
+            (
+                r#"{"name": "x", "mountPath": "/var/run/secrets/mlflow-operator/azure"}"#,
+                true,
+                false,
+            ),
+            (
+                r#"{"name": "x", "mountPath": "/var/run/secrets/mlflow-operator/azure-sp"}"#,
+                true,
+                false,
+            ),
+            (
+                r#"{"mountPath": "/var/run/secrets/mlflow-operator/azure", "readOnly": true}"#,
+                true,
+                false,
+            ),
+            (
+                r#"{"name": "x", "mountPath": "/var/run/secrets/mlflow-operator"}"#,
+                false,
+                false,
+            ),
+            (r#"{"name": null, "mountPath": null}"#, false, false),
+            (r#"{"readOnly": true}"#, false, false),
+            (r#"{"name": "x", "mountPath": 7}"#, true, false),
+            (
+                r#"{"name": ["mlflow-operator-azure-token"], "mountPath": "/x"}"#,
+                true,
+                true,
+            ),
+            (
+                r#"{"name": "mlflow-operator-azure-sp\u002dcert", "mountPath": "/x"}"#,
+                true,
+                true,
+            ),
+            (r#"{"name": "data\u002dx", "mountPath": "/x"}"#, true, true),
+            (r#"{"name": "x", "name": "y"}"#, true, true),
+            (r#""a string""#, true, true),
+        ] {
+            let volume = mount.replace("mountPath", "hostPath");
+            let text = format!(
+                r#"{{"spec": {{"volumes": [{volume}], "containers": [{{"name": "c", "volumeMounts": [{mount}]}}]}}}}"#
+            );
+            let got = parse(&text, &EnvNames::default()).unwrap();
+            let whole: Value = serde_json::from_str(&text).unwrap();
+            let want = |list: &Value, kept: bool| if kept { list.clone() } else { json!([]) };
+            let mounts = &whole["spec"]["containers"][0]["volumeMounts"];
+            assert_eq!(
+                got["spec"]["containers"][0]["volumeMounts"],
+                want(mounts, kept),
+                "{mount}"
+            );
+            let volumes = &whole["spec"]["volumes"];
+            assert_eq!(
+                got["spec"]["volumes"],
+                want(volumes, volume_kept),
+                "{volume}"
+            );
+        }
     }
 
     /// What only the text can say: escapes, a repeated name, where the name is.

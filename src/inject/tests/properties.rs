@@ -278,6 +278,31 @@ proptest! {
     }
 
     #[test]
+    fn every_mount_and_volume_the_planner_adds_is_one_the_sparse_parse_keeps(p in pod_strategy(), b in binding_strategy()) {
+        let keep = crate::inject::EnvNames::of([&b]);
+        if let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) {
+            let added: Value = serde_json::from_slice(patch.json()).unwrap();
+            for op in added.as_array().unwrap() {
+                let entries = match &op["value"] {
+                    Value::Array(items) => items.clone(),
+                    one => vec![one.clone()],
+                };
+                let path = op["path"].as_str().unwrap();
+                let (mounts, volumes) = (path.contains("/volumeMounts"), path.starts_with("/spec/volumes"));
+                for e in entries.iter().filter(|_| mounts || volumes) {
+                    let (name, at) = (e["name"].as_str(), e["mountPath"].as_str());
+                    // A mount is kept by its name alone and by its path alone.
+                    let kept = match mounts {
+                        true => keep.keeps_mount(name, None) && keep.keeps_mount(None, at),
+                        false => keep.keeps_volume(name),
+                    };
+                    prop_assert!(kept, "{} is added but dropped by the sparse parse", e);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn applying_the_plan_twice_changes_nothing_the_second_time(p in pod_strategy(), b in binding_strategy()) {
         let (once, _) = apply(&p, &b);
         let second = plan_with(&once, &[&b], None, &Defaults::default());

@@ -1,7 +1,8 @@
-//! One entry of a container's env: only an entry whose name [`EnvNames`] keeps is built. Most
-//! entries of a long env list are a container's own settings, dropped: the common entry (an
-//! object without escapes) is judged from its text alone, which serde has already validated;
-//! any other is read by serde, its members scanned, not built, until its name is known.
+//! One entry of a list the planner looks entries up in (env, volume mounts, volumes): only an
+//! entry [`EnvNames`] keeps is built. Most entries are the pod's own, dropped: the common entry
+//! (an object without escapes) is judged from its text alone, which serde has already
+//! validated. Any other env entry is read by serde, its members scanned, not built, until its
+//! name is known; any other mount or volume is kept whole.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,39 +12,52 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{EnvNames, Kept, Shape};
+use super::{EnvNames, Kept, List, Shape};
 
 /// An entry's members as scanned: each key, and its value's JSON text.
 pub(super) type Members<'de> = Vec<(Cow<'de, str>, &'de RawValue)>;
 
-/// Reads one env entry from its (valid JSON) text: the entry when it is kept, None when it is
-/// dropped.
-pub(super) fn entry<'de>(
+/// Reads one entry of `list` from its (valid JSON) text: the entry when it is kept, None when
+/// it is dropped.
+pub(super) fn read<'de>(
+    list: List,
     text: &'de str,
     env: &EnvNames<'_>,
     members: &mut Members<'de>,
 ) -> serde_json::Result<Option<Value>> {
-    if simple(text).is_some_and(|name| !kept_by(name, env)) {
-        return Ok(None);
+    let dropped = match list {
+        List::Env => simple(text, ["\"name\""]).is_some_and(|[name]| !kept_by(name, env)),
+        List::Mounts => simple(text, ["\"name\"", "\"mountPath\""])
+            .and_then(|[name, path]| Some(!env.keeps_mount(string(name)?, string(path)?)))
+            .unwrap_or(false),
+        List::Volumes => simple(text, ["\"name\""])
+            .and_then(|[name]| Some(!env.keeps_volume(string(name)?)))
+            .unwrap_or(false),
+    };
+    match (dropped, list) {
+        (true, _) => Ok(None),
+        (false, List::Env) => {
+            let mut d = serde_json::Deserializer::from_str(text);
+            Entry::new(env, members).deserialize(&mut d)
+        }
+        (false, _) => serde_json::from_str(text).map(Some),
     }
-    let mut d = serde_json::Deserializer::from_str(text);
-    Entry::new(env, members).deserialize(&mut d)
 }
 
-/// Of an object without escapes, the text of its one `name` member's value (`Some(None)`: no
-/// name); None when the text says nothing simple (not such an object, or a repeated name).
-/// Without escapes, keys and strings are what the text shows, and a string ends at its next
-/// quote.
-fn simple(text: &str) -> Option<Option<&str>> {
+/// Of an object without escapes, the text of the value of each of `keys` (quoted, as in the
+/// text), None where absent; None when the text says nothing simple (not such an object, or a
+/// repeated key). Without escapes, keys and strings are what the text shows, and a string ends
+/// at its next quote.
+fn simple<'t, const N: usize>(text: &'t str, keys: [&str; N]) -> Option<[Option<&'t str>; N]> {
     let b = text.as_bytes();
     if b.first() != Some(&b'{') || b.contains(&b'\\') {
         return None;
     }
-    let (mut name, mut i) = (None, 1);
+    let (mut values, mut i) = ([None; N], 1);
     loop {
         i = space(b, i);
         if b.get(i)? == &b'}' {
-            return Some(name);
+            return Some(values);
         }
         let key_end = value_end(b, i)?;
         let key = text.get(i..key_end)?;
@@ -51,27 +65,36 @@ fn simple(text: &str) -> Option<Option<&str>> {
         (b.get(i)? == &b':').then_some(())?;
         i = space(b, i + 1);
         let end = value_end(b, i)?;
-        if key == "\"name\"" && name.replace(text.get(i..end)?).is_some() {
+        if let Some(k) = keys.iter().position(|k| *k == key)
+            && values[k].replace(text.get(i..end)?).is_some()
+        {
             return None;
         }
         i = space(b, end);
         match b.get(i)? {
             b',' => i += 1,
-            b'}' => return Some(name),
+            b'}' => return Some(values),
             _ => return None,
         }
     }
 }
 
-/// Whether an entry whose one name's value has this text (or which has no name) is kept, as
-/// [`kept`] judges it.
+/// A member's value text as a string without escapes: Some(None) when absent or null, None
+/// when it is not a string.
+fn string(value: Option<&str>) -> Option<Option<&str>> {
+    match value {
+        None | Some("null") => Some(None),
+        Some(v) => v.strip_prefix('"')?.strip_suffix('"').map(Some),
+    }
+}
+
+/// Whether an env entry whose one name's value has this text (or which has no name) is kept,
+/// as [`kept`] judges it.
 fn kept_by(name: Option<&str>, env: &EnvNames<'_>) -> bool {
-    match name {
-        None | Some("null") => false,
-        Some(v) => match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-            Some(name) => env.keeps(name),
-            None => true,
-        },
+    match string(name) {
+        Some(None) => false,
+        Some(Some(name)) => env.keeps(name),
+        None => true,
     }
 }
 
