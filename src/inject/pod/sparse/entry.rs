@@ -110,18 +110,20 @@ fn space(b: &[u8], mut i: usize) -> usize {
 
 /// Where the value that starts at `i` ends, in valid JSON without escapes.
 fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    let quote = |from: usize| Some(from + b.get(from..)?.iter().position(|&c| c == b'"')?);
-    match b.get(i)? {
+    let quote = |from: usize| Some(from + memchr::memchr(b'"', b.get(from..)?)?);
+    match *b.get(i)? {
         b'"' => Some(quote(i + 1)? + 1),
-        b'{' | b'[' => {
+        open @ (b'{' | b'[') => {
+            // Valid JSON nests the other kind of bracket in pairs: counting this kind suffices.
+            let close = if open == b'{' { b'}' } else { b']' };
             let (mut depth, mut j) = (0usize, i);
             loop {
-                match b.get(j)? {
+                j += memchr::memchr3(b'"', open, close, b.get(j..)?)?;
+                match *b.get(j)? {
                     b'"' => j = quote(j + 1)?,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' if depth == 1 => return Some(j + 1),
-                    b'}' | b']' => depth -= 1,
-                    _ => {}
+                    c if c == open => depth += 1,
+                    _ if depth == 1 => return Some(j + 1),
+                    _ => depth -= 1,
                 }
                 j += 1;
             }
@@ -256,5 +258,51 @@ impl<'de> Visitor<'de> for Key {
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Cow<'de, str>, E> {
         Ok(Cow::Owned(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_reads_the_members_of_an_object_without_escapes() {
+        // (text, the values of "name" and "mountPath", as texts)
+        let cases: [(&str, Option<[Option<&str>; 2]>); 12] = [
+            (
+                r#"{"name": "a", "mountPath": "/p"}"#,
+                Some([Some(r#""a""#), Some(r#""/p""#)]),
+            ),
+            (r#"{}"#, Some([None, None])),
+            (r#"{ }"#, Some([None, None])),
+            (
+                r#"{"x": {"name": "b", "y": [{"]": "}"}]}, "name": "a"}"#,
+                Some([Some(r#""a""#), None]),
+            ),
+            (
+                r#"{"x": [[], {"a": ["{"]}], "mountPath": null}"#,
+                Some([None, Some("null")]),
+            ),
+            (
+                r#"{"name": 12.5e3, "mountPath": true}"#,
+                Some([Some("12.5e3"), Some("true")]),
+            ),
+            (
+                r#"{"name": ["a", {"b": "]"}]}"#,
+                Some([Some(r#"["a", {"b": "]"}]"#), None]),
+            ),
+            (r#"{"name":"a","name":"b"}"#, None),
+            (r#"{"name": "a\"b"}"#, None),
+            (r#"["name", "a"]"#, None),
+            (r#""name""#, None),
+            (r#"{"names": "a", "mountPaths": "/p"}"#, Some([None, None])),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                simple(text, [r#""name""#, r#""mountPath""#]),
+                want,
+                "{text}"
+            );
+        }
     }
 }
