@@ -188,6 +188,23 @@ fn others_kept(before: &Value, after: &Value, except: &[&str], what: &str) {
 }
 
 /// Arbitrary JSON biased towards the keys the planner reads.
+/// Every entry the plan of `p` adds, with the path of the operation that adds it.
+fn added_entries(p: &Value, b: &MlflowWorkspaceBinding) -> Vec<(String, Value)> {
+    let Plan::Inject { patch, .. } = plan_with(p, &[b], None, &Defaults::default()) else {
+        return Vec::new();
+    };
+    let added: Vec<Value> = serde_json::from_slice(patch.json()).unwrap();
+    let mut entries = Vec::new();
+    for op in added {
+        let path = op["path"].as_str().unwrap().to_string();
+        match &op["value"] {
+            Value::Array(items) => entries.extend(items.iter().map(|e| (path.clone(), e.clone()))),
+            one => entries.push((path, one.clone())),
+        }
+    }
+    entries
+}
+
 fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -260,19 +277,10 @@ proptest! {
     #[test]
     fn every_env_name_the_planner_adds_is_one_the_sparse_parse_keeps(p in pod_strategy(), b in binding_strategy()) {
         let keep = crate::inject::EnvNames::of([&b]);
-        if let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) {
-            let added: Value = serde_json::from_slice(patch.json()).unwrap();
-            for op in added.as_array().unwrap() {
-                let entries = match &op["value"] {
-                    Value::Array(items) => items.clone(),
-                    one => vec![one.clone()],
-                };
-                if op["path"].as_str().unwrap().contains("/env") {
-                    for e in entries {
-                        let name = e["name"].as_str().unwrap();
-                        prop_assert!(keep.keeps(name), "{} is added but dropped by the sparse parse", name);
-                    }
-                }
+        for (path, e) in added_entries(&p, &b) {
+            if path.contains("/env") {
+                let name = e["name"].as_str().unwrap();
+                prop_assert!(keep.keeps(name), "{} is added but dropped by the sparse parse", name);
             }
         }
     }
@@ -280,25 +288,17 @@ proptest! {
     #[test]
     fn every_mount_and_volume_the_planner_adds_is_one_the_sparse_parse_keeps(p in pod_strategy(), b in binding_strategy()) {
         let keep = crate::inject::EnvNames::of([&b]);
-        if let Plan::Inject { patch, .. } = plan_with(&p, &[&b], None, &Defaults::default()) {
-            let added: Value = serde_json::from_slice(patch.json()).unwrap();
-            for op in added.as_array().unwrap() {
-                let entries = match &op["value"] {
-                    Value::Array(items) => items.clone(),
-                    one => vec![one.clone()],
-                };
-                let path = op["path"].as_str().unwrap();
-                let (mounts, volumes) = (path.contains("/volumeMounts"), path.starts_with("/spec/volumes"));
-                for e in entries.iter().filter(|_| mounts || volumes) {
-                    let (name, at) = (e["name"].as_str(), e["mountPath"].as_str());
-                    // A mount is kept by its name alone and by its path alone.
-                    let kept = match mounts {
-                        true => keep.keeps_mount(name, None) && keep.keeps_mount(None, at),
-                        false => keep.keeps_volume(name),
-                    };
-                    prop_assert!(kept, "{} is added but dropped by the sparse parse", e);
-                }
-            }
+        for (path, e) in added_entries(&p, &b) {
+            let (name, at) = (e["name"].as_str(), e["mountPath"].as_str());
+            // A mount is kept by its name alone and by its path alone.
+            let kept = if path.contains("/volumeMounts") {
+                keep.keeps_mount(name, None) && keep.keeps_mount(None, at)
+            } else if path.starts_with("/spec/volumes") {
+                keep.keeps_volume(name)
+            } else {
+                continue;
+            };
+            prop_assert!(kept, "{} is added but dropped by the sparse parse", e);
         }
     }
 
