@@ -1427,13 +1427,19 @@ async fn answering(rest: Rest, what: &str) -> Rest {
 
 /// examples/mlflow-server.yaml applied as a user would: a plain server in namespace `mlflow`.
 async fn example_server(sh: &Shared) -> Rest {
-    SUITE.remember("mlflow");
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/mlflow-server.yaml"
-    ))
-    .unwrap();
-    kubectl(&["apply", "-f", "-"], &manifest).await;
+    // Applied once: two cases applying it side by side race to create the same objects.
+    static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    APPLIED
+        .get_or_init(|| async {
+            SUITE.remember("mlflow");
+            let manifest = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/mlflow-server.yaml"
+            ))
+            .unwrap();
+            kubectl(&["apply", "-f", "-"], &manifest).await;
+        })
+        .await;
     let rest = server_rest(sh, "mlflow", None).await;
     answering(rest, "the example MLflow server").await
 }

@@ -173,6 +173,20 @@ cluster_status() {
   local IFS=,; echo "${out[*]}"
 }
 
+# No process of the cluster runs any more.
+cluster_dead() {
+  local name pid exe
+  while read -r name pid exe; do ! ours "$pid" "$exe" || return 1; done < "$STATE/pids"
+}
+
+# A run killed with its cluster (a stopped CI, a rebooted machine) leaves only state behind:
+# with none of its processes alive there is nothing to disturb, so it is cleared.
+clear_dead_cluster() {
+  [ -s "$STATE/pids" ] && cluster_dead || return 0
+  log "a cluster started in $STATE has no process left ($(cluster_status)); removing its state"
+  "$(dirname "${BASH_SOURCE[0]}")/down" >&2
+}
+
 cluster_healthy() {
   local name pid exe
   while read -r name pid exe; do ours "$pid" "$exe" || return 1; done < "$STATE/pids"
