@@ -516,10 +516,10 @@ impl MlflowWorkspaceBinding {
         h.update(uri(|s| s.tracking_uri.as_ref()));
         h.update([0]);
         h.update(uri(|s| s.registry_uri.as_ref()));
-        h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        // The digest's own hex formatting: one allocation, not one `format!` per byte.
+        let mut hex = format!("{:x}", h.finalize());
+        hex.truncate(16);
+        hex
     }
 
     /// The Ready condition, if the controller wrote one.

@@ -114,9 +114,19 @@ fn multi_document_file_is_injected_in_order_and_others_kept_verbatim() {
         deploy["metadata"]["annotations"]["mlflow-operator.io/injected"],
         "fraud/2"
     );
-    // Key order of the original document is kept.
-    let keys: Vec<&String> = d[1].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["apiVersion", "kind", "metadata", "spec"]);
+    // The input's key order is kept at every level, what was added comes after.
+    let ordered: serde_yaml_ng::Value = serde_yaml_ng::from_str(texts[1]).unwrap();
+    let keys = |v: &serde_yaml_ng::Value| -> Vec<String> {
+        let keys = v.as_mapping().unwrap().keys();
+        keys.map(|k| k.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(keys(&ordered), ["apiVersion", "kind", "metadata", "spec"]);
+    assert_eq!(keys(&ordered["spec"]), ["selector", "template"]);
+    let template = &ordered["spec"]["template"];
+    assert_eq!(keys(&template["metadata"]), ["labels", "annotations"]);
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(keys(container), ["name", "image", "env"]);
+    assert_eq!(keys(&container["env"][0]), ["name", "value"]);
 
     let cron = &d[3]["spec"]["jobTemplate"]["spec"]["template"];
     assert_eq!(

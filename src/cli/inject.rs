@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
 use super::InjectArgs;
+
+mod order;
 use crate::binding::{MlflowWorkspaceBinding, READY, TRUE};
 use crate::inject::{
     Defaults, NamespaceView, OnMissingBinding, Plan, is_opted_in, plan, service_account_name,
@@ -259,9 +261,14 @@ impl Offline<'_> {
                 self.object(&mut value, &label, &mut warnings)?
             };
             if changed {
-                let text = serde_yaml_ng::to_string(&value).map_err(|e| {
+                let input: serde_yaml_ng::Value = serde_yaml_ng::from_str(&doc).unwrap_or_default();
+                let mutated = serde_yaml_ng::to_value(&value).map_err(|e| {
                     format!("mlflow-operator inject: {label}: cannot write YAML: {e}")
                 })?;
+                let text =
+                    serde_yaml_ng::to_string(&order::like_input(&input, mutated)).map_err(|e| {
+                        format!("mlflow-operator inject: {label}: cannot write YAML: {e}")
+                    })?;
                 out.push(text);
             } else {
                 out.push(doc);

@@ -60,8 +60,8 @@ pub(crate) fn env_secret(name: &str, secret: &str, key: &str, optional: bool) ->
     json!({"name": name, "valueFrom": {"secretKeyRef": r}})
 }
 
-/// The name of an env entry, if it has a string one. Its few members are scanned rather than
-/// looked up: a lookup hashes the key, which cost more, and the planner reads names often.
+/// The name of an env entry, if it has a string one. Its few members (two, mostly) are scanned
+/// rather than looked up: the planner reads names often, and a scan is the cheapest read.
 pub(crate) fn env_name(entry: &Value) -> Option<&str> {
     let mut members = entry.as_object()?.iter();
     members.find(|(key, _)| *key == "name")?.1.as_str()

@@ -133,8 +133,7 @@ pub fn review_response(uid: &str, plan: &Plan) -> Vec<u8> {
         } => (Some(patch).filter(|p| !p.is_empty()), warnings),
         Plan::Allow { warnings } => (None, warnings),
         Plan::Refuse(refusal) => {
-            let status = json!({"code": 403, "reason": "Forbidden", "message": refusal.message});
-            return admission_review(&json!({"uid": uid, "allowed": false, "status": status}));
+            return admission_review(&Refused::new(uid, 403, "Forbidden", &refusal.message));
         }
     };
     let patch_len = patch.map_or(0, |p| p.json().len());
@@ -167,14 +166,42 @@ fn base64_into(out: &mut Vec<u8>, patch: &Patch) {
 
 /// An AdmissionReview that refuses a request the webhook cannot read, as sent.
 pub fn error_response(uid: &str, err: &super::review::ReviewError) -> Vec<u8> {
-    admission_review(&json!({
-        "uid": uid,
-        "allowed": false,
-        "status": {"code": 400, "reason": "BadRequest", "message": format!("mlflow-operator: {err}")}
-    }))
+    let message = format!("mlflow-operator: {err}");
+    admission_review(&Refused::new(uid, 400, "BadRequest", &message))
 }
 
-fn admission_review(response: &Value) -> Vec<u8> {
+/// A refusing `response`, its members in the order of the API server's own answers (a `json!`
+/// map would sort them).
+#[derive(serde::Serialize)]
+struct Refused<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: RefusalStatus<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct RefusalStatus<'a> {
+    code: u16,
+    reason: &'a str,
+    message: &'a str,
+}
+
+impl<'a> Refused<'a> {
+    fn new(uid: &'a str, code: u16, reason: &'a str, message: &'a str) -> Self {
+        let status = RefusalStatus {
+            code,
+            reason,
+            message,
+        };
+        Self {
+            uid,
+            allowed: false,
+            status,
+        }
+    }
+}
+
+fn admission_review(response: &impl serde::Serialize) -> Vec<u8> {
     let mut out = REVIEW_START.to_vec();
     write_json(&mut out, response);
     out.push(b'}');
@@ -192,38 +219,63 @@ mod tests {
         serde_json::from_slice(body).unwrap()
     }
 
-    /// The answer as it was built before it was written by hand: a `Value`, then serialized.
-    fn built_as_a_value(uid: &str, plan: &Plan) -> Vec<u8> {
-        let mut r = json!({"uid": uid, "allowed": true});
-        let warnings = match plan {
+    /// The answer as serde writes it, its members in the order the API server's docs give
+    /// them: the reference the hand-written answer is held to.
+    fn built_by_serde(uid: &str, plan: &Plan) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Response<'a> {
+            uid: &'a str,
+            allowed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<RefusalStatus<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            patch_type: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            patch: Option<String>,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            warnings: &'a [String],
+        }
+        let mut r = Response {
+            uid,
+            allowed: true,
+            status: None,
+            patch_type: None,
+            patch: None,
+            warnings: &[],
+        };
+        match plan {
             Plan::Inject {
                 patch, warnings, ..
             } => {
                 if !patch.is_empty() {
-                    r["patchType"] = json!("JSONPatch");
                     let raw = serde_json::to_vec(&patch.operations()).unwrap();
-                    r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
+                    r.patch_type = Some("JSONPatch");
+                    r.patch = Some(base64::engine::general_purpose::STANDARD.encode(raw));
                 }
-                warnings
+                r.warnings = warnings;
             }
-            Plan::Allow { warnings } => warnings,
+            Plan::Allow { warnings } => r.warnings = warnings,
             Plan::Refuse(refusal) => {
-                r["allowed"] = json!(false);
-                r["status"] =
-                    json!({"code": 403, "reason": "Forbidden", "message": refusal.message});
-                &vec![]
+                r.allowed = false;
+                r.status = Some(RefusalStatus {
+                    code: 403,
+                    reason: "Forbidden",
+                    message: &refusal.message,
+                });
             }
-        };
-        if !warnings.is_empty() {
-            r["warnings"] = json!(warnings);
         }
-        let review =
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r});
-        serde_json::to_vec(&review).unwrap()
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+        let mut out = serde_json::to_vec(&review).unwrap();
+        out.pop();
+        out.extend_from_slice(b",\"response\":");
+        out.extend(serde_json::to_vec(&r).unwrap());
+        out.push(b'}');
+        out
     }
 
     #[test]
-    fn the_answer_is_byte_for_byte_the_one_built_as_a_value() {
+    fn the_answer_is_byte_for_byte_what_serde_writes() {
         let ops: json_patch::Patch = serde_json::from_value(json!([
             {"op": "add", "path": "/spec/containers/0/env/-", "value": {"name": "A", "value": "é\"\\\n$"}},
             {"op": "replace", "path": "/metadata/annotations/a~1b", "value": "x"},
@@ -252,7 +304,7 @@ mod tests {
         ] {
             for uid in ["705ab4f5-6393-11e8-b7cc-42010a800002", "u\"\\é\n"] {
                 let got = review_response(uid, &plan);
-                let want = built_as_a_value(uid, &plan);
+                let want = built_by_serde(uid, &plan);
                 assert_eq!(
                     String::from_utf8(got).unwrap(),
                     String::from_utf8(want).unwrap(),
