@@ -265,13 +265,19 @@ mod tests {
                 });
             }
         }
-        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
-        let mut out = serde_json::to_vec(&review).unwrap();
-        out.pop();
-        out.extend_from_slice(b",\"response\":");
-        out.extend(serde_json::to_vec(&r).unwrap());
-        out.push(b'}');
-        out
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Review<'a> {
+            api_version: &'a str,
+            kind: &'a str,
+            response: Response<'a>,
+        }
+        let review = Review {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response: r,
+        };
+        serde_json::to_vec(&review).unwrap()
     }
 
     #[test]
