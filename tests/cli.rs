@@ -151,11 +151,7 @@ fn the_crd_describes_the_resource() {
 /// A kubeconfig whose API server is a closed loopback port: `run` starts, logs every failed
 /// call, and serves its listeners, with no cluster.
 fn unreachable_kubeconfig(dir: &Path) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = mlflow_operator_test_support::free_port();
     let path = dir.join("kubeconfig");
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\ncurrent-context: closed\n\

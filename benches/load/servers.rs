@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 
 use crate::client::Target;
+use mlflow_operator_test_support::free_ports;
 
 /// A start that has not answered with a patch by then has failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +73,7 @@ impl Drop for Server {
 impl Launch {
     /// Starts `kind` on free loopback ports and waits until it answers `probe` with a patch.
     pub async fn start(&self, kind: Kind, probe: &Bytes) -> anyhow::Result<Server> {
-        let [port, side] = free_ports()?;
+        let [port, side] = free_ports();
         let target = match kind {
             Kind::Ours => Target::new(port, "/mutate", &self.our_ca)?,
             Kind::Floor | Kind::ReadingFloor => Target::new(port, "/mutate", &self.ca)?,
@@ -92,7 +93,7 @@ impl Launch {
 
     /// Starts ours once so that it creates its certificate Secret, and keeps the CA.
     pub async fn create_our_certificate(&mut self, client: &kube::Client) -> anyhow::Result<()> {
-        let [port, side] = free_ports()?;
+        let [port, side] = free_ports();
         let mut child = self.spawn(Kind::Ours, port, side)?;
         let ca = crate::cluster::our_ca(client, &self.namespace, &self.our_secret).await;
         let _ = child.kill();
@@ -147,7 +148,7 @@ impl Launch {
     }
 
     fn azwi_command(&self, bin: &Path, metrics: u16) -> anyhow::Result<Command> {
-        let [health] = free_ports()?;
+        let [health] = free_ports();
         let mut cmd = Command::new(bin);
         cmd.arg("--disable-cert-rotation")
             .arg(format!("--webhook-cert-dir={}", self.cert_dir.display()))
@@ -195,16 +196,4 @@ async fn first_patch(
         "{} gave no patched answer within {START_TIMEOUT:?}; last: {last}",
         server.kind.name()
     )
-}
-
-/// `N` distinct loopback ports nobody listens on right now (all held while choosing).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let held = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&held) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
 }

@@ -135,12 +135,31 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct loopback ports nobody listens on right now (all held while choosing).
+/// Where [`free_ports`] chooses: below the kernel's ephemeral ports (32768 and up here) and
+/// Services' NodePorts (30000-32767). A port from `bind(:0)` is an ephemeral one, and between
+/// its release and the operator's own bind an outgoing connection took it as its source port
+/// (an operator in CI failed with "Address already in use").
+const TEST_PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// `N` distinct loopback ports nobody listens on right now (all held while choosing), from a
+/// random place in [`TEST_PORTS`].
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    use std::hash::{BuildHasher, Hasher};
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let start = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut held = Vec::with_capacity(N);
+    for step in 0..u64::from(span) {
+        let port = TEST_PORTS.start + (start.wrapping_add(step) % u64::from(span)) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+        if held.len() == N {
+            return std::array::from_fn(|i| held[i].local_addr().unwrap().port());
+        }
+    }
+    panic!("fewer than {N} free loopback ports in {TEST_PORTS:?}");
 }
 
 /// Installs (or updates) the CRD and waits until it is served.
