@@ -148,7 +148,7 @@ fn merge(into: &mut Series, from: Series) {
 fn defined() -> Series {
     let m = Metrics::new();
     let s = String::new;
-    let _ = m.admissions.get_or_create(&OutcomeLabels { outcome: s() });
+    let _ = m.admissions.get_or_create(&OutcomeLabels { outcome: "" });
     let _ = m
         .reconcile_errors
         .get_or_create(&ReasonLabels { reason: s() });

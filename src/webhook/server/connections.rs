@@ -8,6 +8,7 @@
 //! one closed at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +16,8 @@ use tokio::sync::Notify;
 
 pub struct Connections {
     max: usize,
+    /// What `idle_since` counts from.
+    epoch: Instant,
     open: Mutex<Open>,
 }
 
@@ -25,12 +28,20 @@ struct Open {
 }
 
 struct Slot {
-    /// Requests being answered right now.
-    busy: u32,
-    /// Whether a request was ever answered on it (the API server's pooled connections).
-    served: bool,
-    idle_since: Instant,
+    activity: Arc<SlotActivity>,
     close: Arc<Notify>,
+}
+
+/// A connection's requests, marked by its handlers without the connections' lock: every request
+/// passes here twice, and only admitting a connection at the limit reads it.
+#[derive(Default)]
+struct SlotActivity {
+    /// Requests being answered right now.
+    busy: AtomicU32,
+    /// Whether a request was ever answered on it (the API server's pooled connections).
+    served: AtomicBool,
+    /// Nanoseconds from `Connections::epoch` to the end of its last request (or its admission).
+    idle_since: AtomicU64,
 }
 
 /// What [`Connections::admit`] decided for a new connection.
@@ -47,6 +58,7 @@ pub enum Admitted {
 pub struct Ticket {
     connections: Arc<Connections>,
     id: u64,
+    activity: Arc<SlotActivity>,
     /// Notified when the connection should finish: evicted, or the server is shutting down.
     pub close: Arc<Notify>,
 }
@@ -54,8 +66,8 @@ pub struct Ticket {
 /// What a request handler needs to mark its connection busy.
 #[derive(Clone)]
 pub struct Activity {
-    connections: Arc<Connections>,
-    id: u64,
+    epoch: Instant,
+    slot: Arc<SlotActivity>,
 }
 
 /// Marks a connection busy while a request is answered on it.
@@ -65,6 +77,7 @@ impl Connections {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
+            epoch: Instant::now(),
             open: Mutex::default(),
         })
     }
@@ -80,8 +93,12 @@ impl Connections {
             let idlest = open
                 .by_id
                 .iter()
-                .filter(|(_, s)| s.busy == 0)
-                .min_by_key(|(id, s)| (s.served, s.idle_since, **id))
+                .filter(|(_, s)| s.activity.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(id, s)| {
+                    let a = &s.activity;
+                    let served = a.served.load(Ordering::Relaxed);
+                    (served, a.idle_since.load(Ordering::Relaxed), **id)
+                })
                 .map(|(id, _)| *id);
             let Some(id) = idlest else {
                 return Admitted::Full;
@@ -94,18 +111,19 @@ impl Connections {
         let id = open.next_id;
         open.next_id += 1;
         let close = Arc::new(Notify::new());
-        open.by_id.insert(
-            id,
-            Slot {
-                busy: 0,
-                served: false,
-                idle_since: Instant::now(),
-                close: close.clone(),
-            },
-        );
+        let activity = Arc::new(SlotActivity::default());
+        activity
+            .idle_since
+            .store(self.since_epoch(), Ordering::Relaxed);
+        let slot = Slot {
+            activity: activity.clone(),
+            close: close.clone(),
+        };
+        open.by_id.insert(id, slot);
         let ticket = Ticket {
             connections: self.clone(),
             id,
+            activity,
             close,
         };
         match evicted {
@@ -124,13 +142,21 @@ impl Connections {
     pub fn count(&self) -> usize {
         self.open().by_id.len()
     }
+
+    fn since_epoch(&self) -> u64 {
+        nanos_since(self.epoch)
+    }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Ticket {
     pub fn activity(&self) -> Activity {
         Activity {
-            connections: self.connections.clone(),
-            id: self.id,
+            epoch: self.connections.epoch,
+            slot: self.activity.clone(),
         }
     }
 }
@@ -138,9 +164,7 @@ impl Ticket {
 impl Activity {
     /// Marks the connection busy until the returned guard is dropped.
     pub fn busy(&self) -> Busy {
-        if let Some(slot) = self.connections.open().by_id.get_mut(&self.id) {
-            slot.busy += 1;
-        }
+        self.slot.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 }
@@ -153,11 +177,11 @@ impl Drop for Ticket {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if let Some(slot) = self.0.connections.open().by_id.get_mut(&self.0.id) {
-            slot.busy = slot.busy.saturating_sub(1);
-            slot.served = true;
-            slot.idle_since = Instant::now();
-        }
+        let slot = &self.0.slot;
+        slot.served.store(true, Ordering::Relaxed);
+        slot.idle_since
+            .store(nanos_since(self.0.epoch), Ordering::Relaxed);
+        slot.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
