@@ -94,7 +94,8 @@ fn review_body(payload: &str) -> Vec<u8> {
 /// The pod's binding: Azure ML, workload identity, client id from the ServiceAccount.
 fn binding(ns: &str, name: &str) -> MlflowWorkspaceBinding {
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": ns, "generation": 3},
+        "metadata": {"name": name, "namespace": ns, "generation": 3,
+                     "uid": format!("{ns}-{name}"), "resourceVersion": "4107"},
         "spec": {"azureML": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "ml-rg", "workspaceName": "ml-ws"},
                  "experimentName": "fraud-detection",
                  "identity": {"workloadIdentity": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}}},
@@ -113,6 +114,7 @@ fn bindings(total: usize) -> Vec<MlflowWorkspaceBinding> {
 
 fn service_account() -> ServiceAccount {
     serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": NS,
+        "uid": "5e7f2a3b-8c9d-4e1f-a2b3-c4d5e6f7a8b9", "resourceVersion": "4100",
         "annotations": {"azure.workload.identity/client-id": "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01"}}}))
     .unwrap()
 }

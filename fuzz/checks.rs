@@ -5,8 +5,10 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 use mlflow_operator::binding::MlflowWorkspaceBinding;
 use mlflow_operator::cli::inject::{Offline, load_binding};
-use mlflow_operator::inject::{Defaults, EnvNames, NamespaceView, Plan, plan};
-use std::sync::Arc;
+use mlflow_operator::inject::{
+    Defaults, EnvNames, NamespaceView, Offers, Plan, plan, plan_memoized,
+};
+use std::sync::{Arc, OnceLock};
 
 use mlflow_operator::webhook::{ReviewRequest, Slice, parse_review_for};
 use serde_json::json;
@@ -14,7 +16,8 @@ use serde_json::json;
 fn binding() -> MlflowWorkspaceBinding {
     load_binding(
         r#"{"apiVersion": "mlflow-operator.io/v1alpha1", "kind": "MlflowWorkspaceBinding",
-            "metadata": {"name": "fraud", "namespace": "team-a", "generation": 2},
+            "metadata": {"name": "fraud", "namespace": "team-a", "generation": 2,
+                         "uid": "0b0c1f6e-3c1a-4f7e-9f0e-6c2d1b8a7e55", "resourceVersion": "4107"},
             "spec": {"trackingUri": "azureml://westeurope.api.azureml.ms/mlflow/v1.0/x",
                      "experimentName": "fraud", "auth": {"secretName": "creds"},
                      "identity": {"workloadIdentity": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}}}}"#,
@@ -24,6 +27,7 @@ fn binding() -> MlflowWorkspaceBinding {
 
 fn service_account() -> ServiceAccount {
     serde_json::from_value(json!({"metadata": {"name": "trainer", "namespace": "team-a",
+        "uid": "5e7f2a3b-8c9d-4e1f-a2b3-c4d5e6f7a8b9", "resourceVersion": "4100",
         "annotations": {"azure.workload.identity/client-id": "9c6f0e4d-2f53-4f8e-9d6a-1c4f2b7e8a01"}}}))
     .unwrap()
 }
@@ -90,6 +94,11 @@ pub fn admission_review(data: &[u8]) -> Reached {
         plan(&whole, &view, &Defaults::default()),
         "the sparse parse changed the plan"
     );
+    // One memo for the whole run, as the webhook keeps one: earlier inputs' offers are reused.
+    static OFFERS: OnceLock<Offers> = OnceLock::new();
+    let offers = OFFERS.get_or_init(Offers::new);
+    let memoized = plan_memoized(&pod, &view, &Defaults::default(), offers);
+    assert_eq!(memoized, planned, "the memo of offers changed the plan");
     let patch = match planned {
         Plan::Inject { patch, .. } => patch,
         Plan::Allow { .. } => return Reached::Unchanged,

@@ -11,6 +11,7 @@ use crate::binding::{INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, MlflowWorksp
 
 mod credential;
 mod identity;
+mod offer;
 mod patch;
 mod pod;
 mod run_context;
@@ -19,6 +20,7 @@ mod select;
 mod tests;
 mod values;
 
+pub use offer::Offers;
 pub use patch::Patch;
 pub use pod::{EnvNames, is_opted_in, parse_pod, pod_seed, service_account_name};
 pub(crate) use select::selector_matches;
@@ -161,6 +163,26 @@ pub enum Plan {
 
 /// Plans the mutation of one pod (or pod template: `{metadata, spec}`).
 pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan {
+    planned(pod, view, defaults, None)
+}
+
+/// [`plan`], taking what the binding offers the pod from `offers` when a pod of the same
+/// inputs asked before: the same answer, with less built (the webhook's path).
+pub fn plan_memoized(
+    pod: &Value,
+    view: &NamespaceView<'_>,
+    defaults: &Defaults,
+    offers: &Offers,
+) -> Plan {
+    planned(pod, view, defaults, Some(offers))
+}
+
+fn planned(
+    pod: &Value,
+    view: &NamespaceView<'_>,
+    defaults: &Defaults,
+    offers: Option<&Offers>,
+) -> Plan {
     let ns = view.namespace;
     let pod = match pod::read(pod) {
         Ok(p) => p,
@@ -184,34 +206,38 @@ pub fn plan(pod: &Value, view: &NamespaceView<'_>, defaults: &Defaults) -> Plan 
         service_account: view.service_account,
         default_tenant_id: defaults.tenant_id.as_deref(),
     };
-    let name = binding.metadata.name.clone().unwrap_or_default();
-    match values::desired(binding, &pod, &ctx) {
-        Ok(desired) => match credential::missing(binding, &pod, &desired, ns) {
-            None => patch_for(binding, &pod, &desired),
-            Some(message) => Plan::Refuse(Refusal::new(
-                RefusalReason::NoCredential,
-                message,
-                Some(name),
-            )),
+    let inputs = values::PodInputs::of(&pod);
+    let offered = match offers {
+        Some(offers) => offers.get(binding, &inputs, &ctx),
+        None => std::sync::Arc::new(offer::Offer::of(binding, &inputs, &ctx)),
+    };
+    let name = || Some(binding.metadata.name.clone().unwrap_or_default());
+    match &*offered {
+        Ok(offer) => match credential::missing(binding, &pod, &offer.desired, ns) {
+            None => patch_for(binding, &pod, offer),
+            Some(message) => {
+                Plan::Refuse(Refusal::new(RefusalReason::NoCredential, message, name()))
+            }
         },
-        Err(message) => Plan::Refuse(Refusal::new(RefusalReason::Identity, message, Some(name))),
+        Err(message) => Plan::Refuse(Refusal::new(
+            RefusalReason::Identity,
+            message.clone(),
+            name(),
+        )),
     }
 }
 
-/// The patch that gives `pod` what `binding` wants; empty when it already has it.
+/// The patch that gives `pod` what `binding` offers; empty when it already has it.
 fn patch_for(
     binding: &MlflowWorkspaceBinding,
     pod: &pod::PodView<'_>,
-    desired: &values::Desired,
+    offer: &offer::Offer,
 ) -> Plan {
-    let name = binding.metadata.name.clone().unwrap_or_default();
     let mut w = patch::Writer::new();
-    let mut warnings = patch::containers_and_volumes(&mut w, pod, desired);
-    let generation = binding.metadata.generation.unwrap_or(0);
-    let marker = format!("{name}/{generation}{}", desired.annotation_suffix);
-    let hash = binding.injection_hash();
+    let mut warnings = patch::containers_and_volumes(&mut w, pod, offer);
+    let (marker, hash) = (offer.marker.as_str(), offer.hash.as_str());
     let has = |key: &str, value: &str| pod.annotations.get(key) == Some(&value);
-    if has(INJECTED_ANNOTATION, &marker) && has(INJECTED_HASH_ANNOTATION, &hash) {
+    if has(INJECTED_ANNOTATION, marker) && has(INJECTED_HASH_ANNOTATION, hash) {
         // Reinvocation: whatever there was to say was said when the pod was first injected.
         warnings.clear();
     } else {
@@ -222,7 +248,7 @@ fn patch_for(
         patch::injected_annotations(&mut w, pod, &entries);
     }
     Plan::Inject {
-        binding: name,
+        binding: binding.metadata.name.clone().unwrap_or_default(),
         patch: w.finish(),
         warnings,
     }

@@ -38,7 +38,7 @@ pub use service_accounts::ServiceAccounts;
 pub use serving::{Serving, start};
 
 use crate::binding::MlflowWorkspaceBinding;
-use crate::inject::{self, Defaults, NamespaceView, Plan, service_account_name};
+use crate::inject::{self, Defaults, NamespaceView, Offers, Plan, service_account_name};
 use crate::metrics::Metrics;
 
 /// The bindings the webhook chooses from, by namespace.
@@ -52,6 +52,8 @@ pub struct Webhook {
     pub metrics: Metrics,
     /// None: refusals are not recorded as Events (tests, benchmarks).
     pub events: Option<RefusalEvents>,
+    /// What bindings offered recent pods ([`inject::plan_memoized`]).
+    offers: Offers,
 }
 
 impl Webhook {
@@ -70,6 +72,7 @@ impl Webhook {
             defaults,
             metrics: Metrics::new(),
             events: None,
+            offers: Offers::new(),
         }
     }
 
@@ -119,7 +122,12 @@ impl Webhook {
             bindings: bindings.iter().map(Arc::as_ref).collect(),
             service_account: sa.as_deref(),
         };
-        Ok(inject::plan(&pod, &view, &self.defaults))
+        Ok(inject::plan_memoized(
+            &pod,
+            &view,
+            &self.defaults,
+            &self.offers,
+        ))
     }
 }
 

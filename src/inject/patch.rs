@@ -3,13 +3,14 @@
 
 use serde_json::{Value, json};
 
+use super::offer::Offer;
 use super::pod::{ContainerView, PodView};
 use super::values::{Desired, env_name};
 
 mod json;
 
 pub use json::Patch;
-pub(crate) use json::{Op, Path, Wanted, Writer};
+pub(crate) use json::{Op, Path, Wanted, Writer, encode};
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
@@ -134,9 +135,9 @@ pub(crate) fn own_azureml_cloud(existing: &[Value]) -> Option<Value> {
     ))
 }
 
-/// What a binding offers every injected container: its env and mounts, each entry's JSON
-/// encoded once for the pod, and its MLFLOW_TRACKING_URI entry.
-pub(crate) struct Offer<'a> {
+/// What a binding offers every injected container, as wanted entries with their JSON, and its
+/// MLFLOW_TRACKING_URI entry.
+pub(crate) struct Wants<'a> {
     pub desired: &'a Desired,
     env: Vec<Wanted<'a>>,
     mounts: Vec<Wanted<'a>>,
@@ -147,7 +148,7 @@ pub(crate) struct Offer<'a> {
 pub(crate) fn merge_container(
     w: &mut Writer,
     c: &ContainerView<'_>,
-    offer: &Offer<'_>,
+    offer: &Wants<'_>,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
@@ -201,20 +202,16 @@ pub(crate) fn merge_container(
 
 /// Writes the ops for every injected container, and the volumes they mount; returns the
 /// warnings.
-pub(crate) fn containers_and_volumes(
-    w: &mut Writer,
-    pod: &PodView<'_>,
-    d: &Desired,
-) -> Vec<String> {
-    let (env, mounts) = (json::encode(&d.env), json::encode(&d.mounts));
+pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offer) -> Vec<String> {
+    let d = &o.desired;
     // Room for every container's ops (an op's member names and pointer take under 64 bytes).
-    let encoded = env.iter().chain(&mounts);
+    let encoded = o.env_json.iter().chain(&o.mounts_json);
     let per_container: usize = encoded.map(|json| json.get().len() + 64).sum();
     w.reserve(pod.containers.len() * per_container);
-    let offer = Offer {
+    let offer = Wants {
         desired: d,
-        env: Wanted::all_encoded(&d.env, &env),
-        mounts: Wanted::all_encoded(&d.mounts, &mounts),
+        env: Wanted::all_encoded(&d.env, &o.env_json),
+        mounts: Wanted::all_encoded(&d.mounts, &o.mounts_json),
         ours: d.tracking_uri(),
     };
     let mut warnings = Vec::new();
@@ -238,7 +235,7 @@ pub(crate) fn containers_and_volumes(
 
 /// Writes the ops that set the injected annotations (`(key, value)` pairs), creating `metadata`
 /// and `metadata.annotations` when needed.
-pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &[(&str, String)]) {
+pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &[(&str, &str)]) {
     let object = || {
         let map = entries.iter().map(|(k, v)| (k.to_string(), json!(v)));
         Value::Object(map.collect())

@@ -68,7 +68,7 @@ impl<'a> OptOuts<'a> {
 }
 
 /// The object that controls a pod: a ReplicaSet, Job, StatefulSet, a training operator's job...
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Owner<'a> {
     pub kind: &'a str,
     pub name: &'a str,

@@ -144,6 +144,7 @@ fn wi(extra: Value) -> MlflowWorkspaceBinding {
 mod choice;
 mod containers;
 mod identity;
+mod memo;
 mod patch;
 mod properties;
 mod run_tags;

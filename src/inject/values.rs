@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::identity;
 use super::patch::TRACKING_URI;
-use super::pod::PodView;
+use super::pod::{Owner, PodView};
 use super::run_context::RunContext;
 use crate::binding::{AzureCloud, EXPERIMENT_ANNOTATION, MlflowWorkspaceBinding};
 
@@ -103,13 +103,31 @@ pub(crate) fn binding_cloud(b: &MlflowWorkspaceBinding) -> Option<AzureCloud> {
     .map(cloud_from_azureml_uri)
 }
 
-/// The MLflow experiment: the pod annotation (non-empty), else the binding's.
-pub(crate) fn experiment<'a>(pod: &PodView<'a>, b: &'a MlflowWorkspaceBinding) -> Option<&'a str> {
-    pod.annotations
-        .get(EXPERIMENT_ANNOTATION)
-        .copied()
-        .filter(|s| !s.trim().is_empty())
-        .or(b.spec.experiment_name.as_deref())
+/// What of a pod decides what a binding injects into it: [`desired`] reads nothing else of the
+/// pod, so these, with the binding and the [`Context`], key the webhook's memo of offers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PodInputs<'a> {
+    /// The experiment annotation, when not blank.
+    pub experiment: Option<&'a str>,
+    /// The pod carries azure-workload-identity's label.
+    pub azwi_opt_out: bool,
+    pub service_account: &'a str,
+    /// The `pod-template-hash` label.
+    pub template_hash: Option<&'a str>,
+    pub owner: Option<Owner<'a>>,
+}
+
+impl<'a> PodInputs<'a> {
+    pub(crate) fn of(pod: &PodView<'a>) -> Self {
+        let experiment = pod.annotations.get(EXPERIMENT_ANNOTATION).copied();
+        Self {
+            experiment: experiment.filter(|s| !s.trim().is_empty()),
+            azwi_opt_out: pod.opt_outs.azure_workload_identity,
+            service_account: pod.service_account,
+            template_hash: pod.labels.get(POD_TEMPLATE_HASH).copied(),
+            owner: pod.owner,
+        }
+    }
 }
 
 /// Inputs besides the binding and the pod.
@@ -122,7 +140,7 @@ pub(crate) struct Context<'a> {
 /// What `b` injects into `pod`; the error is an identity refusal message.
 pub(crate) fn desired(
     b: &MlflowWorkspaceBinding,
-    pod: &PodView<'_>,
+    pod: &PodInputs<'_>,
     ctx: &Context<'_>,
 ) -> Result<Desired, String> {
     let mut d = Desired::default();
@@ -134,7 +152,7 @@ pub(crate) fn desired(
             cloud.azureml_current_cloud(),
         ));
     }
-    if pod.opt_outs.azure_workload_identity {
+    if pod.azwi_opt_out {
         d.annotation_suffix = AZWI_SUFFIX;
     } else if let Some(id) = &b.spec.identity {
         let inputs = identity::Inputs {
@@ -152,14 +170,13 @@ pub(crate) fn desired(
             d.push_env(entry);
         }
     }
-    let template_hash = pod.labels.get(POD_TEMPLATE_HASH).copied();
     let owner = pod.owner.as_ref();
-    d.run_context = RunContext::of(b, ctx.namespace, owner, template_hash, &d.env);
+    d.run_context = RunContext::of(b, ctx.namespace, owner, pod.template_hash, &d.env);
     Ok(d)
 }
 
 /// The MLflow variables: tracking and registry URIs, experiment, and the auth Secret's keys.
-fn mlflow(d: &mut Desired, b: &MlflowWorkspaceBinding, pod: &PodView<'_>) {
+fn mlflow(d: &mut Desired, b: &MlflowWorkspaceBinding, pod: &PodInputs<'_>) {
     let status = b.status.as_ref();
     if let Some(uri) = status.and_then(|s| s.tracking_uri.as_deref()) {
         d.push_env(env_value(TRACKING_URI, uri));
@@ -172,7 +189,8 @@ fn mlflow(d: &mut Desired, b: &MlflowWorkspaceBinding, pod: &PodView<'_>) {
     {
         d.push_env(env_value("MLFLOW_REGISTRY_URI", uri));
     }
-    if let Some(exp) = experiment(pod, b) {
+    // The pod's annotation, else the binding's.
+    if let Some(exp) = pod.experiment.or(b.spec.experiment_name.as_deref()) {
         d.push_env(env_value("MLFLOW_EXPERIMENT_NAME", exp));
     }
     if let Some(auth) = &b.spec.auth {

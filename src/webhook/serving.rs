@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{Caches, RefusalEvents, ServiceAccounts, Webhook};
+use super::{Caches, RefusalEvents, Webhook};
 use crate::certs::CertStore;
 use crate::inject::Defaults;
 use crate::metrics::Metrics;
@@ -30,16 +30,15 @@ impl Webhook {
     /// The webhook over live caches, recording refusals as Events from `identity`.
     pub fn live(caches: &Caches, defaults: Defaults, metrics: Metrics, identity: &str) -> Self {
         let client = &caches.client;
-        Self {
-            bindings: caches.bindings.clone(),
-            service_accounts: ServiceAccounts {
-                cache: caches.service_accounts.clone(),
-                client: Some(client.clone()),
-            },
+        let mut webhook = Self::cached(
+            caches.bindings.clone(),
+            caches.service_accounts.clone(),
             defaults,
-            metrics,
-            events: Some(RefusalEvents::new(client.clone(), identity.to_string())),
-        }
+        );
+        webhook.service_accounts.client = Some(client.clone());
+        webhook.metrics = metrics;
+        webhook.events = Some(RefusalEvents::new(client.clone(), identity.to_string()));
+        webhook
     }
 }
 

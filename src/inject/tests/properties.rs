@@ -80,7 +80,7 @@ fn containers(offset: usize) -> impl Strategy<Value = Vec<Value>> {
     (0usize..4).prop_flat_map(move |n| (0..n).map(|i| container(offset + i)).collect::<Vec<_>>())
 }
 
-fn pod_strategy() -> impl Strategy<Value = Value> {
+pub(super) fn pod_strategy() -> impl Strategy<Value = Value> {
     (
         containers(0).prop_filter("a pod has a container", |c| !c.is_empty()),
         prop::option::of(containers(10)),
@@ -130,7 +130,7 @@ fn pod_strategy() -> impl Strategy<Value = Value> {
         })
 }
 
-fn binding_strategy() -> impl Strategy<Value = MlflowWorkspaceBinding> {
+pub(super) fn binding_strategy() -> impl Strategy<Value = MlflowWorkspaceBinding> {
     let identity = prop::sample::select(vec![
         json!(null),
         json!({"workloadIdentity": {"clientId": CLIENT, "tenantId": TENANT}}),
