@@ -94,13 +94,18 @@ fn write_key(
     ctx: &Context<'_>,
 ) -> Option<()> {
     version(key, &b.metadata)?;
-    key.push(u8::from(ctx.service_account.is_some()));
-    if let Some(sa) = ctx.service_account {
+    // Destructured, as PodInputs below, so a field added to either cannot be left out of the key.
+    let Context {
+        namespace,
+        service_account,
+        default_tenant_id,
+    } = *ctx;
+    key.push(u8::from(service_account.is_some()));
+    if let Some(sa) = service_account {
         version(key, &sa.metadata)?;
     }
-    field(key, ctx.namespace);
-    optional_field(key, ctx.default_tenant_id);
-    // Destructured, so a field added to PodInputs cannot be left out of the key.
+    field(key, namespace);
+    optional_field(key, default_tenant_id);
     let PodInputs {
         experiment,
         azwi_opt_out,
