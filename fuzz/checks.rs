@@ -77,9 +77,9 @@ pub fn admission_review(data: &[u8]) -> Reached {
     assert_eq!(read, pod, "the one-pass read changed the pod");
     let fields = |r: &ReviewRequest| {
         (
-            r.uid.clone(),
-            r.namespace.clone(),
-            r.operation.clone(),
+            r.uid.to_string(),
+            r.namespace.to_string(),
+            r.operation.to_string(),
             r.dry_run,
         )
     };

@@ -98,7 +98,10 @@ impl Webhook {
         }
         let plan = match self.plan(&mut req).await {
             Ok(plan) => plan,
-            Err(error) => return Answer::unreadable(&Unreadable::new(Some(req.uid), error)),
+            Err(error) => {
+                let uid = Some(req.uid.into_owned());
+                return Answer::unreadable(&Unreadable::new(uid, error));
+            }
         };
         if let (Plan::Refuse(refusal), Some(events), false) = (&plan, &self.events, req.dry_run) {
             events.refused(&req.namespace, refusal);

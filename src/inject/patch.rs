@@ -2,6 +2,7 @@
 //! the injected annotation. Nothing the pod already has is ever changed.
 
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 
 use super::offer::Offer;
 use super::pod::{ContainerView, PodView};
@@ -10,7 +11,7 @@ use super::values::{Desired, env_name};
 mod json;
 
 pub use json::Patch;
-pub(crate) use json::{Op, Path, Wanted, Writer, encode};
+pub(crate) use json::{Op, Wanted, Writer, encode};
 
 pub(crate) const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
 pub(crate) const CURRENT_CLOUD: &str = "AZUREML_CURRENT_CLOUD";
@@ -22,19 +23,21 @@ pub(crate) fn append(w: &mut Writer, tokens: &[&str], present: bool, items: &[Wa
         return;
     }
     if !present {
-        return w.op(Op::Add, &Path::new(tokens.iter().copied()), items);
+        return w.op(Op::Add, tokens, items);
     }
-    let end = Path::new(tokens.iter().copied().chain(["-"]));
-    for item in items {
-        w.op(Op::Add, &end, item);
-    }
+    let end: Few<&str> = tokens.iter().copied().chain(["-"]).collect();
+    w.ops(Op::Add, &end, items);
 }
+
+/// A short list kept on the stack: a container gets a few entries of each kind, and under load
+/// every heap allocation of an admission is a likely cache miss (BENCHMARKS.md, seventh stop).
+type Few<T> = SmallVec<[T; 16]>;
 
 /// The result of merging wanted entries into existing ones.
 #[derive(Debug, Default)]
 pub(crate) struct Merge<'a> {
     /// Entries to add, in order.
-    pub add: Vec<Wanted<'a>>,
+    pub add: Few<Wanted<'a>>,
     /// Wanted entries the list already holds in another form, by their `Slot::reported` field.
     pub conflicts: Vec<String>,
 }
@@ -72,13 +75,13 @@ pub(crate) const VOLUME: Slot = Slot {
 /// For each wanted entry, the first existing entry that takes its slot. A keyed slot reads the
 /// existing list once, comparing keys with the few wanted ones: hashing all 200 names of a
 /// long env list cost more than the comparisons.
-fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[Wanted<'_>]) -> Vec<Option<&'e Value>> {
+fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[Wanted<'_>]) -> Few<Option<&'e Value>> {
     let Some(key) = slot.key else {
         let first = |w: &Wanted| existing.iter().find(|e| (slot.taken_by)(e, w.value));
         return wanted.iter().map(first).collect();
     };
-    let keys: Vec<Option<&str>> = wanted.iter().map(|w| key(w.value)).collect();
-    let mut found = vec![None; wanted.len()];
+    let keys: Few<Option<&str>> = wanted.iter().map(|w| key(w.value)).collect();
+    let mut found: Few<Option<&Value>> = smallvec::smallvec![None; wanted.len()];
     for e in existing {
         let Some(k) = key(e) else { continue };
         for (slot, want) in found.iter_mut().zip(&keys) {
@@ -97,7 +100,7 @@ pub(crate) fn add_if_absent<'a>(
     existing: &[Value],
     wanted: impl IntoIterator<Item = Wanted<'a>>,
 ) -> Merge<'a> {
-    let wanted: Vec<Wanted> = wanted.into_iter().collect();
+    let wanted: Few<Wanted> = wanted.into_iter().collect();
     let mut m = Merge::default();
     for (w, e) in wanted.iter().zip(taken(slot, existing, &wanted)) {
         match e {
@@ -192,10 +195,11 @@ pub(crate) fn merge_container(
             c.name
         ));
     }
-    let index = c.index.to_string();
-    let env_at = ["spec", c.list, &index, "env"];
+    let mut index = itoa::Buffer::new();
+    let index = index.format(c.index);
+    let env_at = ["spec", c.list, index, "env"];
     append(w, &env_at, c.env.is_some(), &env.add);
-    let mounts_at = ["spec", c.list, &index, "volumeMounts"];
+    let mounts_at = ["spec", c.list, index, "volumeMounts"];
     append(w, &mounts_at, c.mounts.is_some(), &mounts.add);
     warnings
 }
@@ -241,18 +245,17 @@ pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &
         Value::Object(map.collect())
     };
     if !pod.has_metadata {
-        let path = Path::new(["metadata"]);
-        return w.op(Op::Add, &path, &json!({"annotations": object()}));
+        return w.op(Op::Add, &["metadata"], &json!({"annotations": object()}));
     }
     if !pod.has_annotations {
-        return w.op(Op::Add, &Path::new(["metadata", "annotations"]), &object());
+        return w.op(Op::Add, &["metadata", "annotations"], &object());
     }
     for (key, value) in entries {
         let op = match pod.annotation_keys.contains(key) {
             true => Op::Replace,
             false => Op::Add,
         };
-        w.op(op, &Path::new(["metadata", "annotations", *key]), value);
+        w.op(op, &["metadata", "annotations", key], value);
     }
 }
 

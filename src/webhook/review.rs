@@ -3,6 +3,7 @@
 
 mod raw;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -18,9 +19,10 @@ pub use raw::Lookup;
 /// A parsed AdmissionReview request: only what the webhook needs.
 #[derive(Debug, Clone)]
 pub struct ReviewRequest<'b> {
-    pub uid: String,
-    pub operation: String,
-    pub namespace: String,
+    /// Borrowed from the body unless escaped, as are the operation and namespace.
+    pub uid: Cow<'b, str>,
+    pub operation: Cow<'b, str>,
+    pub namespace: Cow<'b, str>,
     pub dry_run: bool,
     object: Object<'b>,
 }
@@ -144,16 +146,17 @@ fn parse<'b>(body: &'b [u8], lookup: Option<Lookup<'_>>) -> Result<ReviewRequest
         .as_ref()
         .map(|r| r.uid.clone())
         .filter(|u| !u.is_empty());
+    let owned = |uid: &Option<Cow<str>>| uid.as_deref().map(str::to_string);
     if raw.api_version != API_VERSION || raw.kind != KIND {
-        let (api_version, kind) = (raw.api_version, raw.kind);
+        let (api_version, kind) = (raw.api_version.into_owned(), raw.kind.into_owned());
         let error = ReviewError::NotAdmissionReview { api_version, kind };
-        return Err(Unreadable::new(uid, error));
+        return Err(Unreadable::new(owned(&uid), error));
     }
     let req = raw
         .request
         .ok_or(Unreadable::new(None, ReviewError::Missing("request")))?;
     let uid = uid.ok_or(Unreadable::new(None, ReviewError::NoUid))?;
-    let err = |e| Unreadable::new(Some(uid.clone()), e);
+    let err = |e| Unreadable::new(Some(uid.to_string()), e);
     let k = req
         .kind
         .ok_or_else(|| err(ReviewError::Missing("request.kind")))?;
@@ -179,7 +182,7 @@ fn parse<'b>(body: &'b [u8], lookup: Option<Lookup<'_>>) -> Result<ReviewRequest
         // Not as the API server sends it: the namespace from the object's metadata, if any.
         let pod = request.pod(&EnvNames::default()).unwrap_or_default();
         let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str);
-        request.namespace = ns.unwrap_or_default().to_string();
+        request.namespace = Cow::Owned(ns.unwrap_or_default().to_string());
     }
     Ok(request)
 }
@@ -233,6 +236,31 @@ mod tests {
         assert_eq!(r.pod(&EnvNames::all()).unwrap(), pod);
     }
 
+    /// The strings are borrowed from the body when they can be, and read whole when escaped.
+    #[test]
+    fn escaped_strings_read_as_their_text() {
+        let pod = json!({"spec": {"containers": []}});
+        let plain = review(pod);
+        let escaped = String::from_utf8(plain.clone())
+            .unwrap()
+            .replace(r#""uid":"u1""#, r#""uid":"u\u0031""#)
+            .replace(r#""namespace":"team-a""#, r#""namespace":"team\u002da""#)
+            .replace(r#""operation":"CREATE""#, r#""operation":"CRE\u0041TE""#);
+        assert_ne!(escaped.as_bytes(), plain);
+        let (p, e) = (
+            parse_review(&plain).unwrap(),
+            parse_review(escaped.as_bytes()).unwrap(),
+        );
+        assert!(matches!(p.uid, Cow::Borrowed(_)));
+        assert!(matches!(e.uid, Cow::Owned(_)));
+        for r in [p, e] {
+            assert_eq!(
+                (&*r.uid, &*r.namespace, &*r.operation),
+                ("u1", "team-a", "CREATE")
+            );
+        }
+    }
+
     #[test]
     fn the_namespace_falls_back_to_the_objects() {
         let mut v: Value = serde_json::from_slice(&review(
@@ -246,7 +274,7 @@ mod tests {
         let body = serde_json::to_vec(&v).unwrap();
         let r = parse_review(&body).unwrap();
         assert_eq!(
-            (r.namespace.as_str(), r.pod(&EnvNames::all()).unwrap()),
+            (&*r.namespace, r.pod(&EnvNames::all()).unwrap()),
             ("", Value::Null)
         );
     }

@@ -5,6 +5,7 @@
 //! value a seed made from an earlier field; reading the object a second time cost as much as
 //! validating the whole body.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,29 +22,34 @@ use crate::webhook::Slice;
 pub type Lookup<'l> = &'l dyn Fn(&str) -> Slice<MlflowWorkspaceBinding>;
 
 pub(super) struct RawReview<'b> {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Cow<'b, str>,
+    pub kind: Cow<'b, str>,
     pub request: Option<RawRequest<'b>>,
 }
 
 pub(super) struct RawRequest<'b> {
-    pub uid: String,
-    pub kind: Option<RawGvk>,
-    pub namespace: String,
-    pub operation: String,
+    pub uid: Cow<'b, str>,
+    pub kind: Option<RawGvk<'b>>,
+    pub namespace: Cow<'b, str>,
+    pub operation: Cow<'b, str>,
     pub object: Object<'b>,
     pub dry_run: Option<bool>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct RawGvk {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub kind: String,
+pub(super) struct RawGvk<'b> {
+    #[serde(default, borrow)]
+    pub group: Cow<'b, str>,
+    #[serde(default, borrow)]
+    pub version: Cow<'b, str>,
+    #[serde(default, borrow)]
+    pub kind: Cow<'b, str>,
 }
+
+/// A string borrowed from the body unless it has escapes: under load every allocation of an
+/// admission is a likely cache miss (BENCHMARKS.md, seventh stop).
+#[derive(Deserialize)]
+struct Text<'b>(#[serde(borrow)] Cow<'b, str>);
 
 /// Reads `body` as an AdmissionReview; with `lookup`, the object is read as the bindings of the
 /// request's namespace need it, when the namespace comes first.
@@ -110,8 +116,10 @@ impl<'de> Visitor<'de> for Review<'_> {
         let (mut api_version, mut kind, mut request) = (None, None, None);
         while let Some(field) = map.next_key()? {
             match field {
-                ReviewField::ApiVersion => once(&mut api_version, "apiVersion", map.next_value()?)?,
-                ReviewField::Kind => once(&mut kind, "kind", map.next_value()?)?,
+                ReviewField::ApiVersion => {
+                    once(&mut api_version, "apiVersion", map.next_value::<Text>()?.0)?
+                }
+                ReviewField::Kind => once(&mut kind, "kind", map.next_value::<Text>()?.0)?,
                 ReviewField::Request => once(
                     &mut request,
                     "request",
@@ -162,10 +170,14 @@ impl<'de> Visitor<'de> for Request<'_> {
         let (mut object, mut dry_run) = (None, None);
         while let Some(field) = map.next_key()? {
             match field {
-                RequestField::Uid => once(&mut uid, "uid", map.next_value()?)?,
+                RequestField::Uid => once(&mut uid, "uid", map.next_value::<Text>()?.0)?,
                 RequestField::Kind => once(&mut kind, "kind", map.next_value()?)?,
-                RequestField::Namespace => once(&mut namespace, "namespace", map.next_value()?)?,
-                RequestField::Operation => once(&mut operation, "operation", map.next_value()?)?,
+                RequestField::Namespace => {
+                    once(&mut namespace, "namespace", map.next_value::<Text>()?.0)?
+                }
+                RequestField::Operation => {
+                    once(&mut operation, "operation", map.next_value::<Text>()?.0)?
+                }
                 RequestField::DryRun => once(&mut dry_run, "dryRun", map.next_value()?)?,
                 RequestField::Object => {
                     let read = object_of(&mut map, self.0, namespace.as_deref())?;
