@@ -7,7 +7,9 @@
 //! webhook's own Service or URL, on the probe port, path [`PATH`]) that presents the new
 //! certificate. A dry-run creation of that Lease succeeds only once the API server calls the
 //! canary and verifies the new certificate with the new CA: so it has read the configuration
-//! at least as far as the canary, and the caBundle written before it. The canary is removed
+//! at least as far as the canary, and the caBundle written before it. The canary's answer marks
+//! the Lease ([`CALLED`]), and only a dry-run whose Lease carries the mark counts: before the API
+//! server has read the canary, the dry-run succeeds without calling it. The canary is removed
 //! after, whatever the outcome.
 
 use std::time::Duration;
@@ -29,8 +31,11 @@ pub const LABEL: &str = "mlflow-operator.io/ca-probe";
 /// default (`--ca-probe-timeout`).
 pub const BOUND: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_secs(1);
+/// The annotation (under [`LABEL`]) the canary's answer puts on the probe Lease.
+pub const CALLED: &str = "called";
 
-/// The answer to a probe review: allowed, unchanged, with the review's uid.
+/// The answer to a probe review: allowed, with the review's uid, and a patch that marks the
+/// probe Lease as seen by the canary (the Lease is created without annotations).
 pub fn answer(body: &[u8]) -> Vec<u8> {
     let uid = serde_json::from_slice::<Value>(body)
         .ok()
@@ -39,9 +44,23 @@ pub fn answer(body: &[u8]) -> Vec<u8> {
     let review = json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
-        "response": {"uid": uid, "allowed": true},
+        "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": mark()},
     });
     serde_json::to_vec(&review).expect("JSON")
+}
+
+/// The base64 JSON patch of the canary's answer: the probe Lease's annotations, [`LABEL`] set to
+/// [`CALLED`].
+fn mark() -> String {
+    use base64::Engine;
+    let patch = json!([{"op": "add", "path": "/metadata/annotations", "value": {LABEL: CALLED}}]);
+    base64::engine::general_purpose::STANDARD.encode(patch.to_string())
+}
+
+/// The probe Lease as the API server admitted it carries the canary's mark.
+fn was_called(lease: &Lease) -> bool {
+    let annotations = lease.metadata.annotations.as_ref();
+    annotations.and_then(|a| a.get(LABEL)).map(String::as_str) == Some(CALLED)
 }
 
 /// The canary's client configuration: the webhook's own, on the probe `port` and [`PATH`].
@@ -141,7 +160,8 @@ impl Probe {
         outcome
     }
 
-    /// A dry-run creation of this replica's probe Lease, which only its canary is called for.
+    /// A dry-run creation of this replica's probe Lease, which only its canary is called for;
+    /// Ok only when the canary was called (the Lease comes back marked).
     async fn dry_run(&self, client: &Client) -> Result<(), String> {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
         let lease: Lease = serde_json::from_value(json!({
@@ -152,11 +172,17 @@ impl Probe {
             dry_run: true,
             ..Default::default()
         };
-        leases
+        let created = leases
             .create(&dry, &lease)
             .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match was_called(&created) {
+            true => Ok(()),
+            false => Err(
+                "the dry-run did not reach the canary webhook: the API server has not read it yet"
+                    .into(),
+            ),
+        }
     }
 
     /// Adds (or replaces) this replica's canary, cloned from the first webhook's client.

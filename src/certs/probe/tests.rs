@@ -3,7 +3,8 @@ use k8s_openapi::api::admissionregistration::v1::ServiceReference;
 use super::*;
 
 #[test]
-fn a_probe_review_is_allowed_unchanged_with_its_uid() {
+fn a_probe_review_is_allowed_with_its_uid_and_marks_the_lease() {
+    use base64::Engine;
     let cases: [(&[u8], &str); 3] = [
         (br#"{"request": {"uid": "7f1c"}}"#, "7f1c"),
         (br#"{"request": {}}"#, ""),
@@ -11,8 +12,44 @@ fn a_probe_review_is_allowed_unchanged_with_its_uid() {
     ];
     for (body, uid) in cases {
         let v: Value = serde_json::from_slice(&answer(body)).unwrap();
-        assert_eq!(v["response"], json!({"uid": uid, "allowed": true}), "{v}");
+        let r = &v["response"];
+        assert_eq!(
+            (&r["uid"], &r["allowed"]),
+            (&json!(uid), &json!(true)),
+            "{v}"
+        );
         assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(r["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut lease = serde_json::to_value(Lease::default()).unwrap();
+        json_patch::patch(&mut lease, &patch).unwrap();
+        let lease: Lease = serde_json::from_value(lease).unwrap();
+        assert!(was_called(&lease), "{lease:?}");
+    }
+}
+
+/// A dry-run that the API server admitted without calling the canary is no evidence.
+#[test]
+fn only_a_lease_the_canary_marked_counts() {
+    let lease = |annotations: Value| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": "p", "annotations": annotations}}))
+            .unwrap()
+    };
+    for (annotations, called) in [
+        (json!(null), false),
+        (json!({}), false),
+        (json!({LABEL: "other"}), false),
+        (json!({"other": CALLED}), false),
+        (json!({LABEL: CALLED}), true),
+    ] {
+        assert_eq!(
+            was_called(&lease(annotations.clone())),
+            called,
+            "{annotations}"
+        );
     }
 }
 
