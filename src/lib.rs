@@ -11,6 +11,7 @@
 //! - [`controller`]: each binding's tracking URI into its status (Azure ML via ARM, with the
 //!   operator's own Azure credential), on the Lease holder only.
 //! - [`metrics`]: Prometheus metrics shared by the controller and the webhook.
+//! - [`recorder`]: Kubernetes Events with series, remembering little of each.
 //! - [`run`]: `mlflow-operator run`, its settings, and the wiring of webhook, controller,
 //!   metrics and health.
 //! - [`tracking`]: which opted-in pods carry their binding's current injection (controller, `check`,
@@ -27,6 +28,7 @@ pub mod crd;
 pub mod inject;
 pub mod metrics;
 pub mod ownership;
+pub mod recorder;
 pub mod run;
 pub mod tracking;
 pub mod webhook;

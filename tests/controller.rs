@@ -858,3 +858,63 @@ async fn a_binding_env_the_api_server_would_drop_is_not_ready_on_older_servers()
     })
     .await;
 }
+
+/// The recorder on the real API server: a repeat within six minutes is counted in the first
+/// Event's series (its note kept), another reason is another Event, and a repeat of an Event
+/// that was deleted meanwhile is posted anew.
+#[tokio::test]
+async fn events_repeat_in_a_series_and_come_back_when_deleted() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use mlflow_operator::recorder::{Event, EventType, Recorder, Reporter};
+    with_temp_ns("ctrl-events", |client, ns| async move {
+        let reporter = Reporter {
+            controller: "mlflow-operator".into(),
+            instance: Some("test".into()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let about = ObjectReference {
+            api_version: Some("mlflow-operator.io/v1alpha1".into()),
+            kind: Some("MlflowWorkspaceBinding".into()),
+            namespace: Some(ns.clone()),
+            name: Some("flaky".into()),
+            ..Default::default()
+        };
+        let ev = |reason: &str, note: &str| Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Resolve".into(),
+            secondary: None,
+        };
+        let publish = |e: Event| {
+            let (recorder, about) = (recorder.clone(), about.clone());
+            async move { recorder.publish(&e, &about).await.expect("publish") }
+        };
+        publish(ev("ArmUnreachable", "first")).await;
+        publish(ev("ArmUnreachable", "second")).await;
+        publish(ev("ArmUnreachable", "third")).await;
+        publish(ev("AuthorizationFailed", "other")).await;
+        let by_reason = |list: &[K8sEvent], r: &str| -> Vec<K8sEvent> {
+            let of = |e: &&K8sEvent| e.reason.as_deref() == Some(r);
+            list.iter().filter(of).cloned().collect()
+        };
+        let listed = events_for(&client, &ns, "flaky").await;
+        let series = by_reason(&listed, "ArmUnreachable");
+        assert_eq!(series.len(), 1, "one Event for the three: {series:?}");
+        assert_eq!(series[0].note.as_deref(), Some("first"));
+        assert_eq!(series[0].series.as_ref().map(|s| s.count), Some(3));
+        assert_eq!(series[0].reporting_instance.as_deref(), Some("test"));
+        assert_eq!(by_reason(&listed, "AuthorizationFailed").len(), 1);
+
+        let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+        let name = series[0].metadata.name.clone().unwrap();
+        events.delete(&name, &Default::default()).await.unwrap();
+        publish(ev("ArmUnreachable", "after the delete")).await;
+        let again = by_reason(&events_for(&client, &ns, "flaky").await, "ArmUnreachable");
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].note.as_deref(), Some("after the delete"));
+        assert_eq!(again[0].series, None);
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use crate::recorder::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio::time::Instant;
 
