@@ -55,23 +55,36 @@ struct Posted {
     last: Timestamp,
 }
 
-/// Events posted in the last [`SERIES_WINDOW`].
+/// How often Events past their window are forgotten: a sweep on every publish made 1,000
+/// bindings becoming Ready a million steps.
+const SWEEP_EVERY: SignedDuration = SignedDuration::from_secs(60);
+
+/// Events posted in the last [`SERIES_WINDOW`] (and the last [`SWEEP_EVERY`] before it).
 #[derive(Default)]
-struct Recent(HashMap<Key, Posted>);
+struct Recent {
+    posted: HashMap<Key, Posted>,
+    swept: Option<Timestamp>,
+}
 
 impl Recent {
     /// The Event `key` repeats at `now` and the series count it gets, if one was posted within
-    /// the window. Forgets every Event past its window.
+    /// the window.
     fn repeat(&mut self, key: &Key, now: Timestamp) -> Option<(String, i32)> {
-        self.0
-            .retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
-        let p = self.0.get(key)?;
+        let within = |p: &Posted| now.duration_since(p.last) < SERIES_WINDOW;
+        if self
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            self.posted.retain(|_, p| within(p));
+            self.swept = Some(now);
+        }
+        let p = self.posted.get(key).filter(|p| within(p))?;
         Some((p.name.clone(), p.count + 1))
     }
 
     fn posted(&mut self, key: Key, name: String, count: i32, now: Timestamp) {
         let last = now;
-        self.0.insert(key, Posted { name, count, last });
+        self.posted.insert(key, Posted { name, count, last });
     }
 }
 

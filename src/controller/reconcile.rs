@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::recorder::{Event, EventType, Recorder, Reporter};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -29,6 +28,7 @@ use super::{Config, FIELD_MANAGER};
 use crate::binding::{FALSE, MlflowWorkspaceBinding, MlflowWorkspaceBindingStatus};
 use crate::binding_store::BindingStore;
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::recorder::{Event, EventType, Recorder, Reporter};
 use crate::tracking;
 
 /// Reconciles at once. Unbounded, 1,000 bindings resolved together held 1,000 status writes and

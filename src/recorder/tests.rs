@@ -22,51 +22,77 @@ fn event(type_: EventType, reason: &str, action: &str, note: &str) -> Event {
 
 #[test]
 fn the_same_event_is_everything_but_its_note() {
+    use EventType::{Normal, Warning};
     let base = Key::of(
-        &event(EventType::Normal, "Resolved", "Resolve", "uri a"),
+        &event(Normal, "Resolved", "Resolve", "uri a"),
         &reference("b", "u1"),
     );
-    // (what, event, regarding, whether it is a repeat of `base`)
+    // (what, type, reason, action, note, object, uid, whether it is a repeat of `base`)
     let cases = [
         (
             "another note",
-            event(EventType::Normal, "Resolved", "Resolve", "uri b"),
-            reference("b", "u1"),
+            Normal,
+            "Resolved",
+            "Resolve",
+            "uri b",
+            "b",
+            "u1",
             true,
         ),
         (
             "another type",
-            event(EventType::Warning, "Resolved", "Resolve", "uri a"),
-            reference("b", "u1"),
+            Warning,
+            "Resolved",
+            "Resolve",
+            "uri a",
+            "b",
+            "u1",
             false,
         ),
         (
             "another reason",
-            event(EventType::Normal, "Failed", "Resolve", "uri a"),
-            reference("b", "u1"),
+            Normal,
+            "Failed",
+            "Resolve",
+            "uri a",
+            "b",
+            "u1",
             false,
         ),
         (
             "another action",
-            event(EventType::Normal, "Resolved", "CountPods", "uri a"),
-            reference("b", "u1"),
+            Normal,
+            "Resolved",
+            "CountPods",
+            "uri a",
+            "b",
+            "u1",
             false,
         ),
         (
             "another object",
-            event(EventType::Normal, "Resolved", "Resolve", "uri a"),
-            reference("c", "u1"),
+            Normal,
+            "Resolved",
+            "Resolve",
+            "uri a",
+            "c",
+            "u1",
             false,
         ),
         (
             "the object made anew",
-            event(EventType::Normal, "Resolved", "Resolve", "uri a"),
-            reference("b", "u2"),
+            Normal,
+            "Resolved",
+            "Resolve",
+            "uri a",
+            "b",
+            "u2",
             false,
         ),
     ];
-    for (what, ev, regarding, same) in cases {
-        assert_eq!(Key::of(&ev, &regarding) == base, same, "{what}");
+    for (what, type_, reason, action, note, name, uid, same) in cases {
+        let key = Key::of(&event(type_, reason, action, note), &reference(name, uid));
+        assert_eq!(key == base, same, "{what}");
     }
 }
 
@@ -108,7 +134,31 @@ fn a_repeat_within_six_minutes_counts_in_the_series() {
         "six minutes after the last"
     );
     assert!(
-        recent.0.is_empty(),
+        recent.posted.is_empty(),
         "events past their window are forgotten"
     );
+}
+
+#[test]
+fn an_event_past_its_window_is_no_repeat_between_sweeps() {
+    let key = Key::of(
+        &event(EventType::Normal, "R", "A", "n"),
+        &reference("b", "u"),
+    );
+    let other = Key::of(
+        &event(EventType::Normal, "S", "A", "n"),
+        &reference("b", "u"),
+    );
+    let t0: Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+    let at = |secs: i64| t0 + SignedDuration::from_secs(secs);
+    let mut recent = Recent::default();
+    assert_eq!(recent.repeat(&key, at(0)), None);
+    recent.posted(key.clone(), "b.1".into(), 1, at(0));
+    assert_eq!(recent.repeat(&other, at(330)), None, "a sweep at 330 s");
+    assert_eq!(
+        recent.repeat(&key, at(361)),
+        None,
+        "past its window, not swept yet"
+    );
+    assert_eq!(recent.posted.len(), 1, "swept at most once a minute");
 }
