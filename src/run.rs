@@ -4,6 +4,7 @@
 //! controller. SIGTERM or Ctrl-C stops everything gracefully. The settings of every part are
 //! built once, up front ([`config`]); the endpoints of [`health`] report on them.
 
+mod client;
 mod config;
 mod crd;
 mod health;
@@ -31,8 +32,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often mounted certificate files are re-read.
 const CERT_FILES_EVERY: Duration = Duration::from_secs(2);
 
+/// kube's client, for the CLI's short-lived commands.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+    Ok(Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -41,8 +47,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         None => kube::Config::infer()
             .await
             .context("no in-cluster config and no kubeconfig")?,
-    };
-    Ok(Client::try_from(config)?)
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -98,7 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         |name| std::env::var(name).ok(),
         |path| std::fs::read(path),
     )?;
-    let client = client(settings.kubeconfig.as_deref()).await?;
+    let client = client::multiplexed(kube_config(settings.kubeconfig.as_deref()).await?)?;
     set_owner(&mut settings, &client, &args.namespace).await;
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
