@@ -47,6 +47,10 @@ impl OperatorProcess {
             .args(args)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .env("NO_COLOR", "1")
+            // A panic still prints its backtrace when RUST_BACKTRACE is set, but errors do not
+            // capture one (Azure's SDK would with every error it makes), as in the pod, where
+            // neither is set: a benchmark's memory figures are the pod's.
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())
