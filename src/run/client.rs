@@ -1,7 +1,7 @@
 //! The operator's API server client: kube's request stack over HTTP/2.
 //!
 //! kube's own client speaks HTTP/1.1 only, so every watch and every request in flight holds a TLS
-//! connection of its own: 33-39 for the leader with 1,000 bindings, each with its buffers. The
+//! connection of its own: 20-30 for the leader with 1,000 bindings, each with its buffers. The
 //! API server speaks HTTP/2, and client-go uses it so: one connection carries every watch and
 //! request as streams, checked by pings. Only the transport differs from kube's stack: the same
 //! base URI, auth, extra headers and retry layers from the same config.
@@ -17,9 +17,9 @@ use kube::{Client, Config};
 use tower::retry::RetryLayer;
 use tower::{BoxError, ServiceBuilder};
 
-/// How often an idle connection is pinged, and how long a ping may go unanswered (client-go's
-/// `ReadIdleTimeout` and `PingTimeout`): a dead peer is noticed without a read timeout, which
-/// would also cut the watches that are only quiet.
+/// How often the connection is pinged while it carries streams, and how long a ping may go
+/// unanswered (client-go's `ReadIdleTimeout` and `PingTimeout`): a dead peer is noticed without a
+/// read timeout, which would also cut the watches that are only quiet.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
 
