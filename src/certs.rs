@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use rustls::crypto::aws_lc_rs;
+use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -51,7 +51,7 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Ce
     }
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
-    let ck = CertifiedKey::from_der(chain, key, &aws_lc_rs::default_provider())
+    let ck = CertifiedKey::from_der(chain, key, &ring::default_provider())
         .map_err(|e| CertError::Mismatch(e.to_string()))?;
     Ok(ck)
 }
@@ -119,9 +119,9 @@ impl CertStore {
     /// A rustls server config (TLS 1.2 and 1.3 only, h2 and http/1.1) that serves from this store.
     pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
         let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+                .expect("ring supports TLS 1.2 and 1.3")
                 .with_no_client_auth()
                 .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -266,7 +266,7 @@ pub fn verify_chain(pems: &Pems, name: &str) -> Result<(), CertError> {
     }
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
-        Arc::new(aws_lc_rs::default_provider()),
+        Arc::new(ring::default_provider()),
     )
     .build()
     .map_err(|e| bad(e.to_string()))?;
@@ -406,7 +406,7 @@ mod tests {
         use rustls::client::danger::ServerCertVerifier;
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            Arc::new(aws_lc_rs::default_provider()),
+            Arc::new(ring::default_provider()),
         )
         .build()
         .unwrap();

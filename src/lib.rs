@@ -37,3 +37,12 @@ pub mod webhook;
 pub fn crd_yaml() -> String {
     serde_yaml_ng::to_string(&crd::definition()).expect("a CRD always serializes to YAML")
 }
+
+/// Makes ring the process's rustls crypto provider, as reqwest (built without one of its own)
+/// needs; kube's client and our TLS configs name ring themselves. ring, not aws-lc-rs: aws-lc's
+/// code was 2.2 MiB of the leader's resident pages, its AVX-512 AES-GCM alone 0.66 MiB
+/// (BENCHMARKS.md, "twelfth stop").
+pub fn install_crypto_provider() {
+    // An error only says a provider is installed already: ring, the only one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -7,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    mlflow_operator::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", mlflow_operator::crd_yaml()),

@@ -1208,7 +1208,7 @@ impl Rest {
     }
 
     async fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
+        let mut req = common::http_client()
             .get(reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query).unwrap())
             .timeout(Duration::from_secs(30));
         if let Some(h) = &self.host {

@@ -223,13 +223,15 @@ async fn basic_auth_credentials_come_from_the_secret_by_reference() {
     };
     let server = MlflowServer::start_with(Some(auth.clone())).await;
     // The server really demands the credentials.
-    let anonymous = reqwest::get(format!(
-        "{}/api/2.0/mlflow/experiments/get-by-name?experiment_name=secured",
-        server.url
-    ))
-    .await
-    .unwrap()
-    .status();
+    let anonymous = common::http_client()
+        .get(format!(
+            "{}/api/2.0/mlflow/experiments/get-by-name?experiment_name=secured",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(anonymous, reqwest::StatusCode::UNAUTHORIZED);
 
     let spec = json!({"experimentName": "secured", "auth": {"secretName": "mlflow-creds"}});

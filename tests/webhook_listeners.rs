@@ -110,7 +110,7 @@ async fn rejects_tls_1_0_1_1_and_plain_http_and_no_other_listener_admits() {
         .unwrap();
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[version])
         .unwrap()

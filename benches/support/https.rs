@@ -43,7 +43,7 @@ async fn post(port: u16, ca_pem: &str, body: &[u8]) -> Option<Value> {
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).ok()?)
         .ok()?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?

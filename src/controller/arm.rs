@@ -352,6 +352,7 @@ pub struct ArmClient {
 impl ArmClient {
     /// Fails only when the extra CA cannot be used; a missing Azure identity shows up per binding.
     pub fn new(cfg: AzureConfig, metrics: Metrics) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.retry.request_timeout)
             .redirect(reqwest::redirect::Policy::none());

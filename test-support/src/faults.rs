@@ -95,7 +95,7 @@ pub async fn presented_cert(addr: &str, bundle: &[u8], name: &str) -> Result<Vec
             .add(ca.map_err(|e| format!("caBundle: {e}"))?)
             .map_err(|e| format!("caBundle: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

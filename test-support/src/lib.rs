@@ -107,7 +107,6 @@ where
     }
 }
 
-/// A loopback port nobody listens on right now (bound to :0, then released).
 /// A fresh CA and a serving certificate for 127.0.0.1, written to `dir` as `tls.key`, then
 /// `tls.crt` (the key first: a reload triggered by the certificate finds its key); returns the
 /// two paths and the PEMs.
@@ -131,6 +130,14 @@ pub fn write_loopback_certificate(
     (cert, key, pems)
 }
 
+/// A plain reqwest client: reqwest is built without a crypto provider of its own, so the process
+/// gets the operator's (ring) first.
+pub fn http_client() -> reqwest::Client {
+    mlflow_operator::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// A loopback port nobody listens on right now (bound to :0, then released).
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }

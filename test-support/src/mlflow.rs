@@ -141,7 +141,7 @@ impl MlflowServer {
     }
 
     async fn wait_healthy(&mut self, timeout: Duration) {
-        let http = reqwest::Client::new();
+        let http = crate::http_client();
         let health = format!("{}/health", self.url);
         let what = format!("mlflow server on port {} to be healthy", self.port);
         let child = &mut self.child;
@@ -175,7 +175,7 @@ impl MlflowServer {
     }
 
     fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
-        let r = reqwest::Client::new()
+        let r = crate::http_client()
             .request(method, url)
             .timeout(Duration::from_secs(30));
         match &self.auth {

@@ -389,6 +389,7 @@ struct Probe {
 }
 
 fn fakes_client(sh: &Shared) -> reqwest::Client {
+    mlflow_operator::install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(sh.cloud.ca_pem.as_bytes()).unwrap();
     let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 443);
     reqwest::Client::builder()

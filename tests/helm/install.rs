@@ -38,7 +38,7 @@ async fn installed_chart_runs_the_operator_with_least_privilege() {
 /// Ready: certificate generated and stored (Secret RBAC), caches synced (list/watch RBAC); the
 /// caBundle is the CA of the Secret (MWC get/patch on its own name).
 async fn assert_ready_with_ca_bundle(installed: &Installed) {
-    let http = reqwest::Client::new();
+    let http = super::common::http_client();
     let readyz = format!("http://127.0.0.1:{}/readyz", installed.metrics_port);
     eventually("/readyz to answer 200", WAIT, || async {
         let r = http.get(&readyz).send().await.ok()?;

@@ -84,7 +84,7 @@ impl FakeCloud {
             core: core.clone(),
             sas_key: crate::azure::random_key("sas"),
             mlflow_url: mlflow_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: crate::http_client(),
         };
         let entra = entra::routes()
             .route("/common/discovery/instance", get(discovery::instance))

@@ -37,7 +37,7 @@ pub fn verify_chain(chain_pem: &[u8], roots_pem: &[u8], name: &str) -> Result<()
             "none of the caBundle's {unusable} certificates is a usable CA"
         ));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
         .build()
         .map_err(|e| e.to_string())?;
@@ -106,7 +106,7 @@ async fn handshake(raw: &str, ca: &[u8]) -> Result<(), String> {
             .add(cert)
             .map_err(|e| format!("a caBundle certificate is unusable: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
