@@ -148,8 +148,15 @@ async fn plain(listener: TcpListener, router: Router) {
 /// azure-identity reads (`AZURE_CLIENT_CERTIFICATE_PATH`: certificate and key in one file), and
 /// the credential the fake Entra ID checks assertions with.
 pub fn service_principal_certificate(client_id: &str) -> (String, Credential) {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
     use rcgen::{CertificateParams, DnType, KeyPair};
-    let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("an RSA key");
+    // The operator's rcgen signs with ring, which cannot generate RSA keys: aws-lc-rs (the fakes'
+    // own crypto) makes it.
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pkcs8: Pkcs8V1Der<'static> = rsa.as_der().expect("an RSA key as PKCS#8");
+    let key =
+        KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_ref().into(), &rcgen::PKCS_RSA_SHA256)
+            .expect("an RSA key rcgen signs with");
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
         .distinguished_name
