@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast;
 
 use crate::binding::MlflowWorkspaceBinding;
-use crate::webhook::{BindingIndex, IndexWriter, outage_backoff};
+use crate::webhook::{BindingIndex, IndexWriter, outage_backoff, paged_watch};
 
 type Binding = MlflowWorkspaceBinding;
 
@@ -56,7 +56,7 @@ pub struct BindingStore {
 impl BindingStore {
     /// An empty store and the watch that fills it (spawn it).
     pub fn new(client: &Client) -> (Self, BoxFuture<'static, ()>) {
-        let events = watcher(Api::<Binding>::all(client.clone()), Default::default())
+        let events = watcher(Api::<Binding>::all(client.clone()), paged_watch())
             .backoff(outage_backoff())
             .modify(trim);
         let (store, mut feed) = Self::empty();

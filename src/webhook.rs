@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::reflector::Store;
 
 pub use answer::{Answer, Outcome, error_body, error_response, review_response};
-pub use caches::{Caches, outage_backoff};
+pub use caches::{Caches, outage_backoff, paged_watch};
 pub use events::RefusalEvents;
 pub use index::{IndexWriter, Keyed, NamespaceIndex, Slice};
 pub use review::{Lookup, ReviewError, ReviewRequest, Unreadable, parse_review, parse_review_for};

@@ -97,7 +97,7 @@ impl Pods {
             Some(ns) => Api::namespaced(client, ns),
             None => Api::all(client),
         };
-        let config = watcher::Config::default().labels(&format!("{TRACK_LABEL}=true"));
+        let config = crate::webhook::paged_watch().labels(&format!("{TRACK_LABEL}=true"));
         let mut events =
             std::pin::pin!(watcher(api, config).backoff(crate::webhook::outage_backoff()));
         while let Some(event) = events.next().await {

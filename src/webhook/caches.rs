@@ -12,6 +12,13 @@ use std::time::Duration;
 
 use super::BindingIndex;
 
+/// Every watch lists in pages of 100 objects, not kube's 500: a page's body and the objects parsed
+/// from it are in memory together, and the allocator keeps much of that peak after the list
+/// (BENCHMARKS.md, "twelfth stop"). With 1,000 bindings that is ten requests at start instead of two.
+pub fn paged_watch() -> watcher::Config {
+    watcher::Config::default().page_size(100)
+}
+
 /// How the watches retry while the API server is unreachable. Pods are admitted from these
 /// caches, so after an outage they must catch up within seconds: kube's default (client-go's)
 /// grows to 30 s, which left the webhook 9-15 s behind after a 15 s API server restart. A retry
@@ -40,18 +47,15 @@ impl Caches {
     pub fn new(client: &Client, bindings: BindingIndex) -> Self {
         let (service_accounts, sas_writer) = reflector::store::<ServiceAccount>();
         // Only names and annotations of ServiceAccounts matter; drop the rest from memory.
-        let sa_stream = watcher(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .backoff(outage_backoff())
-        .modify(|sa| {
-            kube::ResourceExt::managed_fields_mut(sa).clear();
-            sa.secrets = None;
-            sa.image_pull_secrets = None;
-        })
-        .reflect(sas_writer)
-        .applied_objects();
+        let sa_stream = watcher(Api::<ServiceAccount>::all(client.clone()), paged_watch())
+            .backoff(outage_backoff())
+            .modify(|sa| {
+                kube::ResourceExt::managed_fields_mut(sa).clear();
+                sa.secrets = None;
+                sa.image_pull_secrets = None;
+            })
+            .reflect(sas_writer)
+            .applied_objects();
         let drivers = vec![sa_stream.for_each(|_| async {}).boxed()];
         Self {
             client: client.clone(),
