@@ -33,6 +33,10 @@ pub enum CertError {
     BadCertificate(String),
     #[error("the private key is not a valid PEM private key (PKCS#8, PKCS#1 or SEC1): {0}")]
     BadKey(String),
+    #[error(
+        "the private key's type is not supported ({0}): use an RSA, ECDSA P-256 or P-384, or Ed25519 key"
+    )]
+    UnsupportedKey(String),
     #[error("the private key does not match the certificate: {0}")]
     Mismatch(String),
     #[error("generating a certificate: {0}")]
@@ -51,7 +55,14 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Ce
     }
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
-    let ck = CertifiedKey::from_der(chain, key, &ring::default_provider())
+    // Loaded apart from the match, so that a key ring cannot use (ECDSA P-521) is not reported
+    // as a mismatch.
+    let key = ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| CertError::UnsupportedKey(e.to_string()))?;
+    let ck = CertifiedKey::new(chain, key);
+    ck.keys_match()
         .map_err(|e| CertError::Mismatch(e.to_string()))?;
     Ok(ck)
 }
@@ -350,6 +361,7 @@ mod tests {
             ("garbage", a.key.as_str(), "no PEM certificate"),
             (a.cert.as_str(), "garbage", "private key"),
             (a.cert.as_str(), b.key.as_str(), "does not match"),
+            (a.cert.as_str(), &p521_key(), "not supported"),
         ] {
             let err = store
                 .set_pem(cert.as_bytes(), key.as_bytes())
@@ -358,6 +370,15 @@ mod tests {
             assert!(err.contains(what), "{err}");
             assert!(store.is_loaded());
         }
+    }
+
+    /// An ECDSA P-521 key (cert-manager's `privateKey.size: 521`), which ring does not sign with.
+    fn p521_key() -> String {
+        use aws_lc_rs::signature::{ECDSA_P521_SHA512_ASN1_SIGNING, EcdsaKeyPair};
+        let key = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_ASN1_SIGNING).unwrap();
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD.encode(key.to_pkcs8v1().unwrap());
+        format!("-----BEGIN PRIVATE KEY-----\n{der}\n-----END PRIVATE KEY-----\n")
     }
 
     /// A CA made elsewhere (another subject, a SHA-1 key identifier): a re-issued leaf used to

@@ -39,7 +39,7 @@ pub fn crd_yaml() -> String {
 }
 
 /// Makes ring the process's rustls crypto provider, as reqwest (built without one of its own)
-/// needs; kube's client and our TLS configs name ring themselves. ring, not aws-lc-rs: aws-lc's
+/// needs; kube's client takes it too, and our own TLS configs name ring themselves. ring, not aws-lc-rs: aws-lc's
 /// code was 2.2 MiB of the leader's resident pages, its AVX-512 AES-GCM alone 0.66 MiB
 /// (BENCHMARKS.md, "twelfth stop").
 pub fn install_crypto_provider() {
