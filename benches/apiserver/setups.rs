@@ -4,12 +4,12 @@
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::common::eventually;
 use crate::common::node::{BUSYBOX, TRACK};
+use crate::common::{eventually, eventually_ok};
 use crate::histogram::Histogram;
 use crate::{MINUTE, RELEASE, floor_pods};
 
@@ -229,6 +229,32 @@ impl Scrape {
     fn count(&self, setup: Setup) -> f64 {
         self.of(setup).map_or(0.0, Histogram::count)
     }
+
+    /// What `setup`'s webhook was seen doing between `start` and this scrape.
+    pub fn since(&self, start: &Scrape, setup: Setup) -> Option<Histogram> {
+        Some(self.of(setup)?.since(start.of(setup)?))
+    }
+}
+
+/// Deletes the team namespace's pods and waits until none is left, so that every load starts
+/// from the same empty namespace. Pods kept off the node go at once, without a grace period.
+/// A collection delete of thousands of pods can outlast the API server's request timeout while
+/// the deletion goes on, so it is sent again until the list comes back empty.
+pub async fn clear(client: &Client, team: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), team);
+    let one = ListParams::default().limit(1);
+    eventually_ok("the namespace's pods deleted", 10 * MINUTE, || async {
+        let left = pods.list_metadata(&one).await.map_err(|e| e.to_string())?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+        let all = ListParams::default();
+        match pods.delete_collection(&DeleteParams::default(), &all).await {
+            Ok(_) => Err("pods left after a collection delete".to_string()),
+            Err(e) => Err(format!("collection delete: {e}")),
+        }
+    })
+    .await
 }
 
 pub async fn scrape(client: &Client) -> Scrape {

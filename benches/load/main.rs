@@ -24,6 +24,8 @@ mod report;
 mod rounds;
 mod runs;
 mod servers;
+#[path = "../support/spread.rs"]
+mod spread;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Config::parse_from(["load"]).quick()
     };
     let config = if config.quick { config.quick() } else { config };
+    spread::self_check();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.client_threads)
         .enable_all()

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::runs::{Measured, Scenario};
 use crate::servers::Kind;
+use crate::spread::{Spread, spread};
 
 pub const SATURATE: [usize; 3] = [1, 8, 64];
 pub const RATES: [u32; 3] = [500, 2_000, 5_000];
@@ -24,33 +25,6 @@ pub struct Results {
     pub servers: Vec<Kind>,
     pub runs: BTreeMap<(Kind, usize, Scenario), Vec<Measured>>,
     pub starts: BTreeMap<Kind, Vec<Start>>,
-}
-
-/// Median and range of one figure over the rounds.
-#[derive(Clone, Copy)]
-pub(crate) struct Spread {
-    pub median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn spread(mut values: Vec<f64>) -> Option<Spread> {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return None;
-    }
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    Some(Spread {
-        median,
-        min: values[0],
-        max: values[n - 1],
-    })
 }
 
 pub(crate) fn number(x: f64) -> String {

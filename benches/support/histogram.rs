@@ -77,6 +77,12 @@ impl Histogram {
         self.buckets.last().map_or(0.0, |(_, c)| *c)
     }
 
+    /// The share of observations above `bound`, which must be one of the buckets' bounds.
+    pub fn share_above(&self, bound: f64) -> Option<f64> {
+        let (_, at) = self.buckets.iter().find(|(le, _)| *le == bound)?;
+        (self.count() > 0.0).then(|| 1.0 - at / self.count())
+    }
+
     /// The q-quantile, linear within its bucket; the largest finite bound when it falls in +Inf.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let target = q * self.count();
@@ -113,6 +119,8 @@ pub fn self_check() {
     assert!((h.quantile(0.5).unwrap() - 0.0075).abs() < 1e-9);
     // 99th: in (0.01, 0.025], 9 of its 10.
     assert!((h.quantile(0.99).unwrap() - 0.0235).abs() < 1e-9);
+    assert!((h.share_above(0.01).unwrap() - 0.1).abs() < 1e-9);
+    assert_eq!(h.share_above(0.02), None);
     let earlier = Histogram::parse(text, "m", &["name=\"a\""]);
     assert_eq!(h.since(&earlier).count(), 0.0);
     assert_eq!(h.since(&earlier).quantile(0.99), None);
