@@ -50,17 +50,37 @@ async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
     })
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and Ctrl-C, listened for from the start of `run`: until a handler is installed their
+/// default action kills the process, so a signal that came while the replica was still starting
+/// stopped it without draining, and a second one sent before the first was handled was lost.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Resolves on the next SIGTERM or Ctrl-C, also one that came before this call.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! { _ = self.term.recv() => {}, _ = self.interrupt.recv() => {} }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Resolves, for every clone, once stop is asked for.
@@ -98,6 +118,7 @@ impl Tasks {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::listen().context("listening for SIGTERM and Ctrl-C")?;
     let mut settings = Settings::new(
         &args,
         |name| std::env::var(name).ok(),
@@ -135,9 +156,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &mut tasks.stoppable,
         );
     }
-    shutdown_signal().await;
+    signals.next().await;
     if let Some(delay) = delay.filter(|d| !d.is_zero()) {
-        go_on_answering(delay, &stopping).await;
+        go_on_answering(delay, &stopping, &mut signals).await;
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -148,7 +169,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// After SIGTERM: answers admissions for `delay` while `/readyz` fails, so the readiness probe
 /// takes the replica out of the Service before it stops accepting. Needed when the signal comes
 /// without a deletion (a container stopped on the node): no endpoint is marked terminating then.
-async fn go_on_answering(delay: Duration, stopping: &AtomicBool) {
+async fn go_on_answering(delay: Duration, stopping: &AtomicBool, signals: &mut Signals) {
     stopping.store(true, Ordering::Relaxed);
     tracing::info!(
         ?delay,
@@ -156,7 +177,7 @@ async fn go_on_answering(delay: Duration, stopping: &AtomicBool) {
     );
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
-        _ = shutdown_signal() => tracing::info!("second signal: not waiting any longer"),
+        _ = signals.next() => tracing::info!("second signal: not waiting any longer"),
     }
 }
 

@@ -167,6 +167,8 @@ fn unreachable_kubeconfig(dir: &Path) -> String {
 const LISTENING: &str = "metrics and health listening";
 /// Logged at warn (the certificate files do not exist), for when RUST_LOG hides info.
 const NO_CERTIFICATE: &str = "webhook certificate not loaded yet";
+/// Logged first, before the webhook, the endpoints or the controller start.
+const NO_SERVICE_ACCOUNT: &str = "cannot read the operator's ServiceAccount";
 
 /// Runs `mlflow-operator run` against no API server until it logs `until`, then stops it with
 /// SIGTERM; returns everything it wrote (stdout, then stderr).
@@ -251,6 +253,17 @@ fn json_logs_parse_line_by_line() {
         levels.contains(&"WARN") && levels.contains(&"INFO"),
         "{levels:?}"
     );
+}
+
+/// `run_briefly` asserts a clean exit: when the handler was installed only once everything had
+/// started, a SIGTERM this early took the signal's default action and killed the process. That
+/// lost race showed only on a loaded machine (a CI run, with the signal sent after the listening
+/// line); on a quiet one the old order also got here first.
+#[test]
+fn sigterm_while_starting_stops_gracefully() {
+    let output = run_briefly(&["--log-format", "json"], &[], NO_SERVICE_ACCOUNT);
+    let events = json_events(&output);
+    assert!(messages(&events).contains(&"shutting down"), "{output}");
 }
 
 #[test]
