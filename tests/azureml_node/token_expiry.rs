@@ -10,7 +10,7 @@
 //! server refuses a projected token of under 600 s (and `--service-account-max-token-expiration`
 //! cannot go below an hour), and a binding's `tokenExpirationSeconds` is 3600..86400, so the
 //! operator's own projection rotates after 48 minutes at the soonest. The rotation run (12.5
-//! minutes, beside the suite's other cases) therefore mounts a 600 s projection of its own and points
+//! minutes, run by hand: `--ignored`) therefore mounts a 600 s projection of its own and points
 //! `AZURE_FEDERATED_TOKEN_FILE` at it, which the webhook leaves as the container set it; the
 //! kubelet rotates it after about 480 s, and azure-identity reads the file again 600 s after its
 //! first read.
@@ -42,6 +42,8 @@ struct Mode {
     via: &'static str,
     /// Workload identity: the ServiceAccount subject (the team's application is shared).
     subject: Option<String>,
+    /// Workload identity with a projected token of the pod's own: its lifetime in seconds.
+    projected: Option<u64>,
 }
 
 impl Mode {
@@ -62,8 +64,8 @@ impl Mode {
 /// through the Azure ML front door with one-minute tokens: every step lands, the run finishes,
 /// each client fetched at least one token per lifetime its run lasted, every fetch succeeded,
 /// and a token the test took at the start is refused by ARM and the front door by the end.
-#[test]
-fn a_five_minute_run_in_every_identity_mode_outlives_its_access_tokens() {
+/// The case itself is at the suite's root (`a_five_minute_run_...`), so that it starts first.
+pub(super) fn five_minute_run_in_every_identity_mode() {
     case(|sh| async move {
         let probe = Probe::take(sh).await;
         let started = std::time::Instant::now();
@@ -98,8 +100,13 @@ fn a_five_minute_run_in_every_identity_mode_outlives_its_access_tokens() {
 
 /// Workload identity across a kubelet rotation of its projected token (600 s, its own volume:
 /// see the module's comment): every step of a 12.5-minute run lands and Entra ID saw the
-/// client present a second, rotated ServiceAccount token.
+/// client present a second, rotated ServiceAccount token. Outside `.ci/run`, as issue 20 has it:
+/// it alone would set the suite's length (13 minutes, against about 6 for every other case
+/// beside each other), and what it proves, azure-identity reading a rotated token file again,
+/// changes only with the workload identity injection or the training image's clients: run it
+/// when they change.
 #[test]
+#[ignore = "12.5 minutes; run by hand (RELIABILITY.md, Through token expiry)"]
 fn workload_identity_outlives_a_kubelet_rotation_of_its_projected_token() {
     case(|sh| async move {
         let mode = workload_identity(sh, Some(SHORTEST_PROJECTED_TOKEN)).await;
@@ -143,6 +150,7 @@ async fn workload_identity(sh: &Shared, own_token: Option<u64>) -> Mode {
         client_id: TEAM_CLIENT,
         via: "federated",
         subject,
+        projected: own_token,
     }
 }
 
@@ -159,6 +167,7 @@ async fn secret(sh: &Shared) -> Mode {
         client_id: LONG_SP_SECRET_CLIENT,
         via: "client_secret",
         subject: None,
+        projected: None,
     }
 }
 
@@ -181,6 +190,7 @@ async fn certificate(sh: &Shared) -> Mode {
         client_id: LONG_SP_CERT_CLIENT,
         via: "certificate",
         subject: None,
+        projected: None,
     }
 }
 
@@ -197,6 +207,7 @@ async fn managed(sh: &Shared) -> Mode {
         client_id: LONG_MI_CLIENT,
         via: "managed_identity",
         subject: None,
+        projected: None,
     }
 }
 
@@ -249,6 +260,8 @@ struct Figures {
     bound: usize,
     calls: usize,
     refused: usize,
+    /// Fetches refused in the client's re-read window ([`in_reread_window`]).
+    late: usize,
     /// Workload identity: the `iat`s of the distinct projected tokens presented, in order.
     assertions_read: Vec<i64>,
 }
@@ -257,13 +270,15 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run {:.0} s, {} of {} steps landed; {} tokens fetched (at least {} needed), all \
-             accepted; {} front door calls, {} refused as expired; {} projected tokens presented",
+            "run {:.0} s, {} of {} steps landed; {} tokens fetched (at least {} needed), {} \
+             refused in the token file's re-read window; {} front door calls, {} refused as \
+             expired; {} projected tokens presented",
             self.seconds,
             self.steps,
             self.steps,
             self.fetched,
             self.bound,
+            self.late,
             self.calls,
             self.refused,
             self.assertions_read.len(),
@@ -293,11 +308,23 @@ async fn outlived_its_tokens(sh: &Shared, mode: &Mode, run: &Value, epochs: u64)
         .into_iter()
         .filter(|e| mode.fetched_by(e) && !imds_probe(e))
         .partition(|e| e.status == 200);
+    let (late, failed): (Vec<Exchange>, Vec<Exchange>) = failed
+        .into_iter()
+        .partition(|e| in_reread_window(e, mode.projected));
     assert!(
         failed.is_empty(),
         "{}: refused fetches {failed:#?}",
         mode.name
     );
+    for e in &late {
+        assert!(
+            fetched
+                .iter()
+                .any(|f| f.at >= e.at && f.assertion_issued_at > e.assertion_issued_at),
+            "{}: no later exchange presented a newer token than the refused {e:#?}",
+            mode.name
+        );
+    }
     assert!(fetched.iter().all(|e| e.via == mode.via), "{fetched:#?}");
     let lifetime = TOKEN_LIFETIME.as_secs_f64();
     let bound = (seconds / lifetime).floor() as usize;
@@ -323,7 +350,63 @@ async fn outlived_its_tokens(sh: &Shared, mode: &Mode, run: &Value, epochs: u64)
         bound,
         calls: calls.len(),
         refused: refused.len(),
+        late: late.len(),
         assertions_read: assertions_read(&fetched),
+    }
+}
+
+/// How long past a projected token's `exp` azure-identity may still present it: it reads the
+/// file again 600 s after its last read, which with a 600 s projection comes a few seconds after
+/// the token's `exp` (RELIABILITY.md, Through token expiry).
+const REREAD_SLACK: i64 = 30;
+
+/// A fetch refused because the client presented its token file's token in that window: with a
+/// projection of the pod's own, lasting `projected` s, an expired assertion refused at most
+/// `REREAD_SLACK` after its `exp`. The caller asserts a later exchange presented a newer token.
+fn in_reread_window(e: &Exchange, projected: Option<u64>) -> bool {
+    let (Some(lifetime), Some(iat)) = (projected, e.assertion_issued_at) else {
+        return false;
+    };
+    let past_exp = e.at - (iat + lifetime as i64);
+    let expired = |m: &str| m.starts_with("AADSTS700024");
+    e.status == 401
+        && e.error.as_deref().is_some_and(expired)
+        && (0..=REREAD_SLACK).contains(&past_exp)
+}
+
+#[test]
+fn a_refusal_is_in_the_reread_window_only_just_past_exp_of_the_pods_own_token() {
+    let expired = "AADSTS700024: Client assertion is not within its valid time range.";
+    // (case, projected, seconds from iat, status, error, in the window)
+    for (case, projected, after_iat, status, error, want) in [
+        ("1 s past exp", Some(600), 601, 401, expired, true),
+        ("at exp", Some(600), 600, 401, expired, true),
+        ("30 s past exp", Some(600), 630, 401, expired, true),
+        ("31 s past exp", Some(600), 631, 401, expired, false),
+        ("before exp", Some(600), 599, 401, expired, false),
+        ("the operator's projection", None, 3601, 401, expired, false),
+        (
+            "another refusal",
+            Some(600),
+            601,
+            401,
+            "AADSTS70021: no match",
+            false,
+        ),
+        ("accepted", Some(600), 601, 200, "", false),
+    ] {
+        let e = Exchange {
+            service: "entra",
+            tenant: TENANT.to_string(),
+            client_id: TEAM_CLIENT.to_string(),
+            via: "federated".to_string(),
+            subject: None,
+            status,
+            error: Some(error.to_string()).filter(|e| !e.is_empty()),
+            at: 1_000 + after_iat,
+            assertion_issued_at: Some(1_000),
+        };
+        assert_eq!(in_reread_window(&e, projected), want, "{case}");
     }
 }
 
