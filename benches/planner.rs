@@ -6,7 +6,9 @@
 //!   bindings in 100 namespaces cached (the pod's namespace holds the same one binding in both);
 //!   it must not grow;
 //! - `namespace_lookup`: reading the pod's namespace from the per-namespace index, against
-//!   copying the whole reflector Store and filtering it (what every admission did before).
+//!   copying the whole reflector Store and filtering it (what every admission did before);
+//! - `pod_index_deletes`: the leader's pod index losing 1,000 of a namespace's 10,000 pods, the
+//!   watch events applied one at a time or in batches.
 //!
 //! - `parse`: reading the review as the webhook does (the pod's fields the planner reads, in
 //!   the same pass); `parse_in_two_passes`: the review first, then its pod;
@@ -21,11 +23,11 @@ use std::sync::Arc;
 
 use divan::Bencher;
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::runtime::{reflector, watcher};
 use mlflow_operator::binding::{MlflowWorkspaceBinding, RunTags, SystemMetrics};
 use mlflow_operator::inject::{self, Defaults, NamespaceView, Plan};
-use mlflow_operator::webhook::{self, BindingIndex, Slice, Webhook};
+use mlflow_operator::webhook::{self, BindingIndex, NamespaceIndex, Slice, Webhook};
 use serde_json::{Value, json};
 
 #[global_allocator]
@@ -254,4 +256,40 @@ fn namespace_lookup_store_copy(bencher: Bencher, cached: usize) {
     };
     assert_eq!(lookup(NS).len(), 1);
     bencher.bench_local(|| lookup(divan::black_box(NS)));
+}
+
+/// Pods in one namespace (a large job's).
+const JOB_PODS: usize = 10_000;
+
+/// The leader's index of opted-in pods has this shape (`controller::pods`).
+type PodIndex = NamespaceIndex<Pod>;
+
+/// 1,000 of a namespace's 10,000 pods deleted, their watch events applied `batch` at a time
+/// (1: one by one, as the pod watch did before it applied what had arrived together). Each
+/// change copies the namespace's slice: one copy per batch.
+#[divan::bench(args = [1, 64, 1024], sample_count = 10, sample_size = 1)]
+fn pod_index_deletes(bencher: Bencher, batch: usize) {
+    let pod = |i: usize| -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"namespace": NS, "name": format!("job-{i:05}")}}),
+        )
+        .unwrap()
+    };
+    bencher
+        .with_inputs(|| {
+            let (index, mut writer) = PodIndex::new();
+            writer.apply_all((0..JOB_PODS).map(|i| watcher::Event::Apply(pod(i))));
+            let deletes: Vec<_> = (0..1_000)
+                .map(|i| watcher::Event::Delete(pod(i * 7)))
+                .collect();
+            (index, writer, deletes)
+        })
+        .bench_local_values(|(index, mut writer, deletes)| {
+            let mut deletes = deletes.into_iter().peekable();
+            while deletes.peek().is_some() {
+                writer.apply_all(deletes.by_ref().take(batch));
+            }
+            assert_eq!(index.namespace(NS).len(), JOB_PODS - 1_000);
+            (index, writer)
+        });
 }

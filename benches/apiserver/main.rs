@@ -19,6 +19,12 @@
 //! Full: `cargo bench --bench apiserver` inside the cluster with the operator image loaded
 //! (6 rounds of 15 s per setup, 8 creators). Under `cargo test` it is a check, not a measurement:
 //! one short round per setup, every pod created through a webhook injected and none without.
+//!
+//! `--during-deletion=N`: before each load, N other labelled pods are created without a webhook,
+//! and the load runs while one collection delete removes them, as when a large job ends. Every
+//! deletion is an event for ours' leader, which also answers about half of ours' admissions; the
+//! floor's pods do nothing else. So this asks whether ours pays more than the floor for a mass
+//! deletion (the fourteenth stop's second run hinted so, without measuring it apart).
 
 #[path = "../support/args.rs"]
 mod args;
@@ -57,6 +63,8 @@ pub struct Plan {
     rounds: usize,
     each: Duration,
     creators: usize,
+    /// Pods deleted under each load (`--during-deletion=N`).
+    during_deletion: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -70,16 +78,25 @@ fn main() -> ExitCode {
     }
     histogram::self_check();
     spread::self_check();
+    let during_deletion = match during_deletion(&argv) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("apiserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let plan = match args.full {
         true => Plan {
             rounds: 6,
             each: Duration::from_secs(15),
             creators: 8,
+            during_deletion,
         },
         false => Plan {
             rounds: 1,
             each: Duration::from_secs(3),
             creators: 8,
+            during_deletion: during_deletion.map(|n| n.min(300)),
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -88,6 +105,22 @@ fn main() -> ExitCode {
         .unwrap();
     rt.block_on(run(plan));
     ExitCode::SUCCESS
+}
+
+/// `--during-deletion=N`, if given.
+fn during_deletion(argv: &[String]) -> Result<Option<usize>, String> {
+    let Some(n) = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--during-deletion="))
+    else {
+        return Ok(None);
+    };
+    match n.parse() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "--during-deletion={n}: give the number of pods to delete under each load, e.g. --during-deletion=10000"
+        )),
+    }
 }
 
 /// Uninstalls the release and deletes the namespaces and the floor's registration when dropped,
@@ -130,6 +163,11 @@ pub struct Round {
     /// The API server's admission-duration histogram of the setup's webhook over this load.
     webhook: Option<histogram::Histogram>,
     first_error: Option<String>,
+    /// With `--during-deletion`: how long the collection delete under the load took.
+    deletion: Option<Duration>,
+    /// CPU seconds both operator pods used over the load: besides ours' admissions, the
+    /// leader's pod watch of every pod created or deleted, whichever webhook runs.
+    operators_cpu: f64,
 }
 
 impl Round {
@@ -158,11 +196,18 @@ async fn run(plan: Plan) {
     for i in 0..plan.rounds {
         for setup in Setup::rotated(i) {
             setups::clear(&client, &team).await;
+            if let Some(n) = plan.during_deletion {
+                setups.switch(Setup::Bare).await;
+                fill(&client, &team, n, plan.creators).await;
+            }
             setups.switch(setup).await;
-            let start = setups::scrape(&client).await;
-            let mut round = load(&client, &team, &plan, setup).await;
-            round.round = i;
+            let (start, cpu) = (setups::scrape(&client).await, operators_cpu(&client).await);
+            let mut round = match plan.during_deletion {
+                None => load(&client, &team, &plan, setup, i).await,
+                Some(_) => load_during_deletion(&client, &team, &plan, setup, i).await,
+            };
             round.webhook = setups::scrape(&client).await.since(&start, setup);
+            round.operators_cpu = operators_cpu(&client).await - cpu;
             rounds.push(round);
         }
     }
@@ -238,8 +283,53 @@ spec: {{trackingUri: "http://mlflow.example.invalid:5000", experimentName: fraud
     .await;
 }
 
-/// `creators` clients creating the pod one after another each, for `each`.
-async fn load(client: &Client, team: &str, plan: &Plan, setup: Setup) -> Round {
+/// `n` pods labelled [`setups::OLD`], by `creators` clients at once.
+async fn fill(client: &Client, team: &str, n: usize, creators: usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), team);
+    let (created, first_error) = (AtomicUsize::new(0), Mutex::new(None));
+    let deadline = Instant::now() + 10 * MINUTE;
+    let creator = || async {
+        let pod = setups::old_pod();
+        while created.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {
+                    created.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    first_error.lock().unwrap().get_or_insert(e.to_string());
+                }
+            }
+        }
+    };
+    futures::future::join_all((0..creators).map(|_| creator())).await;
+    let made = created.into_inner();
+    let error = first_error.into_inner().unwrap();
+    assert!(
+        made >= n,
+        "{made} of {n} pods to delete created in 10 minutes: {error:?}"
+    );
+}
+
+/// [`load`] while one collection delete removes the pods [`fill`] made.
+async fn load_during_deletion(
+    client: &Client,
+    team: &str,
+    plan: &Plan,
+    setup: Setup,
+    i: usize,
+) -> Round {
+    let deleting = async {
+        let started = Instant::now();
+        setups::clear_selected(client, team, Some(setups::OLD)).await;
+        started.elapsed()
+    };
+    let (mut round, took) = tokio::join!(load(client, team, plan, setup, i), deleting);
+    round.deletion = Some(took);
+    round
+}
+
+/// `creators` clients creating the pod one after another each, for `each`: round `i` of `setup`.
+async fn load(client: &Client, team: &str, plan: &Plan, setup: Setup, i: usize) -> Round {
     let pods: Api<Pod> = Api::namespaced(client.clone(), team);
     let (created, injected_n, failed) = (
         AtomicUsize::new(0),
@@ -274,7 +364,7 @@ async fn load(client: &Client, team: &str, plan: &Plan, setup: Setup) -> Round {
     };
     futures::future::join_all((0..plan.creators).map(|_| creator())).await;
     Round {
-        round: 0,
+        round: i,
         setup,
         created: created.into_inner(),
         injected: injected_n.into_inner(),
@@ -283,20 +373,35 @@ async fn load(client: &Client, team: &str, plan: &Plan, setup: Setup) -> Round {
         latency: latency.into_inner().unwrap(),
         webhook: None,
         first_error: first_error.into_inner().unwrap(),
+        deletion: None,
+        operators_cpu: 0.0,
     }
 }
 
-/// The operator pods never restarted: the leader watches every labelled pod, and a load leaves
-/// thousands of them in one namespace (this found the counting that built them all at
-/// once and took the leader past its memory limit).
-async fn no_restarts(client: &Client) -> Vec<Pod> {
+async fn operator_pods(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE);
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
     let list = pods
         .list(&kube::api::ListParams::default().labels(&selector))
         .await
         .expect("the operator pods");
-    for p in &list.items {
+    list.items
+}
+
+/// CPU seconds the operator pods have used so far, together.
+async fn operators_cpu(client: &Client) -> f64 {
+    let pods = operator_pods(client).await;
+    pods.iter()
+        .map(|p| common::node::container_usage(p).2)
+        .sum()
+}
+
+/// The operator pods never restarted: the leader watches every labelled pod, and a load leaves
+/// thousands of them in one namespace (this found the counting that built them all at
+/// once and took the leader past its memory limit).
+async fn no_restarts(client: &Client) -> Vec<Pod> {
+    let pods = operator_pods(client).await;
+    for p in &pods {
         let restarts: i32 = p
             .status
             .iter()
@@ -305,5 +410,5 @@ async fn no_restarts(client: &Client) -> Vec<Pod> {
             .sum();
         assert_eq!(restarts, 0, "operator pod {:?} restarted", p.metadata.name);
     }
-    list.items
+    pods
 }

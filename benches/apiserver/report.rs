@@ -82,11 +82,19 @@ fn paired(rounds: &[Round], measure: impl Fn(&Round) -> f64) -> Vec<f64> {
         .collect()
 }
 
-/// "median (min-max)" of ratios or rates, or "–" when none was measured.
-fn cell(v: &[f64]) -> String {
+/// "median (min-max)" of pods/s, or "–" when none was measured.
+fn rate_cell(v: &[f64]) -> String {
     match spread(v.to_vec()) {
         None => "–".to_string(),
-        Some(s) => format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max),
+        Some(s) => format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max),
+    }
+}
+
+/// "median x (min-max)" of ratios, or "–" when none was measured.
+fn ratio_cell(v: &[f64]) -> String {
+    match spread(v.to_vec()) {
+        None => "–".to_string(),
+        Some(s) => format!("{:.2}x ({:.2}-{:.2})", s.median, s.min, s.max),
     }
 }
 
@@ -95,14 +103,20 @@ fn median(v: &[f64]) -> f64 {
 }
 
 pub fn print(plan: &Plan, rounds: &[Round], machine: &Window) {
+    let from = match plan.during_deletion {
+        Some(n) => format!(
+            "each from a namespace of only {n} other labelled pods, which one collection delete removes under the load"
+        ),
+        None => "each from an empty namespace".to_string(),
+    };
     println!(
-        "\n{} rounds, {} s per setup each from an empty namespace, {} creators; {machine}\n",
+        "\n{} rounds, {} s per setup {from}, {} creators; {machine}\n",
         plan.rounds,
         plan.each.as_secs(),
         plan.creators
     );
     println!(
-        "| round | setup | pods created | pods/s | injected | failed | create p50 / p99 | API server's p50 / p99 | over 25 ms |\n|---|---|---|---|---|---|---|---|---|"
+        "| round | setup | pods created | pods/s | injected | failed | create p50 / p99 | API server's p50 / p99 | over 25 ms | deletion under it | operators' CPU |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rounds {
         let error = r.first_error.as_deref().map(|e| format!(" ({e})"));
@@ -115,8 +129,11 @@ pub fn print(plan: &Plan, rounds: &[Round], machine: &Window) {
                 slow_percent(r.webhook.as_ref())
             ),
         };
+        let deletion = r
+            .deletion
+            .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
-            "| {} | {} | {} | {:.1} | {} | {}{} | {:.1} / {:.1} ms | {admission} |",
+            "| {} | {} | {} | {:.1} | {} | {}{} | {:.1} / {:.1} ms | {admission} | {deletion} | {:.1} s |",
             r.round,
             r.setup.name(),
             r.created,
@@ -126,6 +143,7 @@ pub fn print(plan: &Plan, rounds: &[Round], machine: &Window) {
             error.unwrap_or_default(),
             r.latency.value_at_quantile(0.5) as f64 / 1e3,
             r.latency.value_at_quantile(0.99) as f64 / 1e3,
+            r.operators_cpu,
         );
     }
     summary(rounds);
@@ -152,7 +170,7 @@ fn summary(rounds: &[Round]) {
         println!(
             "| {} | {} | {:.1} / {:.1} ms | {admission} |",
             setup.name(),
-            cell(&rates(rounds, setup)),
+            rate_cell(&rates(rounds, setup)),
             create_ms(rounds, setup, 0.5),
             create_ms(rounds, setup, 0.99),
         );
@@ -162,6 +180,19 @@ fn summary(rounds: &[Round]) {
         "\npods/s against no webhook (medians): floor {:.2}x, ours {:.2}x",
         median(&rates(rounds, Setup::Floor)) / bare,
         median(&rates(rounds, Setup::Ours)) / bare
+    );
+    let cpu = |setup| {
+        median(
+            &of(rounds, setup)
+                .map(|r| r.operators_cpu)
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "operators' CPU over a load (medians): no webhook {:.2} s, floor {:.2} s, ours {:.2} s",
+        cpu(Setup::Bare),
+        cpu(Setup::Floor),
+        cpu(Setup::Ours)
     );
 }
 
@@ -187,22 +218,22 @@ fn goals(rounds: &[Round]) {
         "\n| goal | median over rounds (spread) | over the whole run | met |\n|---|---|---|---|"
     );
     println!(
-        "| ours' pods/s at least 0.95x the floor's | {} | {:.2} | {} |",
-        cell(&pods),
+        "| ours' pods/s at least 0.95x the floor's | {} | {:.2}x | {} |",
+        ratio_cell(&pods),
         whole_rate(Setup::Ours) / whole_rate(Setup::Floor),
         yes(median(&pods) >= 0.95)
     );
     println!(
-        "| ours' p99 (API server's histogram) at most 1.2x the floor's | {} | {:.2} | {} |",
-        cell(&p99),
+        "| ours' p99 (API server's histogram) at most 1.2x the floor's | {} | {:.2}x | {} |",
+        ratio_cell(&p99),
         whole_p99(Setup::Ours) / whole_p99(Setup::Floor),
         yes(median(&p99) <= 1.2)
     );
     let slow = paired(rounds, |r| slow_percent(r.webhook.as_ref()));
     println!(
         "\nours over the floor by round: admissions over 25 ms {}, the client's create p99 {}",
-        cell(&slow),
-        cell(&create_p99)
+        ratio_cell(&slow),
+        ratio_cell(&create_p99)
     );
 }
 

@@ -192,10 +192,22 @@ fn normalized(pod: Pod) -> Value {
     v
 }
 
+/// The label of the pods made to be deleted under a load (`--during-deletion`).
+pub const OLD: &str = "apiserver-bench/old";
+
 /// A labelled pod held from scheduling, so it costs the node nothing.
 pub fn pod() -> Pod {
+    labelled_pod(json!({TRACK: "true"}))
+}
+
+/// [`pod`], also labelled [`OLD`]: opted in as well, so the leader's pod watch sees it go.
+pub fn old_pod() -> Pod {
+    labelled_pod(json!({TRACK: "true", OLD: "true"}))
+}
+
+fn labelled_pod(labels: Value) -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"generateName": "load-", "labels": {TRACK: "true"}},
+        "metadata": {"generateName": "load-", "labels": labels},
         "spec": {
             "schedulingGates": [{"name": "mlflow-operator.io/never-scheduled"}],
             "containers": [{"name": "c", "image": BUSYBOX}]
@@ -241,14 +253,23 @@ impl Scrape {
 /// A collection delete of thousands of pods can outlast the API server's request timeout while
 /// the deletion goes on, so it is sent again until the list comes back empty.
 pub async fn clear(client: &Client, team: &str) {
+    clear_selected(client, team, None).await
+}
+
+/// [`clear`] of the pods `selector` selects (all: None).
+pub async fn clear_selected(client: &Client, team: &str, selector: Option<&str>) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), team);
-    let one = ListParams::default().limit(1);
+    let selected = |params: ListParams| match selector {
+        Some(s) => params.labels(s),
+        None => params,
+    };
+    let one = selected(ListParams::default().limit(1));
     eventually_ok("the namespace's pods deleted", 10 * MINUTE, || async {
         let left = pods.list_metadata(&one).await.map_err(|e| e.to_string())?;
         if left.items.is_empty() {
             return Ok(());
         }
-        let all = ListParams::default();
+        let all = selected(ListParams::default());
         match pods.delete_collection(&DeleteParams::default(), &all).await {
             Ok(_) => Err("pods left after a collection delete".to_string()),
             Err(e) => Err(format!("collection delete: {e}")),

@@ -33,6 +33,9 @@ pub type PodIndex = NamespaceIndex<CompactPod>;
 /// How often marked namespaces are turned into reconciles.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The most watch events applied to the index at once.
+const BATCH: usize = 1024;
+
 /// The annotations the controller reads; every other one is dropped from memory.
 const KEPT_ANNOTATIONS: [&str; 3] = [
     BINDING_ANNOTATION,
@@ -98,25 +101,29 @@ impl Pods {
             None => Api::all(client),
         };
         let config = crate::webhook::paged_watch().labels(&format!("{TRACK_LABEL}=true"));
-        let mut events =
-            std::pin::pin!(watcher(api, config).backoff(crate::webhook::outage_backoff()));
-        while let Some(event) = events.next().await {
+        let events = watcher(api, config).backoff(crate::webhook::outage_backoff());
+        // What has arrived is applied together: a job's pods come and go by the thousand.
+        let mut batches = std::pin::pin!(events.ready_chunks(BATCH));
+        while let Some(batch) = batches.next().await {
             // Errors are retried by the backoff; the index keeps its last view meanwhile.
-            let Ok(event) = event else { continue };
-            let event = compact(event);
-            self.mark(&event);
-            writer.apply(event);
+            let events: Vec<_> = batch.into_iter().flatten().map(compact).collect();
+            self.mark(&events);
+            writer.apply_all(events);
         }
     }
 
-    fn mark(&self, event: &watcher::Event<CompactPod>) {
+    fn mark(&self, events: &[watcher::Event<CompactPod>]) {
         let mut marks = self.marks();
-        match event {
-            watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
-                marks.namespaces.insert(p.namespace_key().to_string());
+        for event in events {
+            match event {
+                watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
+                    if !marks.namespaces.contains(p.namespace_key()) {
+                        marks.namespaces.insert(p.namespace_key().to_string());
+                    }
+                }
+                watcher::Event::InitDone => marks.all = true,
+                watcher::Event::Init | watcher::Event::InitApply(_) => {}
             }
-            watcher::Event::InitDone => marks.all = true,
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 
