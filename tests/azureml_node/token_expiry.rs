@@ -10,7 +10,7 @@
 //! server refuses a projected token of under 600 s (and `--service-account-max-token-expiration`
 //! cannot go below an hour), and a binding's `tokenExpirationSeconds` is 3600..86400, so the
 //! operator's own projection rotates after 48 minutes at the soonest. The rotation run (12.5
-//! minutes, run by hand: `--ignored`) therefore mounts a 600 s projection of its own and points
+//! minutes, beside the suite's other cases) therefore mounts a 600 s projection of its own and points
 //! `AZURE_FEDERATED_TOKEN_FILE` at it, which the webhook leaves as the container set it; the
 //! kubelet rotates it after about 480 s, and azure-identity reads the file again 600 s after its
 //! first read.
@@ -100,14 +100,9 @@ pub(super) fn five_minute_run_in_every_identity_mode() {
 
 /// Workload identity across a kubelet rotation of its projected token (600 s, its own volume:
 /// see the module's comment): every step of a 12.5-minute run lands and Entra ID saw the
-/// client present a second, rotated ServiceAccount token. Outside `.ci/run`, as issue 20 has it:
-/// it alone would set the suite's length (13 minutes, against about 6 for every other case
-/// beside each other), and what it proves, azure-identity reading a rotated token file again,
-/// changes only with the workload identity injection or the training image's clients: run it
-/// when they change.
-#[test]
-#[ignore = "12.5 minutes; run by hand (RELIABILITY.md, Through token expiry)"]
-fn workload_identity_outlives_a_kubelet_rotation_of_its_projected_token() {
+/// client present a second, rotated ServiceAccount token. The case itself is at the suite's
+/// root (`a_12_minute_run_...`), so that it starts first.
+pub(super) fn workload_identity_outlives_a_kubelet_rotation_of_its_projected_token() {
     case(|sh| async move {
         let mode = workload_identity(sh, Some(SHORTEST_PROJECTED_TOKEN)).await;
         long_job(&mode, ROTATION_EPOCHS, Some(SHORTEST_PROJECTED_TOKEN)).await;
