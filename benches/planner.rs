@@ -2,6 +2,13 @@
 //! - `plan`: the pure planner (pod JSON + namespace view -> patch), the review already parsed;
 //! - `review`: the whole in-process review (parse the AdmissionReview, choose the binding from
 //!   the cache, plan, encode the answer);
+//! - `review_of_load_payloads`: the same review of the three reviews `benches/load` sends (their
+//!   pods carry what the API server adds: tolerations, the token volume, owner references), so
+//!   its figures in process and under load are of the same bytes;
+//! - `scan_of_load_payloads`, `parse_of_load_payloads`: `scan` and `parse` of those reviews;
+//!   `borrowed_view_of_load_payloads`: the same fields read by serde's derive into structs that
+//!   borrow from the body (`planner/borrowed_view.rs`), the least that reading costs without a
+//!   `Value`;
 //! - `review_among_cached_bindings`: the same review with 1 binding cached, and with 1,000
 //!   bindings in 100 namespaces cached (the pod's namespace holds the same one binding in both);
 //!   it must not grow;
@@ -223,6 +230,68 @@ fn review(bencher: Bencher, payload: &str) {
         "{payload}"
     );
     bencher.bench_local(|| answer(&wh, divan::black_box(&body)));
+}
+
+#[path = "load/payloads.rs"]
+#[allow(dead_code)]
+mod load_payloads;
+
+/// Its fields are built, not read: what it measures is the building.
+#[path = "planner/borrowed_view.rs"]
+#[allow(dead_code)]
+mod borrowed_view;
+
+const LOAD_PAYLOADS: [&str; 3] = ["small pod", "10-container training pod", "200-env pod"];
+
+fn load_body(payload: &str) -> bytes::Bytes {
+    load_payloads::all(NS)
+        .into_iter()
+        .find(|p| p.name == payload)
+        .expect("a payload of benches/load")
+        .body
+}
+
+#[divan::bench(args = LOAD_PAYLOADS)]
+fn review_of_load_payloads(bencher: Bencher, payload: &str) {
+    let (wh, body) = (webhook(1), load_body(payload));
+    assert_eq!(answer(&wh, &body).outcome.metric_label(), "injected");
+    bencher.bench_local(|| answer(&wh, divan::black_box(&body)));
+}
+
+#[divan::bench(args = LOAD_PAYLOADS)]
+fn scan_of_load_payloads(bencher: Bencher, payload: &str) {
+    let body = load_body(payload);
+    bencher.bench_local(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(&body)).unwrap()
+    });
+}
+
+#[divan::bench(args = LOAD_PAYLOADS)]
+fn parse_of_load_payloads(bencher: Bencher, payload: &str) {
+    let body = load_body(payload);
+    let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(binding(NS, "fraud"))]);
+    let lookup = |_: &str| bindings.clone();
+    bencher.bench_local(|| {
+        let mut req = webhook::parse_review_for(divan::black_box(&body), &lookup).unwrap();
+        req.take(&lookup).unwrap()
+    });
+}
+
+#[divan::bench(args = LOAD_PAYLOADS)]
+fn borrowed_view_of_load_payloads(bencher: Bencher, payload: &str) {
+    let body = load_body(payload);
+    let review = borrowed_view::read(&body);
+    let pod = review.request.and_then(|r| r.object).expect("a pod");
+    let containers = pod.spec.and_then(|s| s.containers).unwrap_or_default();
+    assert_eq!(
+        containers.len(),
+        if payload == "10-container training pod" {
+            10
+        } else {
+            1
+        }
+    );
+    bencher.bench_local(|| borrowed_view::read(divan::black_box(&body)));
 }
 
 #[divan::bench(args = [1, 1000])]

@@ -236,7 +236,7 @@ fn patch_for(
     let mut w = patch::Writer::new();
     let mut warnings = patch::containers_and_volumes(&mut w, pod, offer);
     let (marker, hash) = (offer.marker.as_str(), offer.hash.as_str());
-    let has = |key: &str, value: &str| pod.annotations.get(key) == Some(&value);
+    let has = |key: &str, value: &str| pod.annotations.get(key) == Some(value);
     if has(INJECTED_ANNOTATION, marker) && has(INJECTED_HASH_ANNOTATION, hash) {
         // Reinvocation: whatever there was to say was said when the pod was first injected.
         warnings.clear();

@@ -184,7 +184,7 @@ fn no_binding(
         .as_ref()
         .and_then(|a| a.get(crate::binding::BINDING_ANNOTATION));
     let selector = |b: &&&MlflowWorkspaceBinding| {
-        let labels = target
+        let labels: std::collections::BTreeMap<&str, &str> = target
             .meta
             .labels
             .iter()

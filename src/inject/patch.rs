@@ -1,7 +1,8 @@
 //! The JSON patch of a pod: add-if-absent merging of env entries, volume mounts and volumes, and
 //! the injected annotation. Nothing the pod already has is ever changed.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use smallvec::SmallVec;
 
 use super::offer::Offer;
@@ -204,14 +205,18 @@ pub(crate) fn merge_container(
     warnings
 }
 
+/// Bytes the ops of the pod's volumes and injected annotations take, about.
+const POD_OPS_ROOM: usize = 512;
+
 /// Writes the ops for every injected container, and the volumes they mount; returns the
 /// warnings.
 pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offer) -> Vec<String> {
     let d = &o.desired;
-    // Room for every container's ops (an op's member names and pointer take under 64 bytes).
+    // Room for every container's ops (an op's member names and pointer take under 64 bytes),
+    // and for the pod's own (volumes, the injected annotations): growing the patch copies it.
     let encoded = o.env_json.iter().chain(&o.mounts_json);
     let per_container: usize = encoded.map(|json| json.get().len() + 64).sum();
-    w.reserve(pod.containers.len() * per_container);
+    w.reserve(pod.containers.len() * per_container + POD_OPS_ROOM);
     let offer = Wants {
         desired: d,
         env: Wanted::all_encoded(&d.env, &o.env_json),
@@ -240,18 +245,15 @@ pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offe
 /// Writes the ops that set the injected annotations (`(key, value)` pairs), creating `metadata`
 /// and `metadata.annotations` when needed.
 pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &[(&str, &str)]) {
-    let object = || {
-        let map = entries.iter().map(|(k, v)| (k.to_string(), json!(v)));
-        Value::Object(map.collect())
-    };
     if !pod.has_metadata {
-        return w.op(Op::Add, &["metadata"], &json!({"annotations": object()}));
+        let metadata = Pairs(&[("annotations", Pairs(entries))]);
+        return w.op(Op::Add, &["metadata"], &metadata);
     }
     if !pod.has_annotations {
-        return w.op(Op::Add, &["metadata", "annotations"], &object());
+        return w.op(Op::Add, &["metadata", "annotations"], &Pairs(entries));
     }
     for (key, value) in entries {
-        let op = match pod.annotation_keys.contains(key) {
+        let op = match pod.annotations.has_key(key) {
             true => Op::Replace,
             false => Op::Add,
         };
@@ -259,10 +261,45 @@ pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &
     }
 }
 
+/// `(key, value)` pairs written as a JSON object, in their order, without building one.
+struct Pairs<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: Serialize> Serialize for Pairs<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn injected_annotations_create_what_the_pod_lacks() {
+        let entries = [("a/injected", "m"), ("a/injected-hash", "h")];
+        // (pod, the patch's text)
+        for (pod, want) in [
+            (
+                json!({"spec": {"containers": []}}),
+                r#"[{"op":"add","path":"/metadata","value":{"annotations":{"a/injected":"m","a/injected-hash":"h"}}}]"#,
+            ),
+            (
+                json!({"metadata": {"labels": {}}, "spec": {"containers": []}}),
+                r#"[{"op":"add","path":"/metadata/annotations","value":{"a/injected":"m","a/injected-hash":"h"}}]"#,
+            ),
+            (
+                json!({"metadata": {"annotations": {"a/injected": 1}}, "spec": {"containers": []}}),
+                r#"[{"op":"replace","path":"/metadata/annotations/a~1injected","value":"m"},{"op":"add","path":"/metadata/annotations/a~1injected-hash","value":"h"}]"#,
+            ),
+        ] {
+            let view = crate::inject::pod::read(&pod).unwrap();
+            let mut w = Writer::new();
+            injected_annotations(&mut w, &view, &entries);
+            let patch = w.finish();
+            assert_eq!(std::str::from_utf8(patch.json()).unwrap(), want, "{pod}");
+        }
+    }
 
     type AddCase<'a> = (
         Vec<&'a Value>,

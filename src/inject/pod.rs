@@ -1,7 +1,7 @@
 //! Reading the raw pod JSON: the few fields the planner needs, validated, never deserialized into
 //! the Kubernetes types (unknown fields must survive untouched).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde_json::Value;
@@ -18,15 +18,13 @@ pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";
 /// The parts of a pod (or pod template) the planner reads, borrowed from the raw JSON.
 #[derive(Debug)]
 pub(crate) struct PodView<'a> {
-    pub labels: BTreeMap<&'a str, &'a str>,
-    /// String-valued annotations only.
-    pub annotations: BTreeMap<&'a str, &'a str>,
+    pub labels: Strings<'a>,
+    /// String-valued annotations only ([`Strings::has_key`]: any value).
+    pub annotations: Strings<'a>,
     /// `metadata` is an object (absent or null: false).
     pub has_metadata: bool,
     /// `metadata.annotations` is an object (absent or null: false).
     pub has_annotations: bool,
-    /// `metadata.annotations` holds this key (with any value).
-    pub annotation_keys: BTreeSet<&'a str>,
     pub service_account: &'a str,
     /// The controlling owner (`ownerReferences` entry with `controller: true`), if any.
     pub owner: Option<Owner<'a>>,
@@ -56,14 +54,37 @@ pub(crate) struct OptOuts<'a> {
 }
 
 impl<'a> OptOuts<'a> {
-    fn of(labels: &BTreeMap<&'a str, &'a str>, annotations: &BTreeMap<&'a str, &'a str>) -> Self {
+    fn of(labels: Strings<'a>, annotations: Strings<'a>) -> Self {
         Self {
             skip_containers: annotations
                 .get(SKIP_CONTAINERS_ANNOTATION)
-                .map(|s| parse_skip_containers(s))
+                .map(parse_skip_containers)
                 .unwrap_or_default(),
-            azure_workload_identity: labels.get(AZWI_USE_LABEL) == Some(&"true"),
+            azure_workload_identity: labels.get(AZWI_USE_LABEL) == Some("true"),
         }
+    }
+}
+
+/// The string-valued entries of one of the pod's maps (labels, annotations), read in place:
+/// building a map of them cost more than the few lookups the planner makes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Strings<'a>(Option<&'a serde_json::Map<String, Value>>);
+
+impl<'a> Strings<'a> {
+    /// The value of `key`, when it is a string.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
+        self.0?.get(key)?.as_str()
+    }
+
+    /// Whether the map holds `key`, with any value.
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        self.0.is_some_and(|m| m.contains_key(key))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let entries = self.0.into_iter().flatten();
+        entries.filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
     }
 }
 
@@ -131,14 +152,6 @@ fn optional_object<'a>(
     }
 }
 
-/// The string-valued entries of a map (labels, annotations); other values are ignored.
-fn string_map(obj: Option<&serde_json::Map<String, Value>>) -> BTreeMap<&str, &str> {
-    obj.into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
-        .collect()
-}
-
 /// Where a container's fields are, `spec.<list>[<index>].`, written only into an error: every
 /// container formatting it up front cost as much as reading its fields.
 struct Container(&'static str, usize);
@@ -193,18 +206,13 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             });
         }
     }
-    let (labels, annotations_map) = (string_map(labels), string_map(annotations));
+    let (labels, annotations_map) = (Strings(labels), Strings(annotations));
     Ok(PodView {
-        opt_outs: OptOuts::of(&labels, &annotations_map),
+        opt_outs: OptOuts::of(labels, annotations_map),
         labels,
         annotations: annotations_map,
         has_metadata: metadata.is_some(),
         has_annotations: annotations.is_some(),
-        annotation_keys: annotations
-            .into_iter()
-            .flatten()
-            .map(|(k, _)| k.as_str())
-            .collect(),
         service_account: service_account_name(pod),
         owner: controller_owner(metadata),
         containers,
@@ -387,12 +395,10 @@ mod tests {
             }
         });
         let v = read(&pod).unwrap();
-        assert_eq!(v.labels.into_iter().collect::<Vec<_>>(), vec![("app", "x")]);
-        assert_eq!(
-            v.annotations.into_iter().collect::<Vec<_>>(),
-            vec![("a", "b")]
-        );
-        assert_eq!(v.annotation_keys.len(), 2);
+        assert_eq!(v.labels.iter().collect::<Vec<_>>(), vec![("app", "x")]);
+        assert_eq!(v.annotations.iter().collect::<Vec<_>>(), vec![("a", "b")]);
+        assert!(v.annotations.has_key("z") && v.annotations.get("z").is_none());
+        assert_eq!(v.labels.get("n"), None);
         assert_eq!(v.service_account, "trainer");
         let names: Vec<_> = v
             .containers

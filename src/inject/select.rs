@@ -5,9 +5,27 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::pod::PodView;
+use super::pod::{PodView, Strings};
 use super::{Refusal, RefusalReason};
 use crate::binding::{BINDING_ANNOTATION, MlflowWorkspaceBinding, NotReady, TRACK_LABEL};
+
+/// Labels or annotations looked up by key: a map of an object's (the controller, `explain`) or
+/// the pod's JSON read in place (the planner), under one set of rules.
+pub(crate) trait Lookup {
+    fn lookup(&self, key: &str) -> Option<&str>;
+}
+
+impl Lookup for BTreeMap<&str, &str> {
+    fn lookup(&self, key: &str) -> Option<&str> {
+        self.get(key).copied()
+    }
+}
+
+impl Lookup for Strings<'_> {
+    fn lookup(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
 
 fn name(b: &MlflowWorkspaceBinding) -> &str {
     b.metadata.name.as_deref().unwrap_or("")
@@ -15,12 +33,9 @@ fn name(b: &MlflowWorkspaceBinding) -> &str {
 
 /// Kubernetes semantics of one matchExpressions requirement; an unknown operator, or values that
 /// do not fit the operator, match nothing (the API server would call the selector invalid).
-pub(crate) fn requirement_matches(
-    req: &LabelSelectorRequirement,
-    labels: &BTreeMap<&str, &str>,
-) -> bool {
+pub(crate) fn requirement_matches(req: &LabelSelectorRequirement, labels: &impl Lookup) -> bool {
     let values = req.values.as_deref().unwrap_or_default();
-    let value = labels.get(req.key.as_str());
+    let value = labels.lookup(req.key.as_str());
     match req.operator.as_str() {
         "In" if !values.is_empty() => value.is_some_and(|v| values.iter().any(|w| w == v)),
         "NotIn" if !values.is_empty() => !value.is_some_and(|v| values.iter().any(|w| w == v)),
@@ -31,10 +46,7 @@ pub(crate) fn requirement_matches(
 }
 
 /// Whether a podSelector matches the labels; None or an empty selector matches every pod.
-pub(crate) fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: &BTreeMap<&str, &str>,
-) -> bool {
+pub(crate) fn selector_matches(selector: Option<&LabelSelector>, labels: &impl Lookup) -> bool {
     let Some(selector) = selector else {
         return true;
     };
@@ -42,7 +54,7 @@ pub(crate) fn selector_matches(
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str()));
+        .all(|(k, v)| labels.lookup(k.as_str()) == Some(v.as_str()));
     labels_match
         && selector
             .match_expressions
@@ -78,13 +90,13 @@ pub(crate) fn choose_ready<'a>(
 /// Picks the binding of a pod with these labels and annotations among the namespace's bindings,
 /// Ready or not (the controller counts a not-Ready binding's pods as its own).
 pub(crate) fn choose<'a>(
-    labels: &BTreeMap<&str, &str>,
-    annotations: &BTreeMap<&str, &str>,
+    labels: &impl Lookup,
+    annotations: &impl Lookup,
     namespace: &str,
     bindings: &[&'a MlflowWorkspaceBinding],
 ) -> Result<&'a MlflowWorkspaceBinding, Refusal> {
     if let Some(wanted) = annotations
-        .get(BINDING_ANNOTATION)
+        .lookup(BINDING_ANNOTATION)
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
     {

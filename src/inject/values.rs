@@ -119,12 +119,12 @@ pub(crate) struct PodInputs<'a> {
 
 impl<'a> PodInputs<'a> {
     pub(crate) fn of(pod: &PodView<'a>) -> Self {
-        let experiment = pod.annotations.get(EXPERIMENT_ANNOTATION).copied();
+        let experiment = pod.annotations.get(EXPERIMENT_ANNOTATION);
         Self {
             experiment: experiment.filter(|s| !s.trim().is_empty()),
             azwi_opt_out: pod.opt_outs.azure_workload_identity,
             service_account: pod.service_account,
-            template_hash: pod.labels.get(POD_TEMPLATE_HASH).copied(),
+            template_hash: pod.labels.get(POD_TEMPLATE_HASH),
             owner: pod.owner,
         }
     }

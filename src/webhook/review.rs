@@ -261,6 +261,26 @@ mod tests {
         }
     }
 
+    /// A body that is not UTF-8 is read as bytes: a skipped field may hold any bytes in a
+    /// string, a field the webhook reads may not.
+    #[test]
+    fn a_body_not_utf8_is_read_as_bytes() {
+        let pod = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"containers": []}});
+        let body = String::from_utf8(review(pod)).unwrap();
+        let with = |from: &str, to: &[u8]| {
+            let (head, tail) = body.split_once(from).unwrap();
+            [head.as_bytes(), to, tail.as_bytes()].concat()
+        };
+        let skipped = with(r#""operation""#, b"\"x\":\"\xff\",\"operation\"");
+        let uid = with(r#""uid":"u1""#, b"\"uid\":\"u\xff\"");
+        let label = with(r#""a":"b""#, b"\"a\":\"\xff\"");
+        assert!(std::str::from_utf8(&skipped).is_err());
+        assert_eq!(parse_review(&skipped).unwrap().uid, "u1");
+        assert!(parse_review(&uid).is_err());
+        let lookup = |_: &str| -> Slice<MlflowWorkspaceBinding> { Arc::new([]) };
+        assert!(parse_review_for(&label, &lookup).is_err());
+    }
+
     #[test]
     fn the_namespace_falls_back_to_the_objects() {
         let mut v: Value = serde_json::from_slice(&review(

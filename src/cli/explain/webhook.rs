@@ -1,7 +1,7 @@
 //! What the real webhook does with the target's pod now: a server-side dry-run through the API
 //! server, read back per container (the variables it would set, each skip and why).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -50,7 +50,7 @@ pub async fn excluded(client: &Client, ns: &str) -> anyhow::Result<Option<String
         .await?
         .and_then(|n| n.metadata.labels)
         .unwrap_or_default();
-    let labels = labels
+    let labels: BTreeMap<&str, &str> = labels
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();

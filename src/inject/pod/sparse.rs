@@ -117,6 +117,13 @@ static CONTAINER: Shape = Shape::Fields(&[
     ("volumeMounts", Shape::Kept(List::Mounts)),
 ]);
 
+/// What the planner reads of an owner reference (`pod::controller_owner`).
+static OWNER: Shape = Shape::Fields(&[
+    ("kind", Shape::Whole),
+    ("name", Shape::Whole),
+    ("controller", Shape::Whole),
+]);
+
 /// What the planner and the webhook read of a pod.
 static POD: Shape = Shape::Fields(&[
     (
@@ -125,7 +132,7 @@ static POD: Shape = Shape::Fields(&[
             ("namespace", Shape::Whole),
             ("labels", Shape::Whole),
             ("annotations", Shape::Whole),
-            ("ownerReferences", Shape::Whole),
+            ("ownerReferences", Shape::Each(&OWNER)),
         ]),
     ),
     (
@@ -295,6 +302,8 @@ mod tests {
                 "containers": [c.clone()], "initContainers": [c]})
         };
         let mut whole_meta = meta.clone();
+        whole_meta["ownerReferences"][0]["uid"] = json!("u");
+        whole_meta["ownerReferences"][0]["apiVersion"] = json!("batch/v1");
         whole_meta["managedFields"] = json!([{"manager": "kcm", "fieldsV1": {"f:spec": {}}}]);
         whole_meta["generateName"] = json!("p-");
         let mut whole_spec = spec(c(
@@ -417,7 +426,14 @@ mod tests {
             ),
             (r#"{"name": null, "mountPath": null}"#, false, false),
             (r#"{"readOnly": true}"#, false, false),
-            (r#"{"name": "x", "mountPath": 7}"#, true, false),
+            // Without the planner's mark (and without escapes) an entry of any shape is dropped:
+            // none of its members can equal a name or path of the planner's.
+            (r#"{"name": "x", "mountPath": 7}"#, false, false),
+            (
+                r#"{"name": "mlflow-operator", "mountPath": 7}"#,
+                true,
+                false,
+            ),
             (
                 r#"{"name": ["mlflow-operator-azure-token"], "mountPath": "/x"}"#,
                 true,
@@ -429,8 +445,10 @@ mod tests {
                 true,
             ),
             (r#"{"name": "data\u002dx", "mountPath": "/x"}"#, true, true),
-            (r#"{"name": "x", "name": "y"}"#, true, true),
-            (r#""a string""#, true, true),
+            (r#"{"name": "x", "name": "y"}"#, false, false),
+            (r#"{"name": "x", "name": "mlflow-operator"}"#, true, true),
+            (r#""a string""#, false, false),
+            (r#""mlflow-operator""#, true, true),
         ] {
             let volume = mount.replace("mountPath", "hostPath");
             let text = format!(

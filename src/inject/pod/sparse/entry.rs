@@ -6,6 +6,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -25,6 +28,9 @@ pub(super) fn read<'de>(
     env: &EnvNames<'_>,
     members: &mut Members<'de>,
 ) -> serde_json::Result<Option<Value>> {
+    if matches!(list, List::Mounts | List::Volumes) && !env.all && unmarked(text) {
+        return Ok(None);
+    }
     let dropped = match list {
         List::Env => simple(text, ["\"name\""]).is_some_and(|[name]| !kept_by(name, env)),
         List::Mounts => simple(text, ["\"name\"", "\"mountPath\""])
@@ -42,6 +48,20 @@ pub(super) fn read<'de>(
         }
         (false, _) => serde_json::from_str(text).map(Some),
     }
+}
+
+/// Every name and path by which a mount or volume takes the place of one the planner adds
+/// holds this text ([`crate::inject::identity::VOLUMES`], [`crate::inject::identity::MOUNT_PATHS`]).
+const MARK: &str = "mlflow-operator";
+
+/// A mount or volume whose text, without escapes, does not hold [`MARK`]: none of its members
+/// can equal a name or path of the planner's, whatever its shape, so the planner never reads it.
+/// Most of a pod's own are so judged without walking their members (the projected
+/// ServiceAccount token volume is the longest entry of a small pod).
+fn unmarked(text: &str) -> bool {
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(MARK));
+    let b = text.as_bytes();
+    memchr::memchr(b'\\', b).is_none() && FINDER.find(b).is_none()
 }
 
 /// Of an object without escapes, the text of the value of each of `keys` (quoted, as in the
@@ -264,6 +284,37 @@ impl<'de> Visitor<'de> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::identity::{MOUNT_PATHS, VOLUMES};
+
+    #[test]
+    fn every_name_and_path_of_the_planners_holds_the_mark() {
+        for name in VOLUMES.iter().chain(&MOUNT_PATHS) {
+            assert!(name.contains(MARK), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_unmarked_only_without_the_mark_and_without_escapes() {
+        // (text, unmarked)
+        for (text, want) in [
+            (r#"{"name": "data", "emptyDir": {}}"#, true),
+            (r#"{"name": 7, "mountPath": "/x"}"#, true),
+            (r#""a string""#, true),
+            (r#"{"name": "mlflow-operator-azure-token"}"#, false),
+            (
+                r#"{"name": "x", "mountPath": "/var/run/secrets/mlflow-operator/azure"}"#,
+                false,
+            ),
+            (
+                r#"{"name": "x", "hostPath": {"path": "/mlflow-operator"}}"#,
+                false,
+            ),
+            (r#"{"name": "mlflow\u002doperator-azure-token"}"#, false),
+            (r#"{"name": "data", "x": "a\"b"}"#, false),
+        ] {
+            assert_eq!(unmarked(text), want, "{text}");
+        }
+    }
 
     #[test]
     fn simple_reads_the_members_of_an_object_without_escapes() {
