@@ -184,20 +184,26 @@ fn bench_plan(bencher: Bencher, payload: &str, b: MlflowWorkspaceBinding) {
 
 #[divan::bench(args = PAYLOADS)]
 fn scan(bencher: Bencher, payload: &str) {
-    let body = review_body(payload);
+    bench_scan(bencher, &review_body(payload));
+}
+
+fn bench_scan(bencher: Bencher, body: &[u8]) {
     bencher.bench_local(|| {
-        serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(&body)).unwrap()
+        serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(body)).unwrap()
     });
 }
 
 /// As the webhook reads a review: the pod in the same pass, once the namespace is read.
 #[divan::bench(args = PAYLOADS)]
 fn parse(bencher: Bencher, payload: &str) {
-    let body = review_body(payload);
+    bench_parse(bencher, &review_body(payload));
+}
+
+fn bench_parse(bencher: Bencher, body: &[u8]) {
     let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(binding(NS, "fraud"))]);
     let lookup = |_: &str| bindings.clone();
     bencher.bench_local(|| {
-        let mut req = webhook::parse_review_for(divan::black_box(&body), &lookup).unwrap();
+        let mut req = webhook::parse_review_for(divan::black_box(body), &lookup).unwrap();
         req.take(&lookup).unwrap()
     });
 }
@@ -260,21 +266,12 @@ fn review_of_load_payloads(bencher: Bencher, payload: &str) {
 
 #[divan::bench(args = LOAD_PAYLOADS)]
 fn scan_of_load_payloads(bencher: Bencher, payload: &str) {
-    let body = load_body(payload);
-    bencher.bench_local(|| {
-        serde_json::from_slice::<serde::de::IgnoredAny>(divan::black_box(&body)).unwrap()
-    });
+    bench_scan(bencher, &load_body(payload));
 }
 
 #[divan::bench(args = LOAD_PAYLOADS)]
 fn parse_of_load_payloads(bencher: Bencher, payload: &str) {
-    let body = load_body(payload);
-    let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(binding(NS, "fraud"))]);
-    let lookup = |_: &str| bindings.clone();
-    bencher.bench_local(|| {
-        let mut req = webhook::parse_review_for(divan::black_box(&body), &lookup).unwrap();
-        req.take(&lookup).unwrap()
-    });
+    bench_parse(bencher, &load_body(payload));
 }
 
 #[divan::bench(args = LOAD_PAYLOADS)]
