@@ -58,6 +58,20 @@ pub struct Conn {
 impl Conn {
     /// Sends one review and checks its answer: 200, and a JSON patch in it.
     pub async fn review(&mut self, body: &Bytes) -> anyhow::Result<()> {
+        self.answer(body).await.map(drop)
+    }
+
+    /// Sends one review and returns its answer's patch (base64), checking the answer as
+    /// [`Conn::review`] does.
+    pub async fn patch(&mut self, body: &Bytes) -> anyhow::Result<String> {
+        let answer: serde_json::Value = serde_json::from_slice(&self.answer(body).await?)?;
+        let patch = answer["response"]["patch"].as_str();
+        Ok(patch
+            .context("the answer's patch is not a string")?
+            .to_string())
+    }
+
+    async fn answer(&mut self, body: &Bytes) -> anyhow::Result<Bytes> {
         let req = http::Request::post(self.uri.as_str())
             .header(http::header::HOST, "127.0.0.1")
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -76,6 +90,6 @@ impl Conn {
                 String::from_utf8_lossy(&answer)
             );
         }
-        Ok(())
+        Ok(answer)
     }
 }

@@ -1,8 +1,10 @@
 //! Load generator: AdmissionReviews replayed over HTTPS on loopback, as the kube-apiserver
-//! sends them, against four servers in the same run: ours (the real `mlflow-operator run`
+//! sends them, against five servers in the same run: ours (the real `mlflow-operator run`
 //! binary), the floor (a fixed answer on the same TLS and HTTP stack), the reading floor (the
 //! floor that also validates the whole request as JSON: the least a webhook that reads the pod
-//! pays) and azure-workload-identity's webhook (when its binary is given). Prints Markdown tables to stdout
+//! pays), the answering floor (the reading floor sending ours' patch for each payload: the
+//! least a webhook that reads the pod and sends that answer pays) and
+//! azure-workload-identity's webhook (when its binary is given). Prints Markdown tables to stdout
 //! and one line per run (with the hypervisor steal during it) to stderr.
 //!
 //! It needs a kube-apiserver (both webhooks cache ServiceAccounts and ours bindings): run it

@@ -72,26 +72,34 @@ impl Results {
         spread(self.starts.get(&kind)?.iter().map(f).collect())
     }
 
-    /// A row: the figure for each server, then ours/floor, the reading floor's/floor and
+    /// A row: the figure for each server, then ours/floor, each other floor's/floor and
     /// ours/azwi.
     fn row(&self, label: &str, figure: impl Fn(Kind) -> Option<Spread>) -> String {
-        let kinds = [Kind::Ours, Kind::Floor, Kind::ReadingFloor, Kind::Azwi];
-        let [ours, floor, reading, azwi] = kinds.map(&figure);
-        format!(
-            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
-            cell(ours),
-            cell(floor),
-            cell(reading),
-            cell(azwi),
-            ratio_cell(ratio(ours, floor)),
-            ratio_cell(ratio(reading, floor)),
-            ratio_cell(ratio(ours, azwi)),
-        )
+        let kinds = [
+            Kind::Ours,
+            Kind::Floor,
+            Kind::ReadingFloor,
+            Kind::AnsweringFloor,
+            Kind::Azwi,
+        ];
+        let [ours, floor, reading, answering, azwi] = kinds.map(&figure);
+        let cells = [ours, floor, reading, answering, azwi]
+            .map(cell)
+            .join(" | ");
+        let ratios = [
+            (ours, floor),
+            (reading, floor),
+            (answering, floor),
+            (ours, azwi),
+        ]
+        .map(|(a, b)| ratio_cell(ratio(a, b)))
+        .join(" | ");
+        format!("| {label} | {cells} | {ratios} |")
     }
 
     fn header(title: &str) -> String {
         format!(
-            "\n**{title}**\n\n| | ours | floor | reading floor | azwi | ours/floor | reading floor/floor | ours/azwi |\n|---|---|---|---|---|---|---|---|"
+            "\n**{title}**\n\n| | ours | floor | reading floor | answering floor | azwi | ours/floor | reading floor/floor | answering floor/floor | ours/azwi |\n|---|---|---|---|---|---|---|---|---|---|"
         )
     }
 

@@ -46,11 +46,17 @@ async fn measure(
     namespace: &str,
     logs: PathBuf,
 ) -> anyhow::Result<Results> {
-    let launch = launch(config, client, namespace, logs).await?;
+    let mut launch = launch(config, client, namespace, logs).await?;
     let payloads = payloads::all(namespace);
+    learn_ours_answers(&mut launch, &payloads).await?;
     let mut results = Results {
         payloads: payloads.iter().map(|p| p.name).collect(),
-        servers: vec![Kind::Ours, Kind::Floor, Kind::ReadingFloor],
+        servers: vec![
+            Kind::Ours,
+            Kind::Floor,
+            Kind::ReadingFloor,
+            Kind::AnsweringFloor,
+        ],
         ..Default::default()
     };
     match &config.azwi {
@@ -101,9 +107,38 @@ async fn launch(
         ours: (config.ours.clone()).unwrap_or_else(|| env!("CARGO_BIN_EXE_mlflow-operator").into()),
         azwi: config.azwi.clone(),
         logs,
+        answers: Vec::new(),
     };
     launch.create_our_certificate(client).await?;
     Ok(launch)
+}
+
+/// Gives the answering floor ours' patch for each payload, by its length, from one start of
+/// ours; then checks that it answers each payload with that patch.
+async fn learn_ours_answers(launch: &mut Launch, payloads: &[Payload]) -> anyhow::Result<()> {
+    let ours = launch.start(Kind::Ours, &payloads[0].body).await?;
+    let mut conn = ours.target.connect().await?;
+    for p in payloads {
+        let len = p.body.len();
+        if launch.answers.iter().any(|(l, _)| *l == len) {
+            bail!("two payloads of {len} bytes: the answering floor tells them by length");
+        }
+        launch.answers.push((len, conn.patch(&p.body).await?));
+    }
+    drop(ours);
+    let floor = launch
+        .start(Kind::AnsweringFloor, &payloads[0].body)
+        .await?;
+    let mut conn = floor.target.connect().await?;
+    for (p, (_, ours)) in payloads.iter().zip(&launch.answers) {
+        if conn.patch(&p.body).await? != *ours {
+            bail!(
+                "the answering floor's patch for the {} differs from ours'",
+                p.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn scenarios() -> impl Iterator<Item = Scenario> {

@@ -1,5 +1,5 @@
-//! The three servers under test, each its own process on loopback: ours (the real
-//! `mlflow-operator run` binary), the floor (this benchmark re-run as `serve-floor`) and
+//! The servers under test, each its own process on loopback: ours (the real
+//! `mlflow-operator run` binary), the floors (this benchmark re-run as `serve-floor`) and
 //! azure-workload-identity's webhook (a binary built outside the repository).
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,9 @@ pub enum Kind {
     Floor,
     /// The floor that also reads the whole request (`serve-floor --read`).
     ReadingFloor,
+    /// The reading floor answering each payload with ours' patch for it: the least a webhook
+    /// that reads the pod and sends ours' answer pays.
+    AnsweringFloor,
     Azwi,
 }
 
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Ours => "ours",
             Kind::Floor => "floor",
             Kind::ReadingFloor => "reading floor",
+            Kind::AnsweringFloor => "answering floor",
             Kind::Azwi => "azwi",
         }
     }
@@ -47,6 +51,8 @@ pub struct Launch {
     pub ours: PathBuf,
     pub azwi: Option<PathBuf>,
     pub logs: PathBuf,
+    /// Ours' patch (base64) for each payload, by the payload's length: the answering floor's.
+    pub answers: Vec<(usize, String)>,
 }
 
 pub struct Server {
@@ -76,7 +82,9 @@ impl Launch {
         let [port, side] = free_ports();
         let target = match kind {
             Kind::Ours => Target::new(port, "/mutate", &self.our_ca)?,
-            Kind::Floor | Kind::ReadingFloor => Target::new(port, "/mutate", &self.ca)?,
+            Kind::Floor | Kind::ReadingFloor | Kind::AnsweringFloor => {
+                Target::new(port, "/mutate", &self.ca)?
+            }
             Kind::Azwi => azwi_target(&self.ca)?,
         };
         let started = Instant::now();
@@ -121,13 +129,16 @@ impl Launch {
                     .arg(format!("--metrics-addr={}", loopback(side)));
                 cmd
             }
-            Kind::Floor | Kind::ReadingFloor => {
+            Kind::Floor | Kind::ReadingFloor | Kind::AnsweringFloor => {
                 let mut cmd = Command::new(std::env::current_exe()?);
                 cmd.arg("serve-floor");
-                if kind == Kind::ReadingFloor {
+                if kind != Kind::Floor {
                     cmd.arg("--read");
                 }
                 cmd.arg(loopback(port)).arg(&self.cert_dir);
+                if kind == Kind::AnsweringFloor {
+                    cmd.args(self.answers.iter().map(|(len, p)| format!("{len}:{p}")));
+                }
                 cmd
             }
             Kind::Azwi => {

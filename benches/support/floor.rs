@@ -9,6 +9,11 @@
 //! validates it as JSON with serde_json's skip, building nothing (no SIMD reader skips faster on
 //! these payloads: `benches/readers.rs`). A webhook that looks at the pod cannot do much less,
 //! so its CPU per admission against the floor's is about the least any such webhook can reach.
+//!
+//! Given its patches by the body's length (`LEN:PATCH_BASE64`, one per payload), the reading
+//! floor answers each review with the patch ours answers it with: the least a webhook that
+//! reads the pod and sends that patch pays (`benches/load`'s answering floor). The lookup by
+//! length costs nothing beside the reading, and the load bench's payloads differ in length.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,22 +32,71 @@ pub const LOOPBACK_PATCH: &str = "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvY29udGFpbm
 
 const UID_KEY: &[u8] = br#""uid":""#;
 
-/// `serve-floor [--read] ADDR CERT_DIR [PATCH_BASE64]` as a process's arguments (after the
-/// subcommand).
+const USAGE: &str =
+    "usage: serve-floor [--read] ADDR:PORT CERT_DIR [PATCH_BASE64 | LEN:PATCH_BASE64...]";
+
+/// `serve-floor [--read] ADDR CERT_DIR [PATCH_BASE64 | LEN:PATCH_BASE64...]` as a process's
+/// arguments (after the subcommand).
 pub fn main(args: &[String]) -> ExitCode {
     let read = args.first().is_some_and(|a| a == "--read");
     let args = &args[usize::from(read)..];
     let (Some(addr), Some(dir)) = (args.first().and_then(|a| a.parse().ok()), args.get(1)) else {
-        eprintln!("usage: serve-floor [--read] ADDR:PORT CERT_DIR [PATCH_BASE64]");
+        eprintln!("{USAGE}");
         return ExitCode::FAILURE;
     };
-    let patch = args.get(2).map_or(LOOPBACK_PATCH, String::as_str);
-    match serve(addr, dir.as_ref(), patch, read) {
+    let Some(patches) = Patches::parse(&args[2..]) else {
+        eprintln!("{USAGE}");
+        return ExitCode::FAILURE;
+    };
+    match serve(addr, dir.as_ref(), patches, read) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floor server: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The patch the floor answers with: one for every review, or one by the body's length.
+#[derive(Debug, PartialEq)]
+pub struct Patches {
+    fixed: String,
+    by_length: Vec<(usize, String)>,
+}
+
+impl Patches {
+    /// One patch, for every review.
+    pub fn fixed(patch: &str) -> Self {
+        Self {
+            fixed: patch.into(),
+            by_length: Vec::new(),
+        }
+    }
+
+    /// No argument: [`LOOPBACK_PATCH`]; one without a length: that patch; else every one
+    /// `LEN:PATCH` (base64 holds no colon). None when an argument says neither.
+    pub fn parse(args: &[String]) -> Option<Self> {
+        match args {
+            [] => Some(Self::fixed(LOOPBACK_PATCH)),
+            [patch] if !patch.contains(':') => Some(Self::fixed(patch)),
+            _ => {
+                let by_length = args
+                    .iter()
+                    .map(|a| {
+                        let (len, patch) = a.split_once(':')?;
+                        Some((len.parse().ok()?, patch.to_string()))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                let fixed = by_length.first()?.1.clone();
+                Some(Self { fixed, by_length })
+            }
+        }
+    }
+
+    /// The patch for a body of `len` bytes.
+    pub fn of(&self, len: usize) -> &str {
+        let found = self.by_length.iter().find(|(l, _)| *l == len);
+        found.map_or(&self.fixed, |(_, p)| p)
     }
 }
 
@@ -68,13 +122,13 @@ pub fn answer(body: &[u8], patch: &str) -> Vec<u8> {
 
 /// Serves on `addr` with `dir`/tls.crt and `dir`/tls.key, forever; with `read`, reading each
 /// request body whole.
-pub fn serve(addr: SocketAddr, dir: &Path, patch: &str, read: bool) -> anyhow::Result<()> {
+pub fn serve(addr: SocketAddr, dir: &Path, patches: Patches, read: bool) -> anyhow::Result<()> {
     let store = CertStore::new();
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     store
         .set_pem(&std::fs::read(&cert)?, &std::fs::read(&key)?)
         .with_context(|| format!("loading {}", cert.display()))?;
-    let patch: Arc<str> = patch.into();
+    let patches = Arc::new(patches);
     // As #[tokio::main] in ours: one worker per core.
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -82,14 +136,14 @@ pub fn serve(addr: SocketAddr, dir: &Path, patch: &str, read: bool) -> anyhow::R
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config()));
         loop {
             let (stream, _) = listener.accept().await?;
-            let (acceptor, patch) = (acceptor.clone(), patch.clone());
+            let (acceptor, patches) = (acceptor.clone(), patches.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let patch = patch.clone();
+                        let patches = patches.clone();
                         async move {
                             let head = match read {
                                 true => read_whole(req.into_body()).await,
@@ -97,7 +151,10 @@ pub fn serve(addr: SocketAddr, dir: &Path, patch: &str, read: bool) -> anyhow::R
                             };
                             let answer = http::Response::builder()
                                 .header(http::header::CONTENT_TYPE, "application/json")
-                                .body(Full::new(Bytes::from(answer(&head, &patch))))
+                                .body(Full::new(Bytes::from(answer(
+                                    &head,
+                                    patches.of(head.len()),
+                                ))))
                                 .expect("a valid response");
                             Ok::<_, Infallible>(answer)
                         }
