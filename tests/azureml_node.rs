@@ -15,8 +15,9 @@
 //!
 //! The fakes' access tokens live a minute (`TOKEN_LIFETIME`), so every client, the operator's
 //! own included, renews its token many times over the suite; one case (`token_expiry`) logs
-//! for five minutes in every identity mode at once and counts the renewals, and one logs
-//! across a kubelet rotation of the projected token.
+//! for five minutes in every identity mode at once and counts the renewals. The run across a
+//! kubelet rotation of the projected token (12.5 minutes) is a test binary of its own,
+//! `azureml_token_rotation`, which `hack/test` runs beside the whole suite.
 //!
 //! The cases share one runtime, one set of fakes and one release, set up by the first case to
 //! start; when the test process exits the release is uninstalled and the namespaces deleted.
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{LogParams, PostParams};
 use kube::{Api, Client};
 use mlflow_operator::binding::MlflowWorkspaceBinding;
@@ -35,16 +36,17 @@ use serde_json::{Value, json};
 
 use common::fake_cloud::{self, Credential, Exchange, FakeCloud};
 use common::helm::helm_ok;
-use common::mlflow::MlflowServer;
+use common::mlflow::{MlflowServer, Rest};
 use common::node::{
     self, MINUTE, RELEASE, RELEASE_NS, SELECTOR, TRACK, install_args, is_ready, operators_ready,
     pods_when,
 };
-use common::{client, ensure_crd, eventually, eventually_ok, kubectl, random_suffix};
-
-const TRAINING_IMAGE: &str = "mlflow-training:3.15.0";
-const CA_CONFIGMAP: &str = "fake-cloud-ca";
-const CA_DIR: &str = "/etc/fake-cloud-ca";
+use common::token_renewal::TOKEN_LIFETIME;
+use common::training::{
+    self, CA_CONFIGMAP, TRAINING_IMAGE, container, first_pod, pod_spec, trained_within,
+    trainer_subject, waiting,
+};
+use common::{client, ensure_crd, eventually_ok, kubectl, random_suffix};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 /// The operator's own application (workload identity of its ServiceAccount).
@@ -58,9 +60,6 @@ const MI_CLIENT: &str = "7d4a0b3c-9e5f-4ab1-8c3d-4e5f6a7b8c05";
 const SP_SWEEP_CLIENT: &str = "9f6c2d5e-1a7b-4cd3-8e5f-6a7b8c9d0e07";
 /// A service principal whose Secret in the cluster holds a stale client secret.
 const SP_STALE_CLIENT: &str = "8e5b1c4d-0f6a-4bc2-9d4e-5f6a7b8c9d06";
-/// How long the fakes' access tokens live in this suite (an hour in Azure): ARM and the front
-/// door refuse them after that.
-const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const SUBSCRIPTION: &str = "3b0c1d2e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
 const RESOURCE_GROUP: &str = "ml-rg";
 const WORKSPACE: &str = "ml-ws";
@@ -103,14 +102,9 @@ extern "C" fn clean_up_at_exit() {
 
 // ---------------------------------------------------------------- the cases
 
-/// `token_expiry`'s two long runs, here so that their names sort first: libtest starts cases in
-/// name order, and a long one started last would add its minutes to everything before it. The
-/// 12.5-minute one sets the suite's length; the others run beside it.
-#[test]
-fn a_12_minute_run_across_a_kubelet_rotation_outlives_its_projected_token() {
-    token_expiry::workload_identity_outlives_a_kubelet_rotation_of_its_projected_token();
-}
-
+/// `token_expiry`'s five-minute run, here so that its name sorts first: libtest starts cases in
+/// name order, and a long one started last would add its minutes to everything before it. It
+/// sets the suite's length; the others run beside it.
 #[test]
 fn a_five_minute_run_in_every_identity_mode_outlives_its_access_tokens() {
     token_expiry::five_minute_run_in_every_identity_mode();
@@ -739,24 +733,7 @@ async fn setup() -> Shared {
 async fn team_namespace(sh: &Shared, prefix: &str) -> String {
     let name = format!("aml-{prefix}-{}", random_suffix());
     SUITE.remember(&name);
-    let namespaces: Api<Namespace> = Api::all(sh.client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create the team namespace");
-    fake_cloud::ca_configmap(&sh.client, &name, CA_CONFIGMAP, &sh.cloud.ca_pem).await;
-    let sas: Api<ServiceAccount> = Api::namespaced(sh.client.clone(), &name);
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap();
-    sas.create(&PostParams::default(), &sa).await.unwrap();
-    eventually("the default ServiceAccount", MINUTE, || async {
-        sas.get_opt("default").await.ok().flatten()
-    })
-    .await;
+    training::team_namespace(&sh.client, &name, &sh.cloud.ca_pem).await;
     name
 }
 
@@ -902,10 +879,6 @@ fn assert_team_exchanged(sh: &Shared, ns: &str) {
     assert_exchanged(sh, "entra", TEAM_CLIENT, "federated", Some(&subject));
 }
 
-fn trainer_subject(ns: &str) -> String {
-    format!("system:serviceaccount:{ns}:trainer")
-}
-
 async fn create_secret(sh: &Shared, ns: &str, name: &str, data: &[(&str, &str)]) {
     let secrets: Api<Secret> = Api::namespaced(sh.client.clone(), ns);
     let string_data: BTreeMap<&str, &str> = data.iter().copied().collect();
@@ -971,33 +944,6 @@ fn azureml_spec(experiment: &str, identity: Value) -> Value {
     spec
 }
 
-/// The training container: the example image, its own command, plus only the CA bundle.
-fn container(command: Value, env: Value) -> Value {
-    let mut env_list =
-        vec![json!({"name": "REQUESTS_CA_BUNDLE", "value": format!("{CA_DIR}/ca.crt")})];
-    env_list.extend(env.as_array().cloned().unwrap_or_default());
-    let mut c = json!({
-        "name": "train",
-        "image": TRAINING_IMAGE,
-        "imagePullPolicy": "Never",
-        "env": env_list,
-        "volumeMounts": [{"name": CA_CONFIGMAP, "mountPath": CA_DIR, "readOnly": true}],
-    });
-    if !command.is_null() {
-        c["command"] = command;
-    }
-    c
-}
-
-fn pod_spec(sa: &str, restart: &str, container: Value) -> Value {
-    json!({
-        "serviceAccountName": sa,
-        "restartPolicy": restart,
-        "containers": [container],
-        "volumes": [{"name": CA_CONFIGMAP, "configMap": {"name": CA_CONFIGMAP}}],
-    })
-}
-
 /// A Job `name` with one plain training container, labelled and nothing else.
 async fn plain_job(ns: &str, name: &str) {
     create_job(
@@ -1058,66 +1004,10 @@ async fn job_pod(sh: &Shared, ns: &str, job: &str) -> Value {
     serde_json::to_value(&list[0]).unwrap()
 }
 
-/// The first pod matching `selector`: the pod, its name, phase and log so far.
-async fn first_pod(
-    pods: &Api<Pod>,
-    selector: &str,
-) -> Result<(Pod, String, String, String), String> {
-    let selected = kube::api::ListParams::default().labels(selector);
-    let list = pods.list(&selected).await.map_err(|e| e.to_string())?;
-    let pod = list.items.first().ok_or("no pod yet")?.clone();
-    let name = pod.metadata.name.clone().unwrap();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-    let log = pods.logs(&name, &LogParams::default()).await;
-    Ok((
-        pod,
-        name,
-        phase.unwrap_or_default(),
-        log.unwrap_or_default(),
-    ))
-}
-
 /// Waits for the pod matching `selector` to print train.py's result line; returns it. Fails
 /// with the pod's log when the pod fails or the deadline passes.
 async fn trained(sh: &Shared, ns: &str, selector: &str) -> Value {
-    trained_within(sh, ns, selector, 6 * MINUTE).await
-}
-
-/// `trained`, for a run that takes longer than a few minutes.
-async fn trained_within(sh: &Shared, ns: &str, selector: &str, deadline: Duration) -> Value {
-    let pods: Api<Pod> = Api::namespaced(sh.client.clone(), ns);
-    let what = format!("a pod matching {selector} in {ns} to log its run");
-    let (pod, result) = eventually_ok(&what, deadline, || async {
-        let (pod, name, phase, log) = first_pod(&pods, selector).await?;
-        if let Some(line) = log
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("{\"tracking_uri\""))
-        {
-            return Ok((name, serde_json::from_str::<Value>(line).unwrap()));
-        }
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let message = format!(
-            "pod {name} is {phase}{}; log tail:\n{}",
-            waiting(&pod),
-            tail.join("\n")
-        );
-        if phase == "Failed" {
-            panic!("the training pod failed: {message}");
-        }
-        Err(message)
-    })
-    .await;
-    println!("{ns}/{pod}: {result}");
-    assert_eq!(result["status"], "FINISHED", "{result}");
-    result
+    trained_within(&sh.client, ns, selector, 6 * MINUTE).await
 }
 
 /// MSAL (service principals) read the tenant's OpenID configuration before its token request.
@@ -1126,25 +1016,6 @@ fn assert_msal_discovered_the_tenant(sh: &Shared) {
     let wanted =
         format!("GET login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration 200");
     assert!(log.contains(&wanted), "{wanted} missing from {log:#?}");
-}
-
-/// Why a pod's containers wait, e.g. `ErrImageNeverPull` when the training image was not loaded
-/// into the node (`tests/cluster/images/load training`).
-fn waiting(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
-        .map(|w| {
-            format!(
-                " ({}: {})",
-                w.reason.as_deref().unwrap_or(""),
-                w.message.as_deref().unwrap_or("")
-            )
-        })
-        .collect()
 }
 
 /// Waits for the pod matching `selector` to fail; returns its log.
@@ -1204,118 +1075,6 @@ fn assert_front_door_saw(sh: &Shared, run: &Value, client_id: &str, via: &str) {
 }
 
 // ---------------------------------------------------------------- MLflow servers
-
-/// An MLflow server's REST API, as the test reads it.
-struct Rest {
-    base: String,
-    host: Option<String>,
-    auth: Option<(String, String)>,
-}
-
-impl Rest {
-    fn local(server: &MlflowServer) -> Self {
-        Self {
-            base: server.url.clone(),
-            host: None,
-            auth: None,
-        }
-    }
-
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = common::http_client()
-            .get(reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query).unwrap())
-            .timeout(Duration::from_secs(30));
-        if let Some(h) = &self.host {
-            req = req.header(http::header::HOST, h);
-        }
-        if let Some((u, p)) = &self.auth {
-            req = req.basic_auth(u, Some(p));
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn experiment_id(&self, name: &str) -> Option<String> {
-        let (status, body) = self
-            .get(
-                "/api/2.0/mlflow/experiments/get-by-name",
-                &[("experiment_name", name)],
-            )
-            .await;
-        match status {
-            404 => None,
-            200 => Some(
-                body["experiment"]["experiment_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            ),
-            s => panic!("get-by-name {name}: {s} {body}"),
-        }
-    }
-
-    async fn run(&self, run_id: &str) -> Option<Value> {
-        let (status, body) = self
-            .get("/api/2.0/mlflow/runs/get", &[("run_id", run_id)])
-            .await;
-        match status {
-            200 => Some(body["run"].clone()),
-            404 => None,
-            s => panic!("runs/get {run_id}: {s} {body}"),
-        }
-    }
-
-    /// The run is FINISHED in `experiment`, with param `epochs`, metric `loss`, tag
-    /// `trained-by` and artifact `model.txt`.
-    async fn assert_run(&self, result: &Value, experiment: &str) {
-        let run_id = result["run_id"].as_str().unwrap();
-        let experiment_id = self
-            .experiment_id(experiment)
-            .await
-            .unwrap_or_else(|| panic!("the server has no experiment {experiment}"));
-        let run = self
-            .run(run_id)
-            .await
-            .unwrap_or_else(|| panic!("the server has no run {run_id}"));
-        let info = &run["info"];
-        assert_eq!(info["status"], "FINISHED", "{run}");
-        assert_eq!(
-            info["experiment_id"],
-            experiment_id.as_str(),
-            "run in experiment {experiment}: {run}"
-        );
-        let has = |kind: &str, key: &str| {
-            run["data"][kind]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|e| e["key"] == key)
-        };
-        assert!(has("params", "epochs"), "param epochs: {run}");
-        assert!(has("metrics", "loss"), "metric loss: {run}");
-        assert!(has("tags", "trained-by"), "tag trained-by: {run}");
-        let (status, listing) = self
-            .get("/api/2.0/mlflow/artifacts/list", &[("run_id", run_id)])
-            .await;
-        assert_eq!(status, 200, "{listing}");
-        assert!(
-            listing["files"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|f| f["path"] == "model.txt"),
-            "artifact model.txt of run {run_id}: {listing}"
-        );
-    }
-}
 
 /// Waits for the Ready pod of `app=mlflow` in `ns`; the REST API through its pod address with
 /// the Host header clients use.

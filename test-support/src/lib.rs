@@ -15,6 +15,8 @@ pub mod node;
 pub mod operator;
 pub mod prometheus;
 pub mod sidecar_webhook;
+pub mod token_renewal;
+pub mod training;
 pub mod webhook;
 
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! The real MLflow: a `mlflow server` child process (sqlite backend in a temp dir, 127.0.0.1, a
 //! free port) and the real Python client, both from the virtualenv `hack/mlflow-env` builds and
 //! `hack/test` exports as MLFLOW_OPERATOR_MLFLOW_BIN. No skipping: without it the tests fail.
+//! A server's REST API as the node suites read the runs their pods logged: `Rest`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -250,6 +251,120 @@ impl Drop for MlflowServer {
                 self.log()
             );
         }
+    }
+}
+
+/// An MLflow server's REST API, as the node suites read it: at `base`, with the `Host` header
+/// its clients send (a server in the cluster checks it) and its basic-auth admin.
+pub struct Rest {
+    pub base: String,
+    pub host: Option<String>,
+    pub auth: Option<(String, String)>,
+}
+
+impl Rest {
+    /// A server of this process, as the fake front door reaches it.
+    pub fn local(server: &MlflowServer) -> Self {
+        Self {
+            base: server.url.clone(),
+            host: None,
+            auth: None,
+        }
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = crate::http_client()
+            .get(reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query).unwrap())
+            .timeout(Duration::from_secs(30));
+        if let Some(h) = &self.host {
+            req = req.header(http::header::HOST, h);
+        }
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn experiment_id(&self, name: &str) -> Option<String> {
+        let (status, body) = self
+            .get(
+                "/api/2.0/mlflow/experiments/get-by-name",
+                &[("experiment_name", name)],
+            )
+            .await;
+        match status {
+            404 => None,
+            200 => Some(
+                body["experiment"]["experiment_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            s => panic!("get-by-name {name}: {s} {body}"),
+        }
+    }
+
+    pub async fn run(&self, run_id: &str) -> Option<Value> {
+        let (status, body) = self
+            .get("/api/2.0/mlflow/runs/get", &[("run_id", run_id)])
+            .await;
+        match status {
+            200 => Some(body["run"].clone()),
+            404 => None,
+            s => panic!("runs/get {run_id}: {s} {body}"),
+        }
+    }
+
+    /// The run is FINISHED in `experiment`, with param `epochs`, metric `loss`, tag
+    /// `trained-by` and artifact `model.txt`.
+    pub async fn assert_run(&self, result: &Value, experiment: &str) {
+        let run_id = result["run_id"].as_str().unwrap();
+        let experiment_id = self
+            .experiment_id(experiment)
+            .await
+            .unwrap_or_else(|| panic!("the server has no experiment {experiment}"));
+        let run = self
+            .run(run_id)
+            .await
+            .unwrap_or_else(|| panic!("the server has no run {run_id}"));
+        let info = &run["info"];
+        assert_eq!(info["status"], "FINISHED", "{run}");
+        assert_eq!(
+            info["experiment_id"],
+            experiment_id.as_str(),
+            "run in experiment {experiment}: {run}"
+        );
+        let has = |kind: &str, key: &str| {
+            run["data"][kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["key"] == key)
+        };
+        assert!(has("params", "epochs"), "param epochs: {run}");
+        assert!(has("metrics", "loss"), "metric loss: {run}");
+        assert!(has("tags", "trained-by"), "tag trained-by: {run}");
+        let (status, listing) = self
+            .get("/api/2.0/mlflow/artifacts/list", &[("run_id", run_id)])
+            .await;
+        assert_eq!(status, 200, "{listing}");
+        assert!(
+            listing["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["path"] == "model.txt"),
+            "artifact model.txt of run {run_id}: {listing}"
+        );
     }
 }
 

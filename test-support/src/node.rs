@@ -275,20 +275,27 @@ fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
 /// deletes the release namespace and `namespaces`, waiting for both, so the next test binary
 /// finds neither the release nor a terminating namespace.
 pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String]) {
-    let run = |bin: &str, args: &[&str]| {
-        let _ = std::process::Command::new(bin).args(args).output();
-    };
-    run(
-        &crate::helm::program(),
-        &[
+    let _ = std::process::Command::new(crate::helm::program())
+        .args([
             "uninstall",
             release,
             "-n",
             release_ns,
             "--wait",
             "--timeout=2m",
-        ],
-    );
+        ])
+        .output();
+    let mut all = namespaces.to_vec();
+    all.push(release_ns.to_string());
+    delete_namespaces(&all);
+}
+
+/// At a test binary's exit (from `atexit`, so blocking): deletes `namespaces`, waiting until
+/// they are gone.
+pub fn delete_namespaces(namespaces: &[String]) {
+    if namespaces.is_empty() {
+        return;
+    }
     let mut args = vec![
         "delete",
         "namespace",
@@ -297,8 +304,7 @@ pub fn uninstall_release(release: &str, release_ns: &str, namespaces: &[String])
         "--timeout=2m",
     ];
     args.extend(namespaces.iter().map(String::as_str));
-    args.push(release_ns);
-    run("kubectl", &args);
+    let _ = std::process::Command::new("kubectl").args(&args).output();
 }
 
 /// Waits until namespace `name` is gone: a previous run's may still be terminating.
@@ -388,6 +394,15 @@ impl<S: Send + Sync + 'static> Suite<S> {
         let shared = self.shared.get()?;
         let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
         uninstall_release(RELEASE, RELEASE_NS, &namespaces);
+        Some(shared)
+    }
+
+    /// At exit, for a suite that installs no release (and must not remove the one another test
+    /// process installed): the shared setup, if one was made, after the namespaces are gone.
+    pub fn tear_down_namespaces(&self) -> Option<&S> {
+        let shared = self.shared.get()?;
+        let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        delete_namespaces(&namespaces);
         Some(shared)
     }
 }

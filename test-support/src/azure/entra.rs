@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
@@ -421,7 +422,8 @@ async fn check_assertion(
     if subjects.is_empty() {
         return Err(unauthorized(no_match.into()));
     }
-    let claims = signed_service_account_token(&core.0.kube, &core.0.sa_issuer, assertion)
+    let keys = &core.0.issuer_keys;
+    let claims = signed_service_account_token(&core.0.kube, keys, &core.0.sa_issuer, assertion)
         .await
         .map_err(|e| {
             unauthorized(format!(
@@ -449,7 +451,8 @@ pub async fn verify_service_account_token(
     issuer: &str,
     token: &str,
 ) -> Result<Value, String> {
-    let claims = signed_service_account_token(kube, issuer, token).await?;
+    let keys = IssuerKeys::default();
+    let claims = signed_service_account_token(kube, &keys, issuer, token).await?;
     assertion_in_time(&claims)?;
     Ok(claims)
 }
@@ -474,32 +477,50 @@ fn assertion_in_time(claims: &Value) -> Result<(), String> {
     ))
 }
 
+/// The API server's signing keys (its JWKS) as Entra ID holds an issuer's keys: read once and
+/// again only for a key id it does not know (the issuer's keys changed), not on every exchange,
+/// so that an exchange while the API server restarts is checked like any other.
+#[derive(Default)]
+pub(crate) struct IssuerKeys(tokio::sync::Mutex<Option<JwkSet>>);
+
+impl IssuerKeys {
+    /// The key `kid`, read from the API server when the keys held lack it.
+    async fn key(&self, kube: &kube::Client, kid: &str) -> Result<Jwk, String> {
+        let mut held = self.0.lock().await;
+        if let Some(jwk) = held.as_ref().and_then(|keys| keys.find(kid)) {
+            return Ok(jwk.clone());
+        }
+        let request = http::Request::get("/openid/v1/jwks")
+            .body(Vec::new())
+            .unwrap();
+        let jwks_raw = kube
+            .request_text(request)
+            .await
+            .map_err(|e| format!("reading the issuer's keys: {e}"))?;
+        let keys: JwkSet =
+            serde_json::from_str(&jwks_raw).map_err(|e| format!("issuer keys: {e}"))?;
+        let jwk = keys.find(kid).cloned();
+        *held = Some(keys);
+        jwk.ok_or_else(|| format!("key {kid} is not one of the issuer's keys"))
+    }
+}
+
 /// The token's claims once its signature (one of the API server's keys), issuer and audience
 /// check out; its times are `assertion_in_time`'s.
 async fn signed_service_account_token(
     kube: &kube::Client,
+    keys: &IssuerKeys,
     issuer: &str,
     token: &str,
 ) -> Result<Value, String> {
-    let request = http::Request::get("/openid/v1/jwks")
-        .body(Vec::new())
-        .unwrap();
-    let jwks_raw = kube
-        .request_text(request)
-        .await
-        .map_err(|e| format!("reading the issuer's keys: {e}"))?;
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&jwks_raw).map_err(|e| format!("issuer keys: {e}"))?;
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
     let kid = header.kid.as_deref().ok_or("the assertion has no kid")?;
-    let jwk = jwks
-        .find(kid)
-        .ok_or_else(|| format!("key {kid} is not one of the issuer's keys"))?;
+    let jwk = keys.key(kube, kid).await?;
     let mut validation = Validation::new(header.alg);
     validation.set_audience(&[TOKEN_EXCHANGE_AUDIENCE]);
     validation.set_issuer(&[issuer]);
     validation.validate_exp = false;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
     jsonwebtoken::decode::<Value>(token, &key, &validation)
         .map(|d| d.claims)
         .map_err(|e| e.to_string())

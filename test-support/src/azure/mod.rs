@@ -47,6 +47,8 @@ pub(crate) struct State {
     addresses: Addresses,
     sa_issuer: String,
     kube: kube::Client,
+    /// The API server's JWKS, which federated assertions are checked against.
+    issuer_keys: entra::IssuerKeys,
     signing_key: Vec<u8>,
     apps: Mutex<HashMap<String, entra::App>>,
     managed: Mutex<HashMap<String, String>>,
@@ -98,6 +100,7 @@ impl Core {
             addresses,
             sa_issuer: crate::cluster_env("CLUSTER_SA_ISSUER"),
             kube,
+            issuer_keys: entra::IssuerKeys::default(),
             signing_key: random_key("tokens"),
             apps: Mutex::default(),
             managed: Mutex::default(),

@@ -1,6 +1,7 @@
 //! Azure's cloud endpoints, faked in the test process and reached by pods on the real node under
-//! their real names (CoreDNS serves `CLUSTER_HOSTS_FILE`; the addresses are on the node). The
-//! Entra ID token endpoint and ARM are the shared core (`azure`); this mode adds:
+//! their real names (CoreDNS serves `CLUSTER_HOSTS_FILE`, or a pod's own `hostAliases` map them:
+//! [`host_aliases`]; the addresses are on the node). The Entra ID token endpoint and ARM are the
+//! shared core (`azure`); this mode adds:
 //!
 //! - Entra ID's discovery documents MSAL reads first (`discovery`);
 //! - IMDS for managed identities, `http://169.254.169.254` (`imds`);
@@ -23,6 +24,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -40,6 +42,26 @@ pub const AML_IP: &str = "10.250.0.12";
 pub const IMDS_IP: &str = "169.254.169.254";
 /// The resource every token here is for.
 pub const ARM_RESOURCE: &str = "https://management.azure.com";
+
+/// The node addresses the fakes listen on (`tests/cluster/up` puts `CLUSTER_TEST_HOST_IPS` on
+/// the node). Two test processes running at once each need their own.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeIps {
+    pub entra: &'static str,
+    pub arm: &'static str,
+    pub aml: &'static str,
+    /// IMDS; None: not served (only managed identity asks it).
+    pub imds: Option<&'static str>,
+}
+
+/// The addresses [`FakeCloud::start`] listens on, and those the cluster's DNS maps the host
+/// names to ([`map_hosts`]).
+pub const DNS_MAPPED_IPS: NodeIps = NodeIps {
+    entra: ENTRA_IP,
+    arm: ARM_IP,
+    aml: AML_IP,
+    imds: Some(IMDS_IP),
+};
 
 /// The running fakes; the servers stop when this is dropped.
 pub struct FakeCloud {
@@ -68,9 +90,16 @@ async fn bind(ip: &str, port: u16) -> TcpListener {
 }
 
 impl FakeCloud {
-    /// Starts the four services on their node addresses; the front door forwards to the
-    /// `mlflow server --serve-artifacts` at `mlflow_url`.
+    /// Starts the four services on the addresses the cluster's DNS maps the host names to
+    /// ([`DNS_MAPPED_IPS`]); the front door forwards to the `mlflow server --serve-artifacts` at
+    /// `mlflow_url`.
     pub async fn start(kube: kube::Client, mlflow_url: &str) -> Self {
+        Self::start_on(kube, mlflow_url, &DNS_MAPPED_IPS).await
+    }
+
+    /// [`FakeCloud::start`] on the addresses `ips`, for pods that map the host names to them
+    /// themselves ([`host_aliases`]).
+    pub async fn start_on(kube: kube::Client, mlflow_url: &str, ips: &NodeIps) -> Self {
         let (ca_pem, tls) = fake_tls::tls_config(&[ENTRA_HOST, ARM_HOST, AML_HOST]);
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let addresses = Addresses {
@@ -93,25 +122,25 @@ impl FakeCloud {
                 get(discovery::openid_configuration),
             )
             .fallback(not_found_logged);
-        let imds = Router::new()
+        let imds: Router<Core> = Router::new()
             .route("/metadata/identity/oauth2/token", get(imds::token))
             .fallback(not_found_logged);
         let front_door = Router::new()
             .fallback(front_door::serve)
             .with_state(front_door);
         let tls = |l, router| tokio::spawn(fake_tls::serve(l, acceptor.clone(), router));
-        let tasks = vec![
-            tls(bind(ENTRA_IP, 443).await, entra.with_state(core.clone())),
+        let mut tasks = vec![
+            tls(bind(ips.entra, 443).await, entra.with_state(core.clone())),
             tls(
-                bind(ARM_IP, 443).await,
+                bind(ips.arm, 443).await,
                 arm::routes().with_state(core.clone()),
             ),
-            tls(bind(AML_IP, 443).await, front_door),
-            tokio::spawn(plain(
-                bind(IMDS_IP, 80).await,
-                imds.with_state(core.clone()),
-            )),
+            tls(bind(ips.aml, 443).await, front_door),
         ];
+        if let Some(ip) = ips.imds {
+            let imds = imds.with_state(core.clone());
+            tasks.push(tokio::spawn(plain(bind(ip, 80).await, imds)));
+        }
         Self {
             core,
             ca_pem,
@@ -138,6 +167,19 @@ impl FakeCloud {
     pub fn set_arm_reply(&self, reply: Option<Reply>) {
         self.core.always(None, reply);
     }
+}
+
+/// A pod's `hostAliases` mapping the real host names to the fakes on `ips`, so that the pod
+/// reaches them without the cluster's DNS, whose mapping ([`map_hosts`]) belongs to the process
+/// that made it. The three names are every host a client is handed: the workspace's tracking URI
+/// and the front door's SAS upload URLs are on the front door's own name, and the token
+/// endpoint and discovery documents on Entra ID's.
+pub fn host_aliases(ips: &NodeIps) -> Value {
+    json!([
+        {"ip": ips.entra, "hostnames": [ENTRA_HOST]},
+        {"ip": ips.arm, "hostnames": [ARM_HOST]},
+        {"ip": ips.aml, "hostnames": [AML_HOST]},
+    ])
 }
 
 async fn plain(listener: TcpListener, router: Router) {
