@@ -194,6 +194,29 @@ pub async fn ensure_crd(client: &Client) {
     .await;
 }
 
+/// Creates namespace `name`, labelled so webhooks under test can select it, and waits for its
+/// default ServiceAccount: ServiceAccount admission refuses pods until kube-controller-manager
+/// made it.
+pub async fn create_test_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create test namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    eventually(
+        "the default ServiceAccount",
+        // A minute: the node suites create their namespaces while other suites load the plane.
+        Duration::from_secs(60),
+        || async { sas.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+}
+
 /// Runs `test` in a fresh namespace (labelled so webhooks under test can select it) and deletes
 /// the namespace afterwards, also when the test panics.
 pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
@@ -205,23 +228,7 @@ where
     // Every test in a namespace may create bindings; on a fresh plane the CRD is not there yet.
     ensure_crd(&client).await;
     let name = format!("{prefix}-{}", random_suffix());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create test namespace");
-    // ServiceAccount admission refuses pods until kube-controller-manager made the default SA.
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-    eventually(
-        "the default ServiceAccount",
-        Duration::from_secs(30),
-        || async { sas.get_opt("default").await.ok().flatten() },
-    )
-    .await;
+    create_test_namespace(&client, &name).await;
 
     let outcome = std::panic::AssertUnwindSafe(test(client.clone(), name.clone()))
         .catch_unwind()
@@ -241,6 +248,7 @@ where
             }
         }
     }
+    let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(&name, &DeleteParams::background()).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);

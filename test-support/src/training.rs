@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-
-use crate::node::MINUTE;
 
 pub const TRAINING_IMAGE: &str = "mlflow-training:3.15.0";
 /// The ConfigMap with the fake cloud's CA (`ca.crt`) in every team namespace.
@@ -20,24 +18,12 @@ pub const CA_DIR: &str = "/etc/fake-cloud-ca";
 /// Creates team namespace `name` with the fakes' CA (`ca_pem`) and a `trainer` ServiceAccount,
 /// and waits for its `default` ServiceAccount (pods are refused before it exists).
 pub async fn team_namespace(client: &Client, name: &str, ca_pem: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"mlflow-operator.io/test": "true"}}
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create the team namespace");
+    crate::create_test_namespace(client, name).await;
     crate::fake_cloud::ca_configmap(client, name, CA_CONFIGMAP, ca_pem).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "trainer"}})).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    crate::eventually("the default ServiceAccount", MINUTE, || async {
-        sas.get_opt("default").await.ok().flatten()
-    })
-    .await;
 }
 
 /// The subject of the `trainer` ServiceAccount's tokens, which applications are federated with.
