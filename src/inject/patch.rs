@@ -101,16 +101,8 @@ pub(crate) fn add_if_absent<'a>(
     existing: &[Value],
     wanted: impl IntoIterator<Item = Wanted<'a>>,
 ) -> Merge<'a> {
-    let mut m = Merge::default();
-    // The common case: the pod holds no entry of the kind the planner may read (the webhook's
-    // sparse parse keeps none of the pod's own), so every wanted entry is added. Collecting and
-    // zipping the stack lists for it copied them whole: 9% of the training pod's review
-    // (BENCHMARKS.md, nineteenth stop).
-    if existing.is_empty() {
-        m.add.extend(wanted);
-        return m;
-    }
     let wanted: Few<Wanted> = wanted.into_iter().collect();
+    let mut m = Merge::default();
     for (w, e) in wanted.iter().zip(taken(slot, existing, &wanted)) {
         match e {
             Some(e) if e == w.value => {}
@@ -257,7 +249,7 @@ pub(crate) fn injected_annotations(w: &mut Writer, pod: &PodView<'_>, entries: &
         let metadata = Pairs(&[("annotations", Pairs(entries))]);
         return w.op(Op::Add, &["metadata"], &metadata);
     }
-    if !pod.annotations.exists() {
+    if !pod.has_annotations {
         return w.op(Op::Add, &["metadata", "annotations"], &Pairs(entries));
     }
     for (key, value) in entries {

@@ -23,6 +23,8 @@ pub(crate) struct PodView<'a> {
     pub annotations: Strings<'a>,
     /// `metadata` is an object (absent or null: false).
     pub has_metadata: bool,
+    /// `metadata.annotations` is an object (absent or null: false).
+    pub has_annotations: bool,
     pub service_account: &'a str,
     /// The controlling owner (`ownerReferences` entry with `controller: true`), if any.
     pub owner: Option<Owner<'a>>,
@@ -72,11 +74,6 @@ impl<'a> Strings<'a> {
     /// The value of `key`, when it is a string.
     pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
         self.0?.get(key)?.as_str()
-    }
-
-    /// Whether the map is there: an object (absent or null: false).
-    pub(crate) fn exists(&self) -> bool {
-        self.0.is_some()
     }
 
     /// Whether the map holds `key`, with any value.
@@ -189,7 +186,6 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             None if list == "containers" => return Err("spec.containers is missing".to_string()),
             None => continue,
         };
-        containers.reserve(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let at = Container(list, index);
             let Value::Object(c) = entry else {
@@ -210,12 +206,13 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
             });
         }
     }
-    let (labels, annotations) = (Strings(labels), Strings(annotations));
+    let (labels, annotations_map) = (Strings(labels), Strings(annotations));
     Ok(PodView {
-        opt_outs: OptOuts::of(labels, annotations),
+        opt_outs: OptOuts::of(labels, annotations_map),
         labels,
-        annotations,
+        annotations: annotations_map,
         has_metadata: metadata.is_some(),
+        has_annotations: annotations.is_some(),
         service_account: service_account_name(pod),
         owner: controller_owner(metadata),
         containers,
