@@ -291,6 +291,30 @@ fn borrowed_view_of_load_payloads(bencher: Bencher, payload: &str) {
     bencher.bench_local(|| borrowed_view::read(divan::black_box(&body)));
 }
 
+/// sonic-rs's tree of the review and the webhook's fields taken from it: the bound measured
+/// before the webhook's fast path was written.
+#[path = "planner/sonic_view.rs"]
+#[allow(dead_code)]
+mod sonic_view;
+
+#[divan::bench(args = LOAD_PAYLOADS)]
+fn sonic_view_of_load_payloads(bencher: Bencher, payload: &str) {
+    let body = load_body(payload);
+    let tree = sonic_view::parse(&body);
+    let review = sonic_view::view(&tree);
+    let want = if payload == "10-container training pod" {
+        10
+    } else {
+        1
+    };
+    assert!(review.containers.len() >= want, "{payload}");
+    assert_eq!(review.namespace, NS);
+    bencher.bench_local(|| {
+        let tree = sonic_view::parse(divan::black_box(&body));
+        sonic_view::view(&tree).containers.len()
+    });
+}
+
 #[divan::bench(args = [1, 1000])]
 fn review_among_cached_bindings(bencher: Bencher, cached: usize) {
     let (wh, body) = (webhook(cached), review_body("training-10-containers"));

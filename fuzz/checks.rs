@@ -10,7 +10,9 @@ use mlflow_operator::inject::{
 };
 use std::sync::{Arc, OnceLock};
 
-use mlflow_operator::webhook::{ReviewRequest, Slice, parse_review_for};
+use mlflow_operator::webhook::{
+    ReviewError, ReviewRequest, Slice, TreePlan, parse_review_for, plan_on_tree,
+};
 use serde_json::json;
 
 fn binding() -> MlflowWorkspaceBinding {
@@ -46,18 +48,52 @@ pub enum Reached {
     Refused,
 }
 
+/// A body serde_json cannot read is not read on the fast path either, unless it is nested
+/// deeper than serde_json reads (128 levels; sonic-rs reads 255): the one body the fast path
+/// answers that serde_json refuses, and one the API server never sends.
+fn unread_on_tree(fast: Option<TreePlan>, e: &ReviewError) -> Reached {
+    let too_deep =
+        matches!(e, ReviewError::NotJson(m) if m.starts_with("recursion limit exceeded"));
+    assert!(
+        fast.is_none() || too_deep,
+        "read on the fast path only: {fast:?}"
+    );
+    Reached::Unreadable
+}
+
+/// What the fast path must give where it reads the review: serde_json's reading and plan.
+fn tree_plan(req: &ReviewRequest, planned: &Plan) -> TreePlan {
+    TreePlan {
+        uid: req.uid.to_string(),
+        namespace: req.namespace.to_string(),
+        operation: req.operation.to_string(),
+        dry_run: req.dry_run,
+        plan: planned.clone(),
+    }
+}
+
+/// Whether the webhook reads these bytes on its fast path (sonic-rs's tree).
+pub fn read_on_tree(data: &[u8]) -> bool {
+    let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(binding())]);
+    plan_on_tree(data, &|_| bindings.clone(), None, &Defaults::default()).is_some()
+}
+
 /// AdmissionReview bytes through the webhook's decoding and the planner.
 pub fn admission_review(data: &[u8]) -> Reached {
     let (b, sa) = (binding(), service_account());
     let bindings: Slice<MlflowWorkspaceBinding> = Arc::new([Arc::new(b.clone())]);
     let lookup = |_: &str| bindings.clone();
-    let Ok(req) = mlflow_operator::webhook::parse_review(data) else {
-        let one_pass = parse_review_for(data, &lookup);
-        assert!(
-            one_pass.is_err(),
-            "read in one pass, not in two: {one_pass:?}"
-        );
-        return Reached::Unreadable;
+    let fast = plan_on_tree(data, &lookup, Some(&sa), &Defaults::default());
+    let req = match mlflow_operator::webhook::parse_review(data) {
+        Ok(req) => req,
+        Err(unreadable) => {
+            let one_pass = parse_review_for(data, &lookup);
+            assert!(
+                one_pass.is_err(),
+                "read in one pass, not in two: {one_pass:?}"
+            );
+            return unread_on_tree(fast, &unreadable.error);
+        }
     };
     let view = NamespaceView {
         namespace: &req.namespace,
@@ -66,8 +102,9 @@ pub fn admission_review(data: &[u8]) -> Reached {
     };
     // As the webhook reads it (of the env, what the namespace's bindings may need), and with
     // every env entry: the plans are the same.
-    let (Ok(pod), Ok(whole)) = (req.pod(&EnvNames::of([&b])), req.pod(&EnvNames::all())) else {
-        return Reached::Unreadable;
+    let (pod, whole) = match (req.pod(&EnvNames::of([&b])), req.pod(&EnvNames::all())) {
+        (Ok(pod), Ok(whole)) => (pod, whole),
+        (Err(e), _) | (_, Err(e)) => return unread_on_tree(fast, &e),
     };
     // The webhook reads the review and the pod in one pass: the same pod, and the same verdict
     // on the same bytes.
@@ -75,25 +112,21 @@ pub fn admission_review(data: &[u8]) -> Reached {
         parse_review_for(data, &lookup).expect("a review that parses in two passes parses in one");
     let (_, read) = one_pass.take(&lookup).expect("its pod reads in one pass");
     assert_eq!(read, pod, "the one-pass read changed the pod");
-    let fields = |r: &ReviewRequest| {
-        (
-            r.uid.to_string(),
-            r.namespace.to_string(),
-            r.operation.to_string(),
-            r.dry_run,
-        )
-    };
-    assert_eq!(
-        fields(&one_pass),
-        fields(&req),
-        "the one-pass read changed the request"
-    );
     let planned = plan(&pod, &view, &Defaults::default());
     assert_eq!(
         planned,
         plan(&whole, &view, &Defaults::default()),
         "the sparse parse changed the plan"
     );
+    let want = tree_plan(&req, &planned);
+    assert_eq!(
+        tree_plan(&one_pass, &planned),
+        want,
+        "the one-pass read changed the request"
+    );
+    if let Some(fast) = fast {
+        assert_eq!(fast, want, "the fast path changed the reading");
+    }
     // One memo for the whole run, as the webhook keeps one: earlier inputs' offers are reused.
     static OFFERS: OnceLock<Offers> = OnceLock::new();
     let offers = OFFERS.get_or_init(Offers::new);

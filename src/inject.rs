@@ -23,6 +23,7 @@ mod values;
 pub use offer::Offers;
 pub use patch::Patch;
 pub use pod::{EnvNames, is_opted_in, parse_pod, pod_seed, service_account_name};
+pub(crate) use pod::{PodView, read as read_pod_view, read_tree as read_pod_tree};
 pub(crate) use select::selector_matches;
 
 /// The binding the webhook picks for a pod with these labels and annotations, Ready or not: the
@@ -183,8 +184,19 @@ fn planned(
     defaults: &Defaults,
     offers: Option<&Offers>,
 ) -> Plan {
+    plan_read(pod::read(pod), view, defaults, offers)
+}
+
+/// [`plan_memoized`] of a pod the webhook has already read ([`pod::read_tree`]), or the reason
+/// it could not be read.
+pub(crate) fn plan_read(
+    pod: Result<pod::PodView<'_>, String>,
+    view: &NamespaceView<'_>,
+    defaults: &Defaults,
+    offers: Option<&Offers>,
+) -> Plan {
     let ns = view.namespace;
-    let pod = match pod::read(pod) {
+    let pod = match pod {
         Ok(p) => p,
         Err(detail) => {
             let message =

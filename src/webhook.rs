@@ -5,7 +5,8 @@
 //! sent. Bindings and ServiceAccounts come from in-memory reflector caches; the only network call
 //! on the admission path is one live ServiceAccount GET on a cache miss, and never one to Azure.
 //!
-//! - [`review`]: reading the AdmissionReview;
+//! - [`review`]: reading the AdmissionReview (sonic-rs's tree on the fast path, serde_json
+//!   for any other review);
 //! - [`answer`]: the AdmissionReview answer and the outcome metric label;
 //! - [`service_accounts`]: the pod's ServiceAccount, cached or read live;
 //! - [`events`]: throttled Warning Events for refused pods;
@@ -38,7 +39,7 @@ pub use service_accounts::ServiceAccounts;
 pub use serving::{Serving, start};
 
 use crate::binding::MlflowWorkspaceBinding;
-use crate::inject::{self, Defaults, NamespaceView, Offers, Plan, service_account_name};
+use crate::inject::{self, Defaults, NamespaceView, Offers, Plan, PodView};
 use crate::metrics::Metrics;
 
 /// The bindings the webhook chooses from, by namespace.
@@ -88,6 +89,26 @@ impl Webhook {
     }
 
     async fn answer(&self, body: &[u8]) -> Answer {
+        match self.answer_on_tree(body).await {
+            Some(answer) => answer,
+            None => self.answer_on_json(body).await,
+        }
+    }
+
+    /// The answer to a review as the API server sends it, read as sonic-rs's tree; None for any
+    /// other, which serde_json reads and words every error of.
+    async fn answer_on_tree(&self, body: &[u8]) -> Option<Answer> {
+        let lookup = |namespace: &str| self.bindings.namespace(namespace);
+        let tree = review::tree(body)?;
+        let req = review::read_tree(&tree, &lookup)?;
+        if req.operation != "CREATE" {
+            return Some(Answer::skipped_operation(req.uid));
+        }
+        let plan = self.plan(req.namespace, &req.bindings, Ok(req.pod)).await;
+        Some(self.answered(req.uid, req.namespace, req.dry_run, &plan))
+    }
+
+    async fn answer_on_json(&self, body: &[u8]) -> Answer {
         let lookup = |namespace: &str| self.bindings.namespace(namespace);
         let mut req = match parse_review_for(body, &lookup) {
             Ok(r) => r,
@@ -96,42 +117,86 @@ impl Webhook {
         if req.operation != "CREATE" {
             return Answer::skipped_operation(&req.uid);
         }
-        let plan = match self.plan(&mut req).await {
-            Ok(plan) => plan,
+        let (bindings, pod) = match req.take(&lookup) {
+            Ok(taken) => taken,
             Err(error) => {
                 let uid = Some(req.uid.into_owned());
                 return Answer::unreadable(&Unreadable::new(uid, error));
             }
         };
-        if let (Plan::Refuse(refusal), Some(events), false) = (&plan, &self.events, req.dry_run) {
-            events.refused(&req.namespace, refusal);
+        let plan = self
+            .plan(&req.namespace, &bindings, inject::read_pod_view(&pod))
+            .await;
+        self.answered(&req.uid, &req.namespace, req.dry_run, &plan)
+    }
+
+    /// The answer of a planned review, recording a refusal as an Event unless it is a dry run.
+    fn answered(&self, uid: &str, namespace: &str, dry_run: bool, plan: &Plan) -> Answer {
+        if let (Plan::Refuse(refusal), Some(events), false) = (plan, &self.events, dry_run) {
+            events.refused(namespace, refusal);
         }
-        Answer::planned(&req.uid, &plan)
+        Answer::planned(uid, plan)
     }
 
     /// Plans from the caches: the namespace's bindings and, when workload identity may need
-    /// its annotations, the pod's ServiceAccount. The pod is read knowing the bindings, so of
+    /// its annotations, the pod's ServiceAccount. The pod was read knowing the bindings, so of
     /// its env only what the planner may read is built.
-    async fn plan(&self, req: &mut ReviewRequest<'_>) -> Result<Plan, ReviewError> {
-        let (bindings, pod) = req.take(&|namespace| self.bindings.namespace(namespace))?;
-        let sa = if needs_service_account(&bindings) {
-            let name = service_account_name(&pod);
-            self.service_accounts.get(&req.namespace, name).await
-        } else {
-            None
+    async fn plan(
+        &self,
+        namespace: &str,
+        bindings: &[Arc<MlflowWorkspaceBinding>],
+        pod: Result<PodView<'_>, String>,
+    ) -> Plan {
+        let sa = match &pod {
+            Ok(p) if needs_service_account(bindings) => {
+                self.service_accounts
+                    .get(namespace, p.service_account)
+                    .await
+            }
+            _ => None,
         };
         let view = NamespaceView {
-            namespace: &req.namespace,
+            namespace,
             bindings: bindings.iter().map(Arc::as_ref).collect(),
             service_account: sa.as_deref(),
         };
-        Ok(inject::plan_memoized(
-            &pod,
-            &view,
-            &self.defaults,
-            &self.offers,
-        ))
+        inject::plan_read(pod, &view, &self.defaults, Some(&self.offers))
     }
+}
+
+/// A review read on the webhook's fast path and planned as the webhook plans it.
+#[derive(Debug, PartialEq)]
+pub struct TreePlan {
+    pub uid: String,
+    pub namespace: String,
+    pub operation: String,
+    pub dry_run: bool,
+    pub plan: Plan,
+}
+
+/// The webhook's fast path (sonic-rs's tree) on `body`, planned with the bindings `lookup`
+/// gives and `service_account`; None where the webhook leaves the body to serde_json. For the
+/// fuzz checks, which hold it to serde_json's reading of the same bytes.
+pub fn plan_on_tree(
+    body: &[u8],
+    lookup: Lookup<'_>,
+    service_account: Option<&ServiceAccount>,
+    defaults: &Defaults,
+) -> Option<TreePlan> {
+    let tree = review::tree(body)?;
+    let req = review::read_tree(&tree, lookup)?;
+    let view = NamespaceView {
+        namespace: req.namespace,
+        bindings: req.bindings.iter().map(Arc::as_ref).collect(),
+        service_account,
+    };
+    Some(TreePlan {
+        uid: req.uid.to_string(),
+        namespace: req.namespace.to_string(),
+        operation: req.operation.to_string(),
+        dry_run: req.dry_run,
+        plan: inject::plan_read(Ok(req.pod), &view, defaults, None),
+    })
 }
 
 fn needs_service_account(bindings: &[Arc<MlflowWorkspaceBinding>]) -> bool {
@@ -211,6 +276,145 @@ mod tests {
                 "{spec}: {}",
                 String::from_utf8_lossy(&answer.body)
             );
+        }
+    }
+    /// A review as the API server sends it is answered on the fast path; any other is left to
+    /// serde_json, and where both read it the answers are the same bytes.
+    #[tokio::test]
+    async fn the_fast_path_answers_as_serde_json_reads_or_leaves_the_review_to_it() {
+        let (wh, _writers) = webhook();
+        let head = r#""apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview""#;
+        let gvk = r#""kind": {"group": "", "version": "v1", "kind": "Pod"}"#;
+        let pod = r#""object": {"metadata": {"name": "p"}, "spec": {"serviceAccountName": "legacy", "containers": [{"name": "c"}]}}"#;
+        let req = |fields: &str| format!(r#"{{{head}, "request": {{{fields}}}}}"#);
+        let usual =
+            format!(r#""uid": "u", {gvk}, "namespace": "ns", "operation": "CREATE", {pod}"#);
+        // (case, body, read on the fast path)
+        for (case, body, fast) in [
+            ("as the API server sends it", req(&usual), true),
+            ("dry run", req(&format!(r#"{usual}, "dryRun": true"#)), true),
+            (
+                "dryRun null",
+                req(&format!(r#"{usual}, "dryRun": null"#)),
+                true,
+            ),
+            ("an update", req(&usual.replace("CREATE", "UPDATE")), true),
+            (
+                "escaped uid",
+                req(&usual.replace(r#""u""#, r#""\u0075""#)),
+                true,
+            ),
+            (
+                "namespace after the object",
+                req(&format!(
+                    r#""uid": "u", {gvk}, "operation": "CREATE", {pod}, "namespace": "ns""#
+                )),
+                true,
+            ),
+            (
+                "unknown members",
+                format!(r#"{{"x": 1, {head}, "request": {{"y": [], {usual}}}}}"#),
+                true,
+            ),
+            (
+                "uid repeated",
+                req(&format!(r#""uid": "v", {usual}"#)),
+                false,
+            ),
+            (
+                "request repeated",
+                format!(r#"{{{head}, "request": null, "request": {{{usual}}}}}"#),
+                false,
+            ),
+            (
+                "no namespace",
+                req(&usual.replace(r#""namespace": "ns", "#, "")),
+                false,
+            ),
+            (
+                "empty uid",
+                req(&usual.replace(r#""uid": "u""#, r#""uid": """#)),
+                false,
+            ),
+            (
+                "dryRun a string",
+                req(&format!(r#"{usual}, "dryRun": "yes""#)),
+                false,
+            ),
+            (
+                "another kind",
+                req(&usual.replace(r#""Pod""#, r#""Service""#)),
+                false,
+            ),
+            (
+                "kind fields null",
+                req(&usual.replace(r#""group": """#, r#""group": null"#)),
+                false,
+            ),
+            (
+                "another apiVersion",
+                req(&usual).replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1"),
+                false,
+            ),
+            ("not JSON", req(&usual).replace("CREATE\"", "CREATE"), false),
+            ("trailing text", format!("{} x", req(&usual)), false),
+            (
+                "no object",
+                req(&usual.replace(&format!(", {pod}"), "")),
+                false,
+            ),
+            (
+                "a pod of another shape",
+                req(&usual.replace(r#"[{"name": "c"}]"#, "{}")),
+                false,
+            ),
+        ] {
+            let body = body.as_bytes();
+            let on_tree = wh.answer_on_tree(body).await;
+            assert_eq!(on_tree.is_some(), fast, "{case}: read on the fast path");
+            let on_json = wh.answer_on_json(body).await;
+            if let Some(answer) = on_tree {
+                assert_eq!(answer, on_json, "{case}");
+            }
+            assert_eq!(wh.review(body).await, on_json, "{case}: the answer");
+        }
+    }
+
+    /// Nesting: sonic-rs reads 255 levels (and no deeper, within a small stack even unoptimized);
+    /// serde_json skips an unread member at any depth but builds at most 128 levels. Between
+    /// the two, a value the planner reads is answered on the fast path where serde_json would
+    /// refuse it; the API server sends neither.
+    #[tokio::test]
+    async fn deep_nesting_is_answered_without_overflowing_the_stack() {
+        let (wh, _writers) = webhook();
+        let spec = json!({"serviceAccountName": "legacy", "containers": [{"name": "c"}]});
+        let usual = String::from_utf8(review(spec)).unwrap();
+        let nested = |depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        // (case, depth, where it goes, read on the fast path)
+        for (case, depth, at, on_tree) in [
+            ("an unread member", 200, "{", true),
+            ("an unread member", 300, "{", false),
+            (
+                "a label serde_json would build",
+                200,
+                r#""metadata":{"#,
+                true,
+            ),
+        ] {
+            let member = match at {
+                "{" => format!(r#""a": {}, "#, nested(depth)),
+                _ => format!(r#""labels": {{"a": {}}}, "#, nested(depth)),
+            };
+            let body = usual.replacen(at, &format!("{at}{member}"), 1);
+            assert_ne!(body, usual, "{case}");
+            let fast = wh.answer_on_tree(body.as_bytes()).await;
+            assert_eq!(fast.is_some(), on_tree, "{case} {depth}");
+            let answer = wh.review(body.as_bytes()).await;
+            assert_eq!(answer.outcome.metric_label(), "injected", "{case} {depth}");
+            let by_serde_json = wh.answer_on_json(body.as_bytes()).await.outcome;
+            let built = at != "{";
+            let want = if built { "error-malformed" } else { "injected" };
+            assert_eq!(by_serde_json.metric_label(), want, "{case} {depth}");
         }
     }
 }

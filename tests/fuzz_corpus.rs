@@ -51,6 +51,18 @@ fn every_admission_review_seed_plans_without_panic_and_its_patch_applies() {
     );
     assert!(reached.contains_key(&Refused), "{reached:?}");
     assert!(reached.values().sum::<usize>() >= 10, "{reached:?}");
+    // The seeds are reviews as the API server sends them: the webhook reads them on its fast
+    // path, so the checks hold that path to serde_json's reading.
+    let seeds = seeds("admission_review");
+    let on_tree = seeds
+        .iter()
+        .filter(|(_, d)| checks::read_on_tree(d))
+        .count();
+    assert!(
+        on_tree >= 10,
+        "{on_tree} of {} seeds read on the fast path",
+        seeds.len()
+    );
 }
 
 #[test]

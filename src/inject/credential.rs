@@ -51,7 +51,7 @@ pub(crate) fn missing(
     let stuck: Vec<&str> = pod
         .injected_containers()
         .filter(|c| {
-            let env = c.env.map(Vec::as_slice).unwrap_or_default();
+            let env = c.env.as_deref().unwrap_or_default();
             !self_configured(env, Some(ours)) && !sets_credential(env)
         })
         .map(|c| c.name)

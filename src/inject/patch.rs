@@ -155,7 +155,7 @@ pub(crate) fn merge_container(
     offer: &Wants<'_>,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    let existing_env = c.env.map(Vec::as_slice).unwrap_or_default();
+    let existing_env = c.env.as_deref().unwrap_or_default();
     let self_conf = self_configured(existing_env, offer.ours);
     if self_conf {
         warnings.push(format!(
@@ -188,7 +188,7 @@ pub(crate) fn merge_container(
             c.name
         ));
     }
-    let existing_mounts = c.mounts.map(Vec::as_slice).unwrap_or_default();
+    let existing_mounts = c.mounts.as_deref().unwrap_or_default();
     let mounts = add_if_absent(&MOUNT, existing_mounts, offer.mounts.iter().copied());
     for path in &mounts.conflicts {
         warnings.push(format!(
@@ -230,7 +230,7 @@ pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offe
         warnings.extend(merge_container(w, c, &offer));
     }
     if injected_any {
-        let existing = pod.volumes.map(Vec::as_slice).unwrap_or_default();
+        let existing = pod.volumes.as_deref().unwrap_or_default();
         let volumes = add_if_absent(&VOLUME, existing, d.volumes.iter().map(Wanted::new));
         for v in &volumes.conflicts {
             warnings.push(format!(

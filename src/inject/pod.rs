@@ -1,6 +1,7 @@
 //! Reading the raw pod JSON: the few fields the planner needs, validated, never deserialized into
 //! the Kubernetes types (unknown fields must survive untouched).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -9,8 +10,10 @@ use serde_json::Value;
 use crate::binding::{SKIP_CONTAINERS_ANNOTATION, TRACK_LABEL};
 
 mod sparse;
+mod tree;
 
 pub use sparse::{EnvNames, parse as parse_pod, seed as pod_seed};
+pub(crate) use tree::read as read_tree;
 
 /// The label azure-workload-identity's own webhook acts on.
 pub(crate) const AZWI_USE_LABEL: &str = "azure.workload.identity/use";
@@ -30,7 +33,7 @@ pub(crate) struct PodView<'a> {
     pub owner: Option<Owner<'a>>,
     pub containers: Vec<ContainerView<'a>>,
     /// `spec.volumes`, None when absent or null.
-    pub volumes: Option<&'a Vec<Value>>,
+    pub volumes: Option<Entries<'a>>,
     pub opt_outs: OptOuts<'a>,
 }
 
@@ -65,25 +68,54 @@ impl<'a> OptOuts<'a> {
     }
 }
 
-/// The string-valued entries of one of the pod's maps (labels, annotations), read in place:
-/// building a map of them cost more than the few lookups the planner makes.
+/// The entries of one of the lists the planner looks entries up in (env, mounts, volumes): the
+/// pod's own, or those a reader kept of them ([`EnvNames`]).
+pub(crate) type Entries<'a> = Cow<'a, [Value]>;
+
+/// The string-valued entries of one of the pod's maps (labels, annotations), read in place from
+/// whichever tree the pod was read into: building a map of them cost more than the few lookups
+/// the planner makes.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Strings<'a>(Option<&'a serde_json::Map<String, Value>>);
+pub(crate) enum Strings<'a> {
+    #[default]
+    Absent,
+    Json(&'a serde_json::Map<String, Value>),
+    /// Of sonic-rs's tree, whose objects keep a repeated key: the last one counts, as in
+    /// serde_json's maps.
+    Tree(&'a sonic_rs::Object),
+}
 
 impl<'a> Strings<'a> {
+    fn of_json(map: Option<&'a serde_json::Map<String, Value>>) -> Self {
+        map.map_or(Self::Absent, Self::Json)
+    }
+
     /// The value of `key`, when it is a string.
     pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
-        self.0?.get(key)?.as_str()
+        use sonic_rs::JsonValueTrait;
+        match *self {
+            Self::Absent => None,
+            Self::Json(m) => m.get(key)?.as_str(),
+            Self::Tree(o) => tree::last(o, key)?.as_str(),
+        }
     }
 
     /// Whether the map holds `key`, with any value.
     pub(crate) fn has_key(&self, key: &str) -> bool {
-        self.0.is_some_and(|m| m.contains_key(key))
+        match *self {
+            Self::Absent => false,
+            Self::Json(m) => m.contains_key(key),
+            Self::Tree(o) => o.contains_key(&key),
+        }
     }
 
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
-        let entries = self.0.into_iter().flatten();
+        let entries = match *self {
+            Self::Json(m) => Some(m),
+            _ => None,
+        };
+        let entries = entries.into_iter().flatten();
         entries.filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
     }
 }
@@ -119,9 +151,9 @@ pub(crate) struct ContainerView<'a> {
     /// `image` as the spec writes it, if a string.
     pub image: Option<&'a str>,
     /// `env`, None when absent or null.
-    pub env: Option<&'a Vec<Value>>,
+    pub env: Option<Entries<'a>>,
     /// `volumeMounts`, None when absent or null.
-    pub mounts: Option<&'a Vec<Value>>,
+    pub mounts: Option<Entries<'a>>,
     /// The container has a non-empty `envFrom`.
     pub has_env_from: bool,
 }
@@ -200,13 +232,13 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
                 index,
                 name,
                 image: c.get("image").and_then(Value::as_str),
-                env: optional_array(c, "env", &at)?,
-                mounts: optional_array(c, "volumeMounts", &at)?,
+                env: optional_array(c, "env", &at)?.map(|e| Cow::Borrowed(&e[..])),
+                mounts: optional_array(c, "volumeMounts", &at)?.map(|m| Cow::Borrowed(&m[..])),
                 has_env_from,
             });
         }
     }
-    let (labels, annotations_map) = (Strings(labels), Strings(annotations));
+    let (labels, annotations_map) = (Strings::of_json(labels), Strings::of_json(annotations));
     Ok(PodView {
         opt_outs: OptOuts::of(labels, annotations_map),
         labels,
@@ -216,7 +248,7 @@ pub(crate) fn read(pod: &Value) -> Result<PodView<'_>, String> {
         service_account: service_account_name(pod),
         owner: controller_owner(metadata),
         containers,
-        volumes: optional_array(spec, "volumes", "spec.")?,
+        volumes: optional_array(spec, "volumes", "spec.")?.map(|v| Cow::Borrowed(&v[..])),
     })
 }
 

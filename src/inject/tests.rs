@@ -148,4 +148,5 @@ mod memo;
 mod patch;
 mod properties;
 mod run_tags;
+mod tree;
 mod values;

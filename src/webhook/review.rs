@@ -1,7 +1,10 @@
 //! Reading an AdmissionReview: only the fields the webhook uses, and of the pod what the
-//! planner reads, in one pass when the namespace comes before the object.
+//! planner reads. A review as the API server sends it is read as sonic-rs's tree ([`tree`]);
+//! any other by serde_json, in one pass when the namespace comes before the object, which
+//! words every error.
 
 mod raw;
+mod tree;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use crate::binding::MlflowWorkspaceBinding;
 use crate::inject::{EnvNames, parse_pod};
 
 pub use raw::Lookup;
+pub(crate) use tree::{read_tree, tree};
 
 /// A parsed AdmissionReview request: only what the webhook needs.
 #[derive(Debug, Clone)]

@@ -263,6 +263,21 @@ proptest! {
         prop_assert_eq!(plan_with(&sparse, &[&b], None, &defaults), plan_with(&p, &[&b], None, &defaults));
     }
 
+    #[test]
+    fn the_webhook_plans_on_its_tree_as_on_the_whole_pod(
+        p in prop_oneof![any_json(), pod_strategy()],
+        b in binding_strategy(),
+    ) {
+        if let Some(fast) = super::tree::plan_on_tree(&p.to_string(), &b) {
+            prop_assert_eq!(fast, plan_with(&p, &[&b], None, &Defaults::default()));
+        }
+    }
+
+    #[test]
+    fn every_generated_pod_is_read_on_the_tree(p in pod_strategy(), b in binding_strategy()) {
+        prop_assert!(super::tree::plan_on_tree(&p.to_string(), &b).is_some());
+    }
+
     /// The planner writes the patch's text itself; it is byte for byte what serializing its
     /// operations as a `json_patch::Patch` gives, as the planner's patch was before.
     #[test]

@@ -1,0 +1,125 @@
+//! The webhook's fast path reads a pod from sonic-rs's tree: what only a pod's text can say
+//! (a repeated key, escapes, a member of another type) gives the plan the whole pod gives, or
+//! is left to the serde_json reader.
+
+use super::*;
+
+/// The plan of `text` read on the fast path with `b`'s names kept, or None where it defers.
+pub(super) fn plan_on_tree(text: &str, b: &MlflowWorkspaceBinding) -> Option<Plan> {
+    let tree: sonic_rs::Value = sonic_rs::from_str(text).ok()?;
+    let pod = read_pod_tree(&tree, &EnvNames::of([b]))?;
+    let view = NamespaceView {
+        namespace: NS,
+        bindings: vec![b],
+        service_account: None,
+    };
+    Some(plan_read(Ok(pod), &view, &Defaults::default(), None))
+}
+
+fn whole(text: &str, b: &MlflowWorkspaceBinding) -> Plan {
+    let p: Value = serde_json::from_str(text).unwrap();
+    plan_with(&p, &[b], None, &Defaults::default())
+}
+
+const META: &str = r#""metadata": {"labels": {"mlflow-operator.io/track": "true"}}"#;
+
+#[test]
+fn what_only_the_text_says_is_planned_as_on_the_whole_pod() {
+    let b = mwb(
+        "fraud",
+        json!({"trackingUri": URI, "env": [{"name": "TEAM", "value": "x"}]}),
+    );
+    let c = |members: &str| format!(r#"{{{META}, "spec": {{"containers": [{{{members}}}]}}}}"#);
+    // (case, pod text, read on the fast path)
+    for (case, text, fast) in [
+        ("plain", c(r#""name": "t", "image": "i""#), true),
+        ("repeated name", c(r#""name": "a", "name": "t""#), true),
+        (
+            "own tracking URI, escaped",
+            c(r#""name": "t", "env": [{"name": "MLFLOW\u005fTRACKING_URI", "value": "u"}]"#),
+            true,
+        ),
+        (
+            "env entry named twice, the last the planner's",
+            c(
+                r#""name": "t", "env": [{"name": "X", "name": "MLFLOW_TRACKING_URI", "value": "u"}]"#,
+            ),
+            true,
+        ),
+        (
+            "env entry named twice, the last another",
+            c(
+                r#""name": "t", "env": [{"name": "MLFLOW_TRACKING_URI", "name": "X", "value": "u"}]"#,
+            ),
+            true,
+        ),
+        (
+            "a binding's own name",
+            c(r#""name": "t", "env": [{"name": "TEAM", "value": "mine"}]"#),
+            true,
+        ),
+        (
+            "entries of other shapes",
+            c(r#""name": "t", "env": [7, {"name": 1}, {"value": "v"}, null, {"name": null}]"#),
+            true,
+        ),
+        (
+            "a mount of the planner's path, escaped",
+            c(
+                r#""name": "t", "volumeMounts": [{"name": "x", "mountPath": "\/var\/run\/secrets\/mlflow-operator\/azure"}]"#,
+            ),
+            true,
+        ),
+        (
+            "a mount of another shape",
+            c(r#""name": "t", "volumeMounts": [{"name": "x", "mountPath": 7}, "m"]"#),
+            true,
+        ),
+        (
+            "repeated labels",
+            r#"{"metadata": {"labels": {"mlflow-operator.io/track": "false", "mlflow-operator.io/track": "true"}}, "spec": {"containers": [{"name": "t"}]}}"#.to_string(),
+            true,
+        ),
+        (
+            "repeated spec",
+            format!(
+                r#"{{{META}, "spec": {{"containers": [{{"name": "a"}}]}}, "spec": {{"containers": [{{"name": "t"}}]}}}}"#
+            ),
+            true,
+        ),
+        (
+            "skip-containers annotation",
+            r#"{"metadata": {"annotations": {"mlflow-operator.io/skip-containers": "a"}}, "spec": {"containers": [{"name": "a"}, {"name": "t"}]}}"#.to_string(),
+            true,
+        ),
+        ("name of another type", c(r#""name": 7"#), false),
+        (
+            "env an object",
+            c(r#""name": "t", "env": {"name": "X"}"#),
+            false,
+        ),
+        (
+            "envFrom a string",
+            c(r#""name": "t", "envFrom": "s""#),
+            false,
+        ),
+        (
+            "labels an array",
+            r#"{"metadata": {"labels": []}, "spec": {"containers": []}}"#.to_string(),
+            false,
+        ),
+        (
+            "no containers",
+            format!(r#"{{{META}, "spec": {{}}}}"#),
+            false,
+        ),
+        ("no spec", format!(r#"{{{META}}}"#), false),
+        ("not an object", "[1]".to_string(), false),
+    ] {
+        let got = plan_on_tree(&text, &b);
+        assert_eq!(got.is_some(), fast, "{case}: read on the fast path");
+        if let Some(got) = got {
+            assert_eq!(got, whole(&text, &b), "{case}");
+        }
+    }
+}
