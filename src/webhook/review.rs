@@ -265,10 +265,10 @@ mod tests {
         }
     }
 
-    /// A body that is not UTF-8 is read as bytes: a skipped field may hold any bytes in a
-    /// string, a field the webhook reads may not.
+    /// A body that is not UTF-8 is not JSON, even where its bytes are in a string the webhook
+    /// skips; serde_json's error says where, when it finds one.
     #[test]
-    fn a_body_not_utf8_is_read_as_bytes() {
+    fn a_body_not_utf8_is_not_json() {
         let pod = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"containers": []}});
         let body = String::from_utf8(review(pod)).unwrap();
         let with = |from: &str, to: &[u8]| {
@@ -278,11 +278,20 @@ mod tests {
         let skipped = with(r#""operation""#, b"\"x\":\"\xff\",\"operation\"");
         let uid = with(r#""uid":"u1""#, b"\"uid\":\"u\xff\"");
         let label = with(r#""a":"b""#, b"\"a\":\"\xff\"");
-        assert!(std::str::from_utf8(&skipped).is_err());
-        assert_eq!(parse_review(&skipped).unwrap().uid, "u1");
-        assert!(parse_review(&uid).is_err());
         let lookup = |_: &str| -> Slice<MlflowWorkspaceBinding> { Arc::new([]) };
-        assert!(parse_review_for(&label, &lookup).is_err());
+        let error = |body: &[u8]| {
+            parse_review_for(body, &lookup)
+                .unwrap_err()
+                .error
+                .to_string()
+        };
+        assert!(std::str::from_utf8(&skipped).is_err());
+        assert!(error(&skipped).contains("the body is not UTF-8: invalid utf-8"));
+        assert!(parse_review(&skipped).is_err());
+        for body in [&uid, &label] {
+            assert!(error(body).contains("invalid unicode code point at line 1"));
+        }
+        assert!(parse_review(&uid).is_err());
     }
 
     #[test]

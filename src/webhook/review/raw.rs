@@ -59,10 +59,17 @@ pub(super) fn read<'b>(
 ) -> serde_json::Result<RawReview<'b>> {
     // A body of UTF-8 (every body the API server sends) is read as text: its strings and raw
     // values then need no check of their own, which cost more than checking it whole once.
-    // Any other body is read as bytes, as before, so that its error stays the same.
+    // Any other is not JSON (RFC 8259, 8.1), even where its bytes are in a string no reader
+    // decodes (the fast path refuses it, and so did the pod's second pass): serde_json's own
+    // error, which says where, when its reading of the bytes finds one.
     match std::str::from_utf8(body) {
         Ok(text) => read_with(serde_json::Deserializer::from_str(text), lookup),
-        Err(_) => read_with(serde_json::Deserializer::from_slice(body), lookup),
+        Err(e) => {
+            read_with(serde_json::Deserializer::from_slice(body), lookup)?;
+            Err(de::Error::custom(format_args!(
+                "the body is not UTF-8: {e}"
+            )))
+        }
     }
 }
 
