@@ -278,106 +278,101 @@ mod tests {
             );
         }
     }
-    /// A review as the API server sends it is answered on the fast path; any other is left to
-    /// serde_json, and where both read it the answers are the same bytes.
-    #[tokio::test]
-    async fn the_fast_path_answers_as_serde_json_reads_or_leaves_the_review_to_it() {
+    const HEAD: &str = r#""apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview""#;
+    const GVK: &str = r#""kind": {"group": "", "version": "v1", "kind": "Pod"}"#;
+    const POD: &str = r#""object": {"metadata": {"name": "p"}, "spec": {"serviceAccountName": "legacy", "containers": [{"name": "c"}]}}"#;
+
+    /// A review of these request fields.
+    fn req(fields: &str) -> String {
+        format!(r#"{{{HEAD}, "request": {{{fields}}}}}"#)
+    }
+
+    /// The request's fields as the API server sends them.
+    fn usual() -> String {
+        format!(r#""uid": "u", {GVK}, "namespace": "ns", "operation": "CREATE", {POD}"#)
+    }
+
+    /// Each body is (or is not) answered on the fast path, with the bytes serde_json's reading
+    /// answers; the webhook's answer is those bytes.
+    async fn answers_as_serde_json(cases: Vec<(&str, String)>, on_tree: bool) {
         let (wh, _writers) = webhook();
-        let head = r#""apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview""#;
-        let gvk = r#""kind": {"group": "", "version": "v1", "kind": "Pod"}"#;
-        let pod = r#""object": {"metadata": {"name": "p"}, "spec": {"serviceAccountName": "legacy", "containers": [{"name": "c"}]}}"#;
-        let req = |fields: &str| format!(r#"{{{head}, "request": {{{fields}}}}}"#);
-        let usual =
-            format!(r#""uid": "u", {gvk}, "namespace": "ns", "operation": "CREATE", {pod}"#);
-        // (case, body, read on the fast path)
-        for (case, body, fast) in [
-            ("as the API server sends it", req(&usual), true),
-            ("dry run", req(&format!(r#"{usual}, "dryRun": true"#)), true),
-            (
-                "dryRun null",
-                req(&format!(r#"{usual}, "dryRun": null"#)),
-                true,
-            ),
-            ("an update", req(&usual.replace("CREATE", "UPDATE")), true),
-            (
-                "escaped uid",
-                req(&usual.replace(r#""u""#, r#""\u0075""#)),
-                true,
-            ),
-            (
-                "namespace after the object",
-                req(&format!(
-                    r#""uid": "u", {gvk}, "operation": "CREATE", {pod}, "namespace": "ns""#
-                )),
-                true,
-            ),
-            (
-                "unknown members",
-                format!(r#"{{"x": 1, {head}, "request": {{"y": [], {usual}}}}}"#),
-                true,
-            ),
-            (
-                "uid repeated",
-                req(&format!(r#""uid": "v", {usual}"#)),
-                false,
-            ),
-            (
-                "request repeated",
-                format!(r#"{{{head}, "request": null, "request": {{{usual}}}}}"#),
-                false,
-            ),
-            (
-                "no namespace",
-                req(&usual.replace(r#""namespace": "ns", "#, "")),
-                false,
-            ),
-            (
-                "empty uid",
-                req(&usual.replace(r#""uid": "u""#, r#""uid": """#)),
-                false,
-            ),
-            (
-                "dryRun a string",
-                req(&format!(r#"{usual}, "dryRun": "yes""#)),
-                false,
-            ),
-            (
-                "another kind",
-                req(&usual.replace(r#""Pod""#, r#""Service""#)),
-                false,
-            ),
-            (
-                "kind fields null",
-                req(&usual.replace(r#""group": """#, r#""group": null"#)),
-                false,
-            ),
-            (
-                "another apiVersion",
-                req(&usual).replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1"),
-                false,
-            ),
-            ("not JSON", req(&usual).replace("CREATE\"", "CREATE"), false),
-            ("trailing text", format!("{} x", req(&usual)), false),
-            (
-                "no object",
-                req(&usual.replace(&format!(", {pod}"), "")),
-                false,
-            ),
-            (
-                "a pod of another shape",
-                req(&usual.replace(r#"[{"name": "c"}]"#, "{}")),
-                false,
-            ),
-        ] {
+        for (case, body) in cases {
             let body = body.as_bytes();
-            let on_tree = wh.answer_on_tree(body).await;
-            assert_eq!(on_tree.is_some(), fast, "{case}: read on the fast path");
+            let fast = wh.answer_on_tree(body).await;
+            assert_eq!(fast.is_some(), on_tree, "{case}: read on the fast path");
             let on_json = wh.answer_on_json(body).await;
-            if let Some(answer) = on_tree {
+            if let Some(answer) = fast {
                 assert_eq!(answer, on_json, "{case}");
             }
             assert_eq!(wh.review(body).await, on_json, "{case}: the answer");
         }
+    }
+
+    #[tokio::test]
+    async fn a_review_as_the_api_server_sends_it_is_answered_on_the_fast_path() {
+        let (usual, head, pod) = (usual(), HEAD, POD);
+        let cases = vec![
+            ("as the API server sends it", req(&usual)),
+            ("dry run", req(&format!(r#"{usual}, "dryRun": true"#))),
+            ("dryRun null", req(&format!(r#"{usual}, "dryRun": null"#))),
+            ("an update", req(&usual.replace("CREATE", "UPDATE"))),
+            ("escaped uid", req(&usual.replace(r#""u""#, r#""\u0075""#))),
+            (
+                "namespace after the object",
+                req(&format!(
+                    r#""uid": "u", {GVK}, "operation": "CREATE", {pod}, "namespace": "ns""#
+                )),
+            ),
+            (
+                "unknown members",
+                format!(r#"{{"x": 1, {head}, "request": {{"y": [], {usual}}}}}"#),
+            ),
+        ];
+        answers_as_serde_json(cases, true).await;
+    }
+
+    #[tokio::test]
+    async fn any_other_review_is_left_to_serde_json() {
+        let (usual, head, pod) = (usual(), HEAD, POD);
+        let cases = vec![
+            ("uid repeated", req(&format!(r#""uid": "v", {usual}"#))),
+            (
+                "request repeated",
+                format!(r#"{{{head}, "request": null, "request": {{{usual}}}}}"#),
+            ),
+            (
+                "no namespace",
+                req(&usual.replace(r#""namespace": "ns", "#, "")),
+            ),
+            (
+                "empty uid",
+                req(&usual.replace(r#""uid": "u""#, r#""uid": """#)),
+            ),
+            (
+                "dryRun a string",
+                req(&format!(r#"{usual}, "dryRun": "yes""#)),
+            ),
+            (
+                "another kind",
+                req(&usual.replace(r#""Pod""#, r#""Service""#)),
+            ),
+            (
+                "kind fields null",
+                req(&usual.replace(r#""group": """#, r#""group": null"#)),
+            ),
+            (
+                "another apiVersion",
+                req(&usual).replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1"),
+            ),
+            ("not JSON", req(&usual).replace("CREATE\"", "CREATE")),
+            ("trailing text", format!("{} x", req(&usual))),
+            ("no object", req(&usual.replace(&format!(", {pod}"), ""))),
+            (
+                "a pod of another shape",
+                req(&usual.replace(r#"[{"name": "c"}]"#, "{}")),
+            ),
+        ];
+        answers_as_serde_json(cases, false).await;
     }
 
     /// Nesting: sonic-rs reads 255 levels (and no deeper, within a small stack even unoptimized);

@@ -23,103 +23,97 @@ fn whole(text: &str, b: &MlflowWorkspaceBinding) -> Plan {
 
 const META: &str = r#""metadata": {"labels": {"mlflow-operator.io/track": "true"}}"#;
 
-#[test]
-fn what_only_the_text_says_is_planned_as_on_the_whole_pod() {
-    let b = mwb(
+fn binding() -> MlflowWorkspaceBinding {
+    mwb(
         "fraud",
         json!({"trackingUri": URI, "env": [{"name": "TEAM", "value": "x"}]}),
-    );
-    let c = |members: &str| format!(r#"{{{META}, "spec": {{"containers": [{{{members}}}]}}}}"#);
-    // (case, pod text, read on the fast path)
-    for (case, text, fast) in [
-        ("plain", c(r#""name": "t", "image": "i""#), true),
-        ("repeated name", c(r#""name": "a", "name": "t""#), true),
+    )
+}
+
+/// A labelled pod of one container with these members.
+fn c(members: &str) -> String {
+    format!(r#"{{{META}, "spec": {{"containers": [{{{members}}}]}}}}"#)
+}
+
+#[test]
+fn what_only_the_text_says_is_planned_as_on_the_whole_pod() {
+    let b = binding();
+    // (case, pod text)
+    for (case, text) in [
+        ("plain", c(r#""name": "t", "image": "i""#)),
+        ("repeated name", c(r#""name": "a", "name": "t""#)),
         (
             "own tracking URI, escaped",
             c(r#""name": "t", "env": [{"name": "MLFLOW\u005fTRACKING_URI", "value": "u"}]"#),
-            true,
         ),
         (
             "env entry named twice, the last the planner's",
             c(
                 r#""name": "t", "env": [{"name": "X", "name": "MLFLOW_TRACKING_URI", "value": "u"}]"#,
             ),
-            true,
         ),
         (
             "env entry named twice, the last another",
             c(
                 r#""name": "t", "env": [{"name": "MLFLOW_TRACKING_URI", "name": "X", "value": "u"}]"#,
             ),
-            true,
         ),
         (
             "a binding's own name",
             c(r#""name": "t", "env": [{"name": "TEAM", "value": "mine"}]"#),
-            true,
         ),
         (
             "entries of other shapes",
             c(r#""name": "t", "env": [7, {"name": 1}, {"value": "v"}, null, {"name": null}]"#),
-            true,
         ),
         (
             "a mount of the planner's path, escaped",
             c(
                 r#""name": "t", "volumeMounts": [{"name": "x", "mountPath": "\/var\/run\/secrets\/mlflow-operator\/azure"}]"#,
             ),
-            true,
         ),
         (
             "a mount of another shape",
             c(r#""name": "t", "volumeMounts": [{"name": "x", "mountPath": 7}, "m"]"#),
-            true,
         ),
         (
             "repeated labels",
             r#"{"metadata": {"labels": {"mlflow-operator.io/track": "false", "mlflow-operator.io/track": "true"}}, "spec": {"containers": [{"name": "t"}]}}"#.to_string(),
-            true,
         ),
         (
             "repeated spec",
             format!(
                 r#"{{{META}, "spec": {{"containers": [{{"name": "a"}}]}}, "spec": {{"containers": [{{"name": "t"}}]}}}}"#
             ),
-            true,
         ),
         (
             "skip-containers annotation",
             r#"{"metadata": {"annotations": {"mlflow-operator.io/skip-containers": "a"}}, "spec": {"containers": [{"name": "a"}, {"name": "t"}]}}"#.to_string(),
-            true,
         ),
-        ("name of another type", c(r#""name": 7"#), false),
-        (
-            "env an object",
-            c(r#""name": "t", "env": {"name": "X"}"#),
-            false,
-        ),
-        (
-            "envFrom a string",
-            c(r#""name": "t", "envFrom": "s""#),
-            false,
-        ),
+    ] {
+        let got = plan_on_tree(&text, &b).unwrap_or_else(|| panic!("{case}: not read"));
+        assert_eq!(got, whole(&text, &b), "{case}");
+    }
+}
+
+/// Each is refused by `pod::read`, which words why: the fast path leaves it to serde_json.
+#[test]
+fn a_pod_of_another_shape_is_left_to_serde_json() {
+    let b = binding();
+    // (case, pod text)
+    for (case, text) in [
+        ("name of another type", c(r#""name": 7"#)),
+        ("env an object", c(r#""name": "t", "env": {"name": "X"}"#)),
+        ("envFrom a string", c(r#""name": "t", "envFrom": "s""#)),
         (
             "labels an array",
             r#"{"metadata": {"labels": []}, "spec": {"containers": []}}"#.to_string(),
-            false,
         ),
-        (
-            "no containers",
-            format!(r#"{{{META}, "spec": {{}}}}"#),
-            false,
-        ),
-        ("no spec", format!(r#"{{{META}}}"#), false),
-        ("not an object", "[1]".to_string(), false),
+        ("no containers", format!(r#"{{{META}, "spec": {{}}}}"#)),
+        ("no spec", format!(r#"{{{META}}}"#)),
+        ("not an object", "[1]".to_string()),
     ] {
-        let got = plan_on_tree(&text, &b);
-        assert_eq!(got.is_some(), fast, "{case}: read on the fast path");
-        if let Some(got) = got {
-            assert_eq!(got, whole(&text, &b), "{case}");
-        }
+        assert_eq!(plan_on_tree(&text, &b), None, "{case}");
+        assert!(matches!(whole(&text, &b), Plan::Refuse(_)), "{case}");
     }
 }
