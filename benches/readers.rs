@@ -1,7 +1,8 @@
 //! Which JSON reader is fastest on the three AdmissionReviews of `benches/load` (the small pod,
 //! the 10-container training pod, the 200-env pod): skipping everything (what a webhook that
-//! only validates the request pays, the reading floor's work), and building a tree of it. The
-//! SIMD readers are built only for this benchmark:
+//! only validates the request pays, the reading floor's work), and building a tree of it.
+//! sonic-rs is the webhook's own reader of a review (its tree); simd-json is built only for this
+//! benchmark:
 //!
 //!   cargo bench --features bench-simd-readers --bench readers
 //!
