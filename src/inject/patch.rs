@@ -34,11 +34,13 @@ pub(crate) fn append(w: &mut Writer, tokens: &[&str], present: bool, items: &[Wa
 /// every heap allocation of an admission is a likely cache miss (BENCHMARKS.md, seventh stop).
 type Few<T> = SmallVec<[T; 16]>;
 
-/// The result of merging wanted entries into existing ones.
+/// The result of merging wanted entries into existing ones: a buffer the planner refills for
+/// each container of a pod, so no list is built, moved or freed per container (as stack lists,
+/// copying them was half the plan's time: BENCHMARKS.md, twenty-first stop).
 #[derive(Debug, Default)]
 pub(crate) struct Merge<'a> {
     /// Entries to add, in order.
-    pub add: Few<Wanted<'a>>,
+    pub add: Vec<Wanted<'a>>,
     /// Wanted entries the list already holds in another form, by their `Slot::reported` field.
     pub conflicts: Vec<String>,
 }
@@ -94,26 +96,34 @@ fn taken<'e>(slot: &Slot, existing: &'e [Value], wanted: &[Wanted<'_>]) -> Few<O
     found
 }
 
-/// Add-if-absent: a wanted entry whose slot is taken is never added; an identical entry is
-/// silent, a different one is a conflict.
+/// Add-if-absent, into `m`: a wanted entry whose slot is taken is never added; an identical
+/// entry is silent, a different one is a conflict.
 pub(crate) fn add_if_absent<'a>(
     slot: &Slot,
     existing: &[Value],
     wanted: impl IntoIterator<Item = Wanted<'a>>,
-) -> Merge<'a> {
-    let wanted: Few<Wanted> = wanted.into_iter().collect();
-    let mut m = Merge::default();
-    for (w, e) in wanted.iter().zip(taken(slot, existing, &wanted)) {
-        match e {
-            Some(e) if e == w.value => {}
-            Some(_) => {
-                let id = w.value.get(slot.reported).and_then(Value::as_str);
-                m.conflicts.push(id.unwrap_or("").to_string());
-            }
-            None => m.add.push(*w),
-        }
+    m: &mut Merge<'a>,
+) {
+    m.add.clear();
+    m.conflicts.clear();
+    m.add.extend(wanted);
+    // The common case: the readers keep only the entries a wanted one may collide with, and
+    // most containers have none.
+    if existing.is_empty() {
+        return;
     }
-    m
+    let taken = taken(slot, existing, &m.add);
+    let Merge { add, conflicts } = m;
+    let mut taken = taken.into_iter();
+    add.retain(|w| match taken.next().flatten() {
+        None => true,
+        Some(e) if e == w.value => false,
+        Some(_) => {
+            let id = w.value.get(slot.reported).and_then(Value::as_str);
+            conflicts.push(id.unwrap_or("").to_string());
+            false
+        }
+    });
 }
 
 /// Whether the container sets MLFLOW_TRACKING_URI to something other than what we inject.
@@ -148,49 +158,90 @@ pub(crate) struct Wants<'a> {
     ours: Option<&'a Value>,
 }
 
+/// The buffers a pod's containers are merged into, one after the other.
+#[derive(Default)]
+pub(crate) struct Merges<'a> {
+    env: Merge<'a>,
+    mounts: Merge<'a>,
+}
+
+/// What one container wants beyond the pod's env, made before the merges so that their
+/// buffers can hold it for the whole pod.
+pub(crate) struct Own {
+    /// The container sets its own MLFLOW_TRACKING_URI.
+    self_configured: bool,
+    /// A self-configured container's own azureml:// URI decides its cloud, not the binding's.
+    cloud: Option<Value>,
+    /// Its run-context entries.
+    run_context: Vec<Value>,
+}
+
+impl Own {
+    pub(crate) fn of(c: &ContainerView<'_>, offer: &Wants<'_>) -> Self {
+        let existing = c.env.as_deref().unwrap_or_default();
+        let self_configured = self_configured(existing, offer.ours);
+        let run_context = offer.desired.run_context.iter();
+        Self {
+            self_configured,
+            cloud: self_configured
+                .then(|| own_azureml_cloud(existing))
+                .flatten(),
+            run_context: run_context.flat_map(|r| r.env(c)).collect(),
+        }
+    }
+
+    /// The env entries this container is offered, in order.
+    fn wanted<'a>(&'a self, offer: &Wants<'a>) -> impl Iterator<Item = Wanted<'a>> {
+        let mlflow = |e: &Wanted| env_name(e.value).is_some_and(|n| n.starts_with("MLFLOW_"));
+        let cloud = |e: &Wanted| env_name(e.value) == Some(CURRENT_CLOUD);
+        offer
+            .env
+            .iter()
+            .copied()
+            .chain(self.run_context.iter().map(Wanted::new))
+            .filter(move |e| !(self.self_configured && mlflow(e)))
+            .filter(move |e| self.cloud.is_none() || !cloud(e))
+            .chain(self.cloud.iter().map(Wanted::new))
+    }
+}
+
 /// Writes the ops for one injected container; returns its warnings.
-pub(crate) fn merge_container(
+pub(crate) fn merge_container<'a>(
     w: &mut Writer,
     c: &ContainerView<'_>,
-    offer: &Wants<'_>,
+    offer: &Wants<'a>,
+    own: &'a Own,
+    m: &mut Merges<'a>,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    let existing_env = c.env.as_deref().unwrap_or_default();
-    let self_conf = self_configured(existing_env, offer.ours);
-    if self_conf {
+    if own.self_configured {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already sets {TRACKING_URI}; it is self-configured, so no MLFLOW_* variables were added to it",
             c.name
         ));
     }
-    // A self-configured container's own azureml:// URI decides its cloud, not the binding's.
-    let own_cloud = self_conf.then(|| own_azureml_cloud(existing_env)).flatten();
-    let run_context = offer.desired.run_context.iter();
-    let per_container: Vec<Value> = run_context.flat_map(|r| r.env(c)).collect();
-    let wanted = offer
-        .env
-        .iter()
-        .copied()
-        .chain(per_container.iter().map(Wanted::new))
-        .filter(|e| !(self_conf && env_name(e.value).is_some_and(|n| n.starts_with("MLFLOW_"))))
-        .filter(|e| own_cloud.is_none() || env_name(e.value) != Some(CURRENT_CLOUD))
-        .chain(own_cloud.iter().map(Wanted::new));
-    let env = add_if_absent(&ENV, existing_env, wanted);
-    for name in &env.conflicts {
+    let existing_env = c.env.as_deref().unwrap_or_default();
+    add_if_absent(&ENV, existing_env, own.wanted(offer), &mut m.env);
+    for name in &m.env.conflicts {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already sets {name}; left unchanged",
             c.name
         ));
     }
-    if c.has_env_from && !env.add.is_empty() {
+    if c.has_env_from && !m.env.add.is_empty() {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" has envFrom: the variables injected into env take precedence over same-named envFrom values",
             c.name
         ));
     }
     let existing_mounts = c.mounts.as_deref().unwrap_or_default();
-    let mounts = add_if_absent(&MOUNT, existing_mounts, offer.mounts.iter().copied());
-    for path in &mounts.conflicts {
+    add_if_absent(
+        &MOUNT,
+        existing_mounts,
+        offer.mounts.iter().copied(),
+        &mut m.mounts,
+    );
+    for path in &m.mounts.conflicts {
         warnings.push(format!(
             "mlflow-operator: container \"{}\" already has a different volume mount of the name or path of ours ({path}); left unchanged",
             c.name
@@ -199,9 +250,9 @@ pub(crate) fn merge_container(
     let mut index = itoa::Buffer::new();
     let index = index.format(c.index);
     let env_at = ["spec", c.list, index, "env"];
-    append(w, &env_at, c.env.is_some(), &env.add);
+    append(w, &env_at, c.env.is_some(), &m.env.add);
     let mounts_at = ["spec", c.list, index, "volumeMounts"];
-    append(w, &mounts_at, c.mounts.is_some(), &mounts.add);
+    append(w, &mounts_at, c.mounts.is_some(), &m.mounts.add);
     warnings
 }
 
@@ -223,15 +274,22 @@ pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offe
         mounts: Wanted::all_encoded(&d.mounts, &o.mounts_json),
         ours: d.tracking_uri(),
     };
+    let containers: Vec<&ContainerView> = pod.injected_containers().collect();
+    let own: Vec<Own> = containers.iter().map(|c| Own::of(c, &offer)).collect();
     let mut warnings = Vec::new();
-    let mut injected_any = false;
-    for c in pod.injected_containers() {
-        injected_any = true;
-        warnings.extend(merge_container(w, c, &offer));
+    let mut merges = Merges::default();
+    for (c, own) in containers.iter().zip(&own) {
+        warnings.extend(merge_container(w, c, &offer, own, &mut merges));
     }
-    if injected_any {
+    if !containers.is_empty() {
         let existing = pod.volumes.as_deref().unwrap_or_default();
-        let volumes = add_if_absent(&VOLUME, existing, d.volumes.iter().map(Wanted::new));
+        let mut volumes = Merge::default();
+        add_if_absent(
+            &VOLUME,
+            existing,
+            d.volumes.iter().map(Wanted::new),
+            &mut volumes,
+        );
         for v in &volumes.conflicts {
             warnings.push(format!(
                 "mlflow-operator: the pod already has a different volume named \"{v}\"; left unchanged"
@@ -311,7 +369,8 @@ mod tests {
     /// (wanted, existing, added, conflicts) for one slot.
     fn assert_adds(slot: &Slot, cases: Vec<AddCase<'_>>) {
         for (wanted, existing, added, conflicts) in cases {
-            let m = add_if_absent(slot, &existing, wanted.into_iter().map(Wanted::new));
+            let mut m = Merge::default();
+            add_if_absent(slot, &existing, wanted.into_iter().map(Wanted::new), &mut m);
             let got: Vec<&Value> = m.add.iter().map(|w| w.value).collect();
             assert_eq!(got, added, "{existing:?}");
             assert_eq!(m.conflicts, conflicts, "{existing:?}");
