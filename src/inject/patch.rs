@@ -274,14 +274,16 @@ pub(crate) fn containers_and_volumes(w: &mut Writer, pod: &PodView<'_>, o: &Offe
         mounts: Wanted::all_encoded(&d.mounts, &o.mounts_json),
         ours: d.tracking_uri(),
     };
-    let containers: Vec<&ContainerView> = pod.injected_containers().collect();
-    let own: Vec<Own> = containers.iter().map(|c| Own::of(c, &offer)).collect();
+    let own: Vec<Own> = pod
+        .injected_containers()
+        .map(|c| Own::of(c, &offer))
+        .collect();
     let mut warnings = Vec::new();
     let mut merges = Merges::default();
-    for (c, own) in containers.iter().zip(&own) {
+    for (c, own) in pod.injected_containers().zip(&own) {
         warnings.extend(merge_container(w, c, &offer, own, &mut merges));
     }
-    if !containers.is_empty() {
+    if !own.is_empty() {
         let existing = pod.volumes.as_deref().unwrap_or_default();
         let mut volumes = Merge::default();
         add_if_absent(

@@ -17,7 +17,8 @@ use super::{ContainerView, Entries, OptOuts, Owner, PodView, Strings};
 
 /// The last value of `key` in `o`.
 pub(crate) fn last<'a>(o: &'a Object, key: &str) -> Option<&'a Value> {
-    o.iter().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+    let [value] = last_each(o, [key]);
+    value
 }
 
 /// The last value of each of `keys` in `o`, read in one walk of its members: a lookup per key
@@ -157,8 +158,7 @@ fn env_kept(entry: &Value, env: &EnvNames<'_>) -> bool {
     let Some(e) = entry.as_object() else {
         return true;
     };
-    let [name] = last_each(e, ["name"]);
-    match string(name) {
+    match string(last(e, "name")) {
         None => true,
         Some(None) => false,
         Some(Some(name)) => env.keeps(name),
@@ -180,8 +180,7 @@ fn volume_kept(entry: &Value, env: &EnvNames<'_>) -> bool {
     let Some(e) = entry.as_object() else {
         return true;
     };
-    let [name] = last_each(e, ["name"]);
-    string(name).is_none_or(|name| env.keeps_volume(name))
+    string(last(e, "name")).is_none_or(|name| env.keeps_volume(name))
 }
 
 /// As [`super::service_account_name`] reads it, from `serviceAccountName` and
